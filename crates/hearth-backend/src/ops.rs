@@ -1,0 +1,72 @@
+//! Fallback implementations of [`crate::HearthBackend`]'s operations, written with plain burn
+//! ops. They run on every backend and are the reference that fused kernels are tested against.
+
+use burn::tensor::{Tensor, activation, backend::Backend};
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// let dev = Default::default();
+/// let x = Tensor::<hearth_backend::Cpu, 1>::from_floats([1.0, -1.0], &dev);
+/// let w = Tensor::from_floats([2.0, 2.0], &dev);
+/// let y = hearth_backend::ops::rms_norm(x, w, 0.0).into_data().to_vec::<f32>().unwrap();
+/// assert_eq!(y, vec![2.0, -2.0]);
+/// # }
+/// ```
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+    let inv = (ms + eps).sqrt().recip();
+    let dims = x.dims();
+    let mut wshape = [1usize; D];
+    wshape[D - 1] = dims[D - 1];
+    x * inv * weight.reshape(wshape)
+}
+
+/// Grouped-query attention with an additive mask, without materialising repeated K/V heads.
+///
+/// Query heads of one KV group are folded into the sequence axis (`[B, Hkv, g·T, D]`) so a
+/// single batched matmul per KV head serves the whole group.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// type B = hearth_backend::Cpu;
+/// let dev = Default::default();
+/// // one query, two keys, the second masked out: the output is the first value
+/// let q = Tensor::<B, 4>::from_floats([[[[1.0, 0.0]]]], &dev);
+/// let k = Tensor::<B, 4>::from_floats([[[[1.0, 0.0], [0.0, 1.0]]]], &dev);
+/// let v = Tensor::<B, 4>::from_floats([[[[5.0], [7.0]]]], &dev);
+/// let mask = Tensor::<B, 3>::from_floats([[[0.0, f32::NEG_INFINITY]]], &dev);
+/// let o = hearth_backend::ops::gqa_attention(q, k, v, mask, 1.0);
+/// assert_eq!(o.into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+/// # }
+/// ```
+pub fn gqa_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 3>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let [b, h, t, d] = q.dims();
+    let [_, hkv, s, _] = k.dims();
+    let dv = v.dims()[3];
+    let g = h / hkv;
+    let q = q.reshape([b, hkv, g * t, d]);
+    let mask = if g == 1 {
+        mask.unsqueeze_dim::<4>(1)
+    } else {
+        mask.unsqueeze_dim::<4>(1)
+            .repeat_dim(1, g)
+            .reshape([b, 1, g * t, s])
+    };
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask;
+    let probs = activation::softmax(scores, 3);
+    probs.matmul(v).reshape([b, h, t, dv])
+}

@@ -1,0 +1,115 @@
+//! Multi-head self-attention of the Llama family: grouped KV heads, optional q/k/v/o biases
+//! (Qwen2), q/k RMSNorm per head (Qwen3) or over the whole projection (OLMoE), RoPE, causal
+//! or sliding-window masking, KV cache.
+
+use crate::config::{ModelConfig, QkNorm};
+use crate::error::ModelError;
+use crate::layers::{Linear, Loader, RmsNorm};
+use burn::tensor::Tensor;
+use hearth_attention::{BatchPositions, KvCache, RopeLayout, apply_rope};
+use hearth_backend::HearthBackend;
+
+/// Per-forward inputs shared by every attention layer.
+pub struct AttnContext<'a, B: HearthBackend> {
+    /// Where each row sits.
+    pub pos: &'a BatchPositions,
+    /// RoPE cos `[B, 1, T, rope_dim]`.
+    pub cos: &'a Tensor<B, 4>,
+    /// RoPE sin `[B, 1, T, rope_dim]`.
+    pub sin: &'a Tensor<B, 4>,
+    /// Additive mask `[B, T, S]` for this layer's window.
+    pub mask: &'a Tensor<B, 3>,
+}
+
+/// Standard (grouped-query) attention.
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention<B: HearthBackend> {
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    q_norm: Option<RmsNorm<B>>,
+    k_norm: Option<RmsNorm<B>>,
+    qk_norm: QkNorm,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rope_dim: usize,
+    rope_layout: RopeLayout,
+    scale: f64,
+}
+
+impl<B: HearthBackend> MultiHeadAttention<B> {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (and `q_norm`/`k_norm`).
+    pub fn load(l: &Loader<B>, cfg: &ModelConfig, prefix: &str) -> Result<Self, ModelError> {
+        let (h, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let hid = cfg.hidden_size;
+        let (q_norm, k_norm) = match cfg.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (
+                Some(l.rms_norm(&format!("{prefix}.q_norm.weight"), d, cfg.rms_norm_eps)?),
+                Some(l.rms_norm(&format!("{prefix}.k_norm.weight"), d, cfg.rms_norm_eps)?),
+            ),
+            QkNorm::Full => (
+                Some(l.rms_norm(&format!("{prefix}.q_norm.weight"), h * d, cfg.rms_norm_eps)?),
+                Some(l.rms_norm(&format!("{prefix}.k_norm.weight"), hkv * d, cfg.rms_norm_eps)?),
+            ),
+        };
+        Ok(Self {
+            q: l.linear(&format!("{prefix}.q_proj"), hid, h * d, cfg.qkv_bias)?,
+            k: l.linear(&format!("{prefix}.k_proj"), hid, hkv * d, cfg.qkv_bias)?,
+            v: l.linear(&format!("{prefix}.v_proj"), hid, hkv * d, cfg.qkv_bias)?,
+            o: l.linear(&format!("{prefix}.o_proj"), h * d, hid, cfg.o_bias)?,
+            q_norm,
+            k_norm,
+            qk_norm: cfg.qk_norm,
+            heads: h,
+            kv_heads: hkv,
+            head_dim: d,
+            rope_dim: cfg.rope.dim,
+            rope_layout: cfg.rope_layout,
+            scale: cfg.attention_scale,
+        })
+    }
+
+    fn rope(&self, x: Tensor<B, 4>, ctx: &AttnContext<B>) -> Tensor<B, 4> {
+        if self.rope_dim == self.head_dim {
+            return apply_rope(x, ctx.cos, ctx.sin, self.rope_layout);
+        }
+        // partial rotary: rotate the first rope_dim dims, pass the rest through
+        let rot = x.clone().narrow(3, 0, self.rope_dim);
+        let pass = x.narrow(3, self.rope_dim, self.head_dim - self.rope_dim);
+        Tensor::cat(vec![apply_rope(rot, ctx.cos, ctx.sin, self.rope_layout), pass], 3)
+    }
+
+    /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`.
+    pub fn forward<C: KvCache<B>>(
+        &self,
+        x: Tensor<B, 3>,
+        layer: usize,
+        cache: &mut C,
+        ctx: &AttnContext<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let [b, t, _] = x.dims();
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let mut q = self.q.forward(x.clone());
+        let mut k = self.k.forward(x.clone());
+        let v = self.v.forward(x);
+        if self.qk_norm == QkNorm::Full {
+            q = self.q_norm.as_ref().expect("q_norm").forward(q);
+            k = self.k_norm.as_ref().expect("k_norm").forward(k);
+        }
+        let mut q = q.reshape([b, t, h, d]);
+        let mut k = k.reshape([b, t, hkv, d]);
+        if self.qk_norm == QkNorm::PerHead {
+            q = self.q_norm.as_ref().expect("q_norm").forward(q);
+            k = self.k_norm.as_ref().expect("k_norm").forward(k);
+        }
+        let q = self.rope(q.swap_dims(1, 2), ctx);
+        let k = self.rope(k.swap_dims(1, 2), ctx);
+        let v = v.reshape([b, t, hkv, d]).swap_dims(1, 2);
+        let (k, v) = cache.update(layer, k, v, ctx.pos)?;
+        let o = B::gqa_attention(q, k, v, ctx.mask.clone(), self.scale);
+        Ok(self.o.forward(o.swap_dims(1, 2).reshape([b, t, h * d])))
+    }
+}

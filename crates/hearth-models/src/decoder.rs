@@ -1,0 +1,236 @@
+//! The decoder-only transformer shared by every family hearth runs (Llama, Mistral, Qwen2/3,
+//! Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3). Differences between families are data in
+//! [`ModelConfig`]: biases, q/k norms, sliding windows, MoE layers, MLA attention.
+//!
+//! ```text
+//! h₀ = Embed(tokens)
+//! hᵢ₊₁ = hᵢ + Attn(RMSNorm(hᵢ)) ;  hᵢ₊₁ += FFN(RMSNorm(hᵢ₊₁))      (FFN: MLP or MoE)
+//! logits = RMSNorm(h_L) · W_outᵀ
+//! ```
+
+use crate::attention::{AttnContext, MultiHeadAttention};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::layers::{Linear, Loader, Mlp, RmsNorm};
+use crate::mla::MlaAttention;
+use crate::moe::MoeBlock;
+use crate::weights::WeightStore;
+use burn::tensor::{Int, Tensor, TensorData};
+use hearth_attention::{ContiguousKvCache, KvCache};
+use hearth_backend::HearthBackend;
+use hearth_moe::LoadStats;
+use std::collections::HashMap;
+use std::path::Path;
+
+enum Attention<B: HearthBackend> {
+    Mha(MultiHeadAttention<B>),
+    Mla(MlaAttention<B>),
+}
+
+enum Ffn<B: HearthBackend> {
+    Dense(Mlp<B>),
+    Moe(MoeBlock<B>),
+}
+
+struct DecoderLayer<B: HearthBackend> {
+    input_norm: RmsNorm<B>,
+    attn: Attention<B>,
+    post_norm: RmsNorm<B>,
+    ffn: Ffn<B>,
+    window: Option<usize>,
+}
+
+/// What a forward pass should return besides logits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    /// Return the embeddings and every layer's output (`num_layers + 1` tensors `[B, T, hidden]`).
+    pub hidden_states: bool,
+    /// Compute logits only at each row's last real token (`[B, 1, vocab]`): what generation needs.
+    pub last_only: bool,
+}
+
+/// Result of [`CausalLm::forward`].
+pub struct ForwardOutput<B: HearthBackend> {
+    /// `[B, T, vocab]`, or `[B, 1, vocab]` with `last_only`.
+    pub logits: Tensor<B, 3>,
+    /// Embeddings and each layer's output, if requested (the last one after the final norm,
+    /// as transformers reports it).
+    pub hidden_states: Vec<Tensor<B, 3>>,
+}
+
+/// A decoder-only causal language model.
+pub struct CausalLm<B: HearthBackend> {
+    cfg: ModelConfig,
+    embed: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    lm_head: Linear<B>,
+    device: B::Device,
+}
+
+impl<B: HearthBackend> CausalLm<B> {
+    /// Loads config and weights from a HF checkpoint directory.
+    pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let store = WeightStore::open(dir)?;
+        Self::load(cfg, &store, device)
+    }
+
+    /// Builds the model from a parsed config and an open checkpoint.
+    pub fn load(cfg: ModelConfig, store: &WeightStore, device: &B::Device) -> Result<Self, ModelError> {
+        let l = Loader::<B> { store, device: device.clone() };
+        let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = if cfg.mla.is_some() {
+                Attention::Mla(MlaAttention::load(&l, &cfg, &format!("{p}.self_attn"))?)
+            } else {
+                Attention::Mha(MultiHeadAttention::load(&l, &cfg, &format!("{p}.self_attn"))?)
+            };
+            let ffn = if cfg.is_sparse(i) {
+                Ffn::Moe(MoeBlock::load(&l, &cfg, &p)?)
+            } else {
+                let names = ["gate_proj", "up_proj", "down_proj"];
+                Ffn::Dense(l.mlp(&format!("{p}.mlp"), hid, cfg.intermediate_size, cfg.mlp_bias, names)?)
+            };
+            layers.push(DecoderLayer {
+                input_norm: l.rms_norm(&format!("{p}.input_layernorm.weight"), hid, eps)?,
+                attn,
+                post_norm: l.rms_norm(&format!("{p}.post_attention_layernorm.weight"), hid, eps)?,
+                ffn,
+                window: cfg.sliding_window[i],
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
+            l.linear("model.embed_tokens", hid, cfg.vocab_size, false)?
+        } else {
+            l.linear("lm_head", hid, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            norm: l.rms_norm("model.norm.weight", hid, eps)?,
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// A fresh contiguous KV cache for `rows` sequences of up to `capacity` tokens
+    /// (`None` = the model's `max_position_embeddings`).
+    pub fn new_cache(&self, rows: usize, capacity: Option<usize>) -> ContiguousKvCache<B> {
+        let cap = capacity.unwrap_or(self.cfg.max_position_embeddings);
+        ContiguousKvCache::new(self.cfg.num_layers, rows, cap, self.device.clone())
+    }
+
+    /// Per-layer expert load statistics (`None` for dense layers).
+    pub fn moe_stats(&self) -> Vec<Option<LoadStats>> {
+        self.layers
+            .iter()
+            .map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(m.stats()),
+                Ffn::Dense(_) => None,
+            })
+            .collect()
+    }
+
+    /// Clears every layer's expert load statistics.
+    pub fn reset_moe_stats(&self) {
+        for l in &self.layers {
+            if let Ffn::Moe(m) = &l.ffn {
+                m.reset_stats();
+            }
+        }
+    }
+
+    /// Runs one chunk: `tokens[b]` are the next tokens of cache row `b` (rows may differ in
+    /// length and in how much they already hold). Advances the cache.
+    pub fn forward<C: KvCache<B>>(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut C,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput<B>, ModelError> {
+        if tokens.is_empty() || tokens.iter().any(Vec::is_empty) {
+            return Err(ModelError::EmptyInput("every batch row needs at least one token".into()));
+        }
+        for row in tokens {
+            if let Some((position, &id)) = row.iter().enumerate().find(|(_, id)| **id as usize >= self.cfg.vocab_size) {
+                return Err(ModelError::TokenOutOfRange { id, position, vocab: self.cfg.vocab_size });
+            }
+        }
+        let new: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let pos = cache.positions(&new)?;
+        let (b, t, hid) = (tokens.len(), pos.chunk_len(), self.cfg.hidden_size);
+        let mut ids = Vec::with_capacity(b * t);
+        let mut valid = Vec::with_capacity(b * t);
+        for row in tokens {
+            for i in 0..t {
+                ids.push(*row.get(i).unwrap_or(&row[row.len() - 1]) as i64);
+                valid.push(i < row.len());
+            }
+        }
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
+        let mut x = self.embed.clone().select(0, ids).reshape([b, t, hid]);
+
+        let table = self.cfg.rope.table(pos.key_len()).map_err(|e| ModelError::Config {
+            file: "config.json".into(),
+            field: "rope_scaling".into(),
+            reason: e.to_string(),
+        })?;
+        let (cos, sin) = table.tensors::<B>(&pos.positions(), &self.device);
+        let mut masks: HashMap<Option<usize>, Tensor<B, 3>> = HashMap::new();
+        let mut hidden = Vec::new();
+        if opts.hidden_states {
+            hidden.push(x.clone());
+        }
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mask = masks
+                .entry(layer.window)
+                .or_insert_with(|| pos.mask::<B>(layer.window, &self.device))
+                .clone();
+            let ctx = AttnContext { pos: &pos, cos: &cos, sin: &sin, mask: &mask };
+            let h = layer.input_norm.forward(x.clone());
+            let a = match &layer.attn {
+                Attention::Mha(m) => m.forward(h, i, cache, &ctx)?,
+                Attention::Mla(m) => m.forward(h, i, cache, &ctx)?,
+            };
+            x = x + a;
+            let h = layer.post_norm.forward(x.clone());
+            let f = match &layer.ffn {
+                Ffn::Dense(m) => m.forward(h),
+                Ffn::Moe(m) => m.forward(h, &valid, i)?,
+            };
+            x = x + f;
+            if opts.hidden_states && i != last {
+                hidden.push(x.clone());
+            }
+        }
+        cache.advance(&pos);
+        let x = self.norm.forward(x);
+        if opts.hidden_states {
+            hidden.push(x.clone());
+        }
+        let x = if opts.last_only {
+            let idx: Vec<i64> = new.iter().enumerate().map(|(r, n)| (r * t + n - 1) as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &self.device);
+            x.reshape([b * t, hid]).select(0, idx).reshape([b, 1, hid])
+        } else {
+            x
+        };
+        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: hidden })
+    }
+}

@@ -1,0 +1,140 @@
+//! The sparse MoE feed-forward block: router → grouped expert execution → shared experts.
+//!
+//! Routing is `hearth_moe::RouterSpec` (one spec for every family). Execution is grouped by
+//! expert: the tokens routed to an expert are gathered, pass through that expert's MLP in one
+//! matmul chain, are scaled by their routing weights and scatter-added back. A decode step
+//! therefore reads only the k selected experts' weights.
+
+use crate::config::{ModelConfig, RouterKind};
+use crate::error::ModelError;
+use crate::layers::{Linear, Loader, Mlp, sigmoid};
+use burn::tensor::{Int, Tensor, TensorData, IndexingUpdateOp};
+use hearth_backend::HearthBackend;
+use hearth_moe::{LoadStats, RouterSpec, ScoringFunc};
+use std::sync::Mutex;
+
+/// One MoE layer.
+pub struct MoeBlock<B: HearthBackend> {
+    gate: Linear<B>,
+    correction_bias: Option<Vec<f32>>,
+    spec: RouterSpec,
+    experts: Vec<Mlp<B>>,
+    shared: Option<Mlp<B>>,
+    shared_gate: Option<Linear<B>>,
+    stats: Mutex<LoadStats>,
+}
+
+impl<B: HearthBackend> MoeBlock<B> {
+    /// Loads a MoE block; expert tensor names follow the family's checkpoint layout.
+    pub fn load(l: &Loader<B>, cfg: &ModelConfig, prefix: &str) -> Result<Self, ModelError> {
+        use crate::config::Architecture as A;
+        let m = cfg.moe.as_ref().expect("MoE config");
+        let hid = cfg.hidden_size;
+        let (block, names) = match cfg.arch {
+            A::Mixtral => (format!("{prefix}.block_sparse_moe"), ["w1", "w3", "w2"]),
+            _ => (format!("{prefix}.mlp"), ["gate_proj", "up_proj", "down_proj"]),
+        };
+        let experts = (0..m.num_experts)
+            .map(|e| l.mlp(&format!("{block}.experts.{e}"), hid, m.expert_intermediate, false, names))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scoring = match m.router {
+            RouterKind::Softmax => ScoringFunc::Softmax,
+            RouterKind::SigmoidGrouped => ScoringFunc::Sigmoid,
+        };
+        let mut spec = RouterSpec::new(m.num_experts, m.top_k, scoring)
+            .with_renormalize(m.norm_topk_prob)
+            .with_routed_scaling_factor(m.routed_scaling_factor as f32);
+        let mut correction_bias = None;
+        if m.router == RouterKind::SigmoidGrouped {
+            spec = spec.with_renorm_epsilon(1e-20);
+            if m.n_group > 1 {
+                spec = spec.with_group_limit(m.n_group, m.topk_group);
+            }
+            let name = format!("{block}.gate.e_score_correction_bias");
+            if l.store.contains(&name) {
+                spec = spec.with_correction_bias(true);
+                correction_bias = Some(l.store.f32(&name, Some(&[m.num_experts]))?.0);
+            }
+        }
+        spec.validate().map_err(|e| ModelError::Config {
+            file: "config.json".into(),
+            field: "num_experts_per_tok / n_group / topk_group".into(),
+            reason: e.to_string(),
+        })?;
+        let shared_name = if cfg.arch == A::Qwen2Moe { "shared_expert" } else { "shared_experts" };
+        let shared = match m.shared_intermediate {
+            Some(si) => Some(l.mlp(&format!("{block}.{shared_name}"), hid, si, false, names)?),
+            None => None,
+        };
+        let shared_gate = if m.shared_gate {
+            Some(l.linear(&format!("{block}.shared_expert_gate"), hid, 1, false)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            gate: l.linear(&format!("{block}.gate"), hid, m.num_experts, false)?,
+            correction_bias,
+            spec,
+            experts,
+            shared,
+            shared_gate,
+            stats: Mutex::new(LoadStats::new(m.num_experts)),
+        })
+    }
+
+    /// Expert load statistics of this layer since the last reset.
+    pub fn stats(&self) -> LoadStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Clears the load statistics.
+    pub fn reset_stats(&self) {
+        self.stats.lock().expect("stats lock").reset();
+    }
+
+    /// `x: [B, T, hidden]`; `valid[i]` tells whether flattened token `i` is real (not padding),
+    /// which only matters for load statistics.
+    pub fn forward(&self, x: Tensor<B, 3>, valid: &[bool], layer: usize) -> Result<Tensor<B, 3>, ModelError> {
+        let [b, t, hid] = x.dims();
+        let n = b * t;
+        let device = x.device();
+        let x = x.reshape([n, hid]);
+        let logits = self.gate.forward(x.clone());
+        let logits_host = logits.into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
+        let routing = self
+            .spec
+            .route(&logits_host, n, self.correction_bias.as_deref())
+            .map_err(|source| ModelError::Moe { layer, source })?;
+        let mut counts = vec![0u64; self.experts.len()];
+        for (tok, ok) in valid.iter().enumerate() {
+            if *ok {
+                for &e in routing.token_experts(tok) {
+                    counts[e] += 1;
+                }
+            }
+        }
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .record_counts(&counts)
+            .map_err(|source| ModelError::Moe { layer, source })?;
+
+        let mut out = Tensor::<B, 2>::zeros([n, hid], &device);
+        for g in routing.expert_groups() {
+            let idx: Vec<i64> = g.tokens.iter().map(|&i| i as i64).collect();
+            let m = idx.len();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [m]), &device);
+            let w = Tensor::<B, 2>::from_data(TensorData::new(g.weights.to_vec(), [m, 1]), &device);
+            let y = self.experts[g.expert].forward(x.clone().select(0, idx.clone())) * w;
+            out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
+        }
+        if let Some(shared) = &self.shared {
+            let mut s = shared.forward(x.clone());
+            if let Some(gate) = &self.shared_gate {
+                s = s * sigmoid(gate.forward(x));
+            }
+            out = out + s;
+        }
+        Ok(out.reshape([b, t, hid]))
+    }
+}
