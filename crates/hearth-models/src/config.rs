@@ -424,7 +424,7 @@ fn parse_moe(f: &Fields, arch: Architecture, num_layers: usize) -> Result<Option
                 num_experts: n,
                 top_k: top_k()?,
                 expert_intermediate: f.usize("moe_intermediate_size")?,
-                norm_topk_prob: f.bool_or("norm_topk_prob", arch == A::Qwen3Moe),
+                norm_topk_prob: f.bool_or("norm_topk_prob", false),
                 router: RouterKind::Softmax,
                 n_group: 1,
                 topk_group: 1,

@@ -14,7 +14,7 @@ use crate::error::ModelError;
 use crate::layers::{Linear, Loader, Mlp, RmsNorm};
 use crate::mla::MlaAttention;
 use crate::moe::MoeBlock;
-use crate::weights::WeightStore;
+use crate::weights::{TensorSource, WeightStore};
 use burn::tensor::{Int, Tensor, TensorData};
 use hearth_attention::{ContiguousKvCache, KvCache};
 use hearth_backend::HearthBackend;
@@ -77,7 +77,7 @@ impl<B: HearthBackend> CausalLm<B> {
     }
 
     /// Builds the model from a parsed config and an open checkpoint.
-    pub fn load(cfg: ModelConfig, store: &WeightStore, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn load(cfg: ModelConfig, store: &dyn TensorSource, device: &B::Device) -> Result<Self, ModelError> {
         let l = Loader::<B> { store, device: device.clone() };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;

@@ -2,7 +2,7 @@
 //! loader that turns checkpoint tensors into them.
 
 use crate::error::ModelError;
-use crate::weights::WeightStore;
+use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
 use hearth_backend::HearthBackend;
 
@@ -78,7 +78,7 @@ impl<B: HearthBackend> Mlp<B> {
 /// Reads tensors from a [`WeightStore`] onto a device, checking shapes.
 pub struct Loader<'a, B: HearthBackend> {
     /// The checkpoint.
-    pub store: &'a WeightStore,
+    pub store: &'a dyn TensorSource,
     /// Target device.
     pub device: B::Device,
 }

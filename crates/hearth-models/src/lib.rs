@@ -14,7 +14,9 @@
 pub mod attention;
 pub mod config;
 pub mod decoder;
+pub mod convert;
 pub mod error;
+pub mod gguf;
 pub mod layers;
 pub mod mla;
 pub mod moe;
@@ -23,4 +25,4 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{CausalLm, ForwardOptions, ForwardOutput};
 pub use error::ModelError;
-pub use weights::WeightStore;
+pub use weights::{TensorSource, WeightStore};

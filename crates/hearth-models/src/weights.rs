@@ -149,6 +149,27 @@ impl WeightStore {
     }
 }
 
+/// Anything that can hand out checkpoint tensors by their HuggingFace name, as f32.
+///
+/// [`WeightStore`] reads safetensors; other formats (GGUF) implement the same trait and the
+/// model code does not change.
+pub trait TensorSource {
+    /// Whether a tensor exists.
+    fn contains(&self, name: &str) -> bool;
+    /// A tensor converted to f32, with its shape checked against `expected` when given
+    /// (shapes in HF order: `[out, in]` for linear weights).
+    fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError>;
+}
+
+impl TensorSource for WeightStore {
+    fn contains(&self, name: &str) -> bool {
+        WeightStore::contains(self, name)
+    }
+    fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        WeightStore::f32(self, name, expected)
+    }
+}
+
 /// Converts little-endian f32/f16/bf16 bytes to f32; `None` for other dtypes.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {

@@ -1,0 +1,1 @@
+//! Obtaining the default real model (SmolLM2-135M-Instruct) on first use.

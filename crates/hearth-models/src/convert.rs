@@ -1,0 +1,1 @@
+//! Conversion of GGUF checkpoints to the HuggingFace layout.

@@ -1,0 +1,661 @@
+//! CPU weight × activation kernels (matrix–vector and small-batch matrix–matrix).
+//!
+//! Weights are raw little-endian bytes in GGUF / llama.cpp block layouts, row-major,
+//! each row being `cols / block_size` blocks (see [`WeightFormat`]).
+//!
+//! # Numerics
+//!
+//! * `F32`, `F16`, `BF16` weights are multiplied against the `f32` activations directly
+//!   (f32 accumulation); results match [`reference::matvec`] up to f32 rounding.
+//! * `Q8_0`, `Q4_0`, `Q4_1` weights use activations quantized on the fly to 8-bit
+//!   blocks of 32 (`d = max|x| / 127`, `q = round(x / d)`), and `Q4_K`, `Q6_K` use
+//!   8-bit blocks of 256, exactly as llama.cpp's `q8_0` / `q8_K` dot products do
+//!   (see [`Q8Activations`]). Block dot products are computed exactly in integers,
+//!   so each kernel matches [`reference::matvec_quantized`] up to f32 rounding of the
+//!   per-block scale products (relative error ≲ 1e-5 of `Σ|w·x|`). Against the f32
+//!   dequantized product ([`reference::matvec`]) the error is bounded by
+//!   `Σ_i |w_i| · d_blk(i) / 2` (half a quantization step of the activation block), i.e.
+//!   roughly `0.4%` of `Σ|w|·max|x|`.
+//!
+//! # Dispatch
+//!
+//! [`Isa::detect`] picks, once per process, AVX-512 (F/BW/VL/VNNI/VBMI) → AVX2+FMA+F16C →
+//! portable scalar code. [`matvec_with_isa`] / [`matmul_with_isa`] force a path (used by
+//! tests and benchmarks). Work is split over output rows on the global rayon pool.
+
+mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod reference;
+mod scalar;
+
+pub use act::Q8Activations;
+
+use rayon::prelude::*;
+use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// On-disk / in-memory layout of a weight matrix row.
+///
+/// ```
+/// use hearth_quant::kernels::WeightFormat;
+/// assert_eq!(WeightFormat::Q4_0.block_size(), 32);
+/// assert_eq!(WeightFormat::Q4_0.block_bytes(), 18);
+/// assert_eq!(WeightFormat::Q4_0.row_bytes(2048).unwrap(), 64 * 18);
+/// ```
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// 32-bit IEEE floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// Blocks of 32: `f16 d` + 32 × `i8`; value = `q · d`.
+    Q8_0,
+    /// Blocks of 32: `f16 d` + 16 bytes of nibbles; value = `(q − 8) · d`.
+    Q4_0,
+    /// Blocks of 32: `f16 d`, `f16 m` + 16 bytes of nibbles; value = `q · d + m`.
+    Q4_1,
+    /// Super-blocks of 256 (144 bytes): `f16 d`, `f16 dmin`, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
+    Q4_K,
+    /// Super-blocks of 256 (210 bytes): `ql[128]`, `qh[64]`, `i8 scales[16]`, `f16 d`.
+    Q6_K,
+}
+
+impl WeightFormat {
+    /// Every supported format.
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::ALL.len(), 8);
+    /// ```
+    pub const ALL: [WeightFormat; 8] = [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q4_K,
+        WeightFormat::Q6_K,
+    ];
+
+    /// Number of weights per block (1 for the float formats).
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::Q6_K.block_size(), 256);
+    /// ```
+    pub fn block_size(self) -> usize {
+        match self {
+            WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+            WeightFormat::Q4_K | WeightFormat::Q6_K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::Q4_K.block_bytes(), 144);
+    /// ```
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 | WeightFormat::F16 => 2,
+            WeightFormat::Q8_0 => 34,
+            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q4_1 => 20,
+            WeightFormat::Q4_K => 144,
+            WeightFormat::Q6_K => 210,
+        }
+    }
+
+    /// Bytes of one row of `cols` weights; errors if `cols` is not a multiple of the block size.
+    ///
+    /// ```
+    /// use hearth_quant::kernels::{KernelError, WeightFormat};
+    /// assert_eq!(WeightFormat::Q6_K.row_bytes(512), Ok(420));
+    /// assert!(matches!(WeightFormat::Q6_K.row_bytes(100), Err(KernelError::ColsNotMultipleOfBlock { .. })));
+    /// ```
+    pub fn row_bytes(self, cols: usize) -> Result<usize, KernelError> {
+        let bs = self.block_size();
+        if cols % bs != 0 {
+            return Err(KernelError::ColsNotMultipleOfBlock {
+                format: self,
+                cols,
+                block_size: bs,
+            });
+        }
+        (cols / bs)
+            .checked_mul(self.block_bytes())
+            .ok_or(KernelError::SizeOverflow)
+    }
+
+    /// Block size of the 8-bit activation quantization the fast kernels use for this
+    /// format (`Some(32)` for Q8_0/Q4_0/Q4_1, `Some(256)` for the K-quants, `None` for floats).
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::Q4_K.activation_block(), Some(256));
+    /// assert_eq!(WeightFormat::Bf16.activation_block(), None);
+    /// ```
+    pub fn activation_block(self) -> Option<usize> {
+        match self {
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => Some(32),
+            WeightFormat::Q4_K | WeightFormat::Q6_K => Some(256),
+            _ => None,
+        }
+    }
+}
+
+/// Which caller-supplied buffer a [`KernelError::LengthMismatch`] refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    /// The weight bytes.
+    Weight,
+    /// The activation input `x`.
+    Input,
+    /// The output `y`.
+    Output,
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Buffer::Weight => "weight",
+            Buffer::Input => "input (x)",
+            Buffer::Output => "output (y)",
+        })
+    }
+}
+
+/// Errors from the kernels' argument validation.
+///
+/// ```
+/// use hearth_quant::kernels::{matvec, Buffer, KernelError, WeightFormat};
+/// let w = vec![0u8; 4 * 8];
+/// let mut y = vec![0.0f32; 4];
+/// let err = matvec(WeightFormat::F32, &w, 4, 8, &[0.0; 7], &mut y).unwrap_err();
+/// assert_eq!(err, KernelError::LengthMismatch { buffer: Buffer::Input, expected: 8, actual: 7 });
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// A buffer has the wrong length.
+    #[error("{buffer} buffer has length {actual}, expected {expected}")]
+    LengthMismatch {
+        /// Which buffer.
+        buffer: Buffer,
+        /// Required length (bytes for weights, elements otherwise).
+        expected: usize,
+        /// Supplied length.
+        actual: usize,
+    },
+    /// `cols` is not a multiple of the format's block size.
+    #[error("cols = {cols} is not a multiple of the {format:?} block size {block_size}")]
+    ColsNotMultipleOfBlock {
+        /// Weight format.
+        format: WeightFormat,
+        /// Requested columns.
+        cols: usize,
+        /// Required multiple.
+        block_size: usize,
+    },
+    /// `rows × cols` (or the batch) overflows `usize`.
+    #[error("matrix size overflows usize")]
+    SizeOverflow,
+    /// A forced instruction-set path is not supported by this CPU.
+    #[error("instruction set {0:?} is not available on this CPU")]
+    IsaUnavailable(Isa),
+}
+
+/// Instruction-set path of the kernels.
+///
+/// ```
+/// use hearth_quant::kernels::Isa;
+/// assert!(Isa::Scalar.is_available());
+/// assert!(Isa::detect().is_available());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust (integer dot products, no intrinsics).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL/VNNI/VBMI (plus AVX2/FMA/F16C).
+    Avx512,
+}
+
+impl Isa {
+    /// Best path for this CPU (detected once, cached).
+    ///
+    /// ```
+    /// # use hearth_quant::kernels::Isa;
+    /// println!("{:?}", Isa::detect());
+    /// ```
+    pub fn detect() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if Isa::Avx512.is_available() {
+                Isa::Avx512
+            } else if Isa::Avx2.is_available() {
+                Isa::Avx2
+            } else {
+                Isa::Scalar
+            }
+        })
+    }
+
+    /// Whether this CPU can run the path.
+    ///
+    /// ```
+    /// # use hearth_quant::kernels::Isa;
+    /// assert!(Isa::available().contains(&Isa::Scalar));
+    /// ```
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vbmi")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// All paths this CPU can run, slowest first.
+    ///
+    /// ```
+    /// # use hearth_quant::kernels::Isa;
+    /// assert_eq!(Isa::available()[0], Isa::Scalar);
+    /// ```
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+}
+
+static PREFETCH_DISTANCE: AtomicUsize = AtomicUsize::new(DEFAULT_PREFETCH_DISTANCE);
+
+/// Default software-prefetch distance of the SIMD kernels, in bytes of weights ahead.
+pub const DEFAULT_PREFETCH_DISTANCE: usize = 4096;
+
+/// Sets how far ahead (bytes of the weight stream) the SIMD kernels software-prefetch;
+/// `0` disables prefetching. A tuning knob: the default suits DRAM-streaming decode.
+///
+/// ```
+/// use hearth_quant::kernels::{set_prefetch_distance, DEFAULT_PREFETCH_DISTANCE};
+/// set_prefetch_distance(DEFAULT_PREFETCH_DISTANCE);
+/// ```
+pub fn set_prefetch_distance(bytes: usize) {
+    PREFETCH_DISTANCE.store(bytes, Ordering::Relaxed);
+}
+
+#[inline]
+pub(crate) fn prefetch_distance() -> usize {
+    PREFETCH_DISTANCE.load(Ordering::Relaxed)
+}
+
+/// Activations prepared once per input vector for a given (isa, format).
+pub(crate) struct Prepared<'a> {
+    /// Original activations.
+    pub x: &'a [f32],
+    /// BF16 SIMD paths: `x` de-interleaved per group of `g` (even indices then odd indices).
+    pub xd: Vec<f32>,
+    /// Quantized activations for the integer-dot formats.
+    pub q8: Option<Q8Activations>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(isa: Isa, fmt: WeightFormat, x: &'a [f32]) -> Self {
+        let q8 = fmt
+            .activation_block()
+            .map(|b| Q8Activations::quantize(x, b));
+        let group = match (isa, fmt) {
+            (Isa::Avx2, WeightFormat::Bf16) => 16,
+            (Isa::Avx512, WeightFormat::Bf16) => 32,
+            _ => 0,
+        };
+        let mut xd = Vec::new();
+        if group > 0 {
+            xd.reserve_exact(x.len());
+            let mut chunks = x.chunks_exact(group);
+            for c in &mut chunks {
+                xd.extend(c.iter().step_by(2));
+                xd.extend(c.iter().skip(1).step_by(2));
+            }
+            xd.extend_from_slice(chunks.remainder());
+        }
+        Prepared { x, xd, q8 }
+    }
+
+    pub fn q8(&self) -> &Q8Activations {
+        self.q8
+            .as_ref()
+            .expect("internal: quantized activations prepared for this format")
+    }
+}
+
+/// Computes `out[i] = dot(row i of chunk, x)` for every row of `chunk` on the given path.
+fn dot_rows(
+    isa: Isa,
+    fmt: WeightFormat,
+    chunk: &[u8],
+    row_bytes: usize,
+    cols: usize,
+    p: &Prepared<'_>,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(chunk.len(), row_bytes * out.len());
+    match isa {
+        Isa::Scalar => scalar::dot_rows(fmt, chunk, row_bytes, cols, p, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: every public entry point rejects an `isa` whose `is_available()` is false,
+        // so the CPU supports the features `avx2::dot_rows` is compiled for.
+        Isa::Avx2 => unsafe { avx2::dot_rows(fmt, chunk, row_bytes, cols, p, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, `Isa::Avx512.is_available()` was checked by the entry point.
+        Isa::Avx512 => unsafe { avx512::dot_rows(fmt, chunk, row_bytes, cols, p, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("non-x86 ISA paths are never available"),
+    }
+}
+
+/// Rows per rayon task: a few hundred KB of weights, but at least ~8 tasks per thread.
+fn chunk_rows(rows: usize, row_bytes: usize) -> usize {
+    const TASK_BYTES: usize = 256 * 1024;
+    let threads = rayon::current_num_threads().max(1);
+    let by_bytes = (TASK_BYTES / row_bytes.max(1)).max(1);
+    let by_balance = rows.div_ceil(threads * 8).max(1);
+    by_bytes.min(by_balance).max(4.min(rows.max(1)))
+}
+
+fn validate(
+    isa: Isa,
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<usize, KernelError> {
+    if !isa.is_available() {
+        return Err(KernelError::IsaUnavailable(isa));
+    }
+    let rb = fmt.row_bytes(cols)?;
+    let total = rb.checked_mul(rows).ok_or(KernelError::SizeOverflow)?;
+    if weight.len() != total {
+        return Err(KernelError::LengthMismatch {
+            buffer: Buffer::Weight,
+            expected: total,
+            actual: weight.len(),
+        });
+    }
+    Ok(rb)
+}
+
+fn check_len(buffer: Buffer, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::LengthMismatch {
+            buffer,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// `y[r] = Σ_c W[r,c] · x[c]` for `r in 0..rows`, on the best instruction set of this CPU.
+///
+/// `weight` holds `rows * fmt.row_bytes(cols)` bytes. See the module docs for the
+/// numerics of the quantized formats.
+///
+/// ```
+/// use hearth_quant::kernels::{matvec, WeightFormat};
+/// // 2×3 f32 matrix [[1,2,3],[4,5,6]]
+/// let w: Vec<u8> = [1.0f32, 2., 3., 4., 5., 6.].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let mut y = [0.0f32; 2];
+/// matvec(WeightFormat::F32, &w, 2, 3, &[1.0, 1.0, 1.0], &mut y).unwrap();
+/// assert_eq!(y, [6.0, 15.0]);
+/// ```
+pub fn matvec(
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    matvec_with_isa(Isa::detect(), fmt, weight, rows, cols, x, y)
+}
+
+/// [`matvec`] on a forced instruction-set path (errors if the CPU lacks it).
+///
+/// ```
+/// use hearth_quant::kernels::{matvec_with_isa, Isa, WeightFormat};
+/// let w: Vec<u8> = [2.0f32, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let mut y = [0.0f32; 1];
+/// matvec_with_isa(Isa::Scalar, WeightFormat::F32, &w, 1, 2, &[1.0, 2.0], &mut y).unwrap();
+/// assert_eq!(y, [8.0]);
+/// ```
+pub fn matvec_with_isa(
+    isa: Isa,
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let rb = validate(isa, fmt, weight, rows, cols)?;
+    check_len(Buffer::Input, cols, x.len())?;
+    check_len(Buffer::Output, rows, y.len())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let p = Prepared::new(isa, fmt, x);
+    let cr = chunk_rows(rows, rb);
+    if rayon::current_num_threads() <= 1 || rows <= cr {
+        dot_rows(isa, fmt, weight, rb, cols, &p, y);
+    } else {
+        y.par_chunks_mut(cr)
+            .zip(weight.par_chunks(cr * rb))
+            .for_each(|(out, w)| dot_rows(isa, fmt, w, rb, cols, &p, out));
+    }
+    Ok(())
+}
+
+/// `Y[n, r] = Σ_c W[r,c] · X[n, c]`: `x` is `n × cols` row-major, `y` is `n × rows` row-major.
+///
+/// Each weight row-chunk is read from memory once and reused (from cache) for all `n`
+/// activation rows.
+///
+/// ```
+/// use hearth_quant::kernels::{matmul, WeightFormat};
+/// let w: Vec<u8> = [1.0f32, 2., 3., 4.].iter().flat_map(|v| v.to_le_bytes()).collect(); // [[1,2],[3,4]]
+/// let x = [1.0f32, 0.0, 0.0, 1.0]; // two activation rows
+/// let mut y = [0.0f32; 4];
+/// matmul(WeightFormat::F32, &w, 2, 2, &x, 2, &mut y).unwrap();
+/// assert_eq!(y, [1.0, 3.0, 2.0, 4.0]);
+/// ```
+pub fn matmul(
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_with_isa(Isa::detect(), fmt, weight, rows, cols, x, n, y)
+}
+
+/// [`matmul`] on a forced instruction-set path (errors if the CPU lacks it).
+///
+/// ```
+/// use hearth_quant::kernels::{matmul_with_isa, Isa, WeightFormat};
+/// let w: Vec<u8> = [1.0f32, 2.].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let mut y = [0.0f32; 2];
+/// matmul_with_isa(Isa::Scalar, WeightFormat::F32, &w, 1, 2, &[1.0, 1.0, 2.0, 0.0], 2, &mut y).unwrap();
+/// assert_eq!(y, [3.0, 2.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_isa(
+    isa: Isa,
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let rb = validate(isa, fmt, weight, rows, cols)?;
+    check_len(
+        Buffer::Input,
+        n.checked_mul(cols).ok_or(KernelError::SizeOverflow)?,
+        x.len(),
+    )?;
+    check_len(
+        Buffer::Output,
+        n.checked_mul(rows).ok_or(KernelError::SizeOverflow)?,
+        y.len(),
+    )?;
+    if n == 1 {
+        return matvec_with_isa(isa, fmt, weight, rows, cols, x, y);
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let preps: Vec<Prepared<'_>> = if n >= 4 {
+        x.par_chunks(cols)
+            .map(|xr| Prepared::new(isa, fmt, xr))
+            .collect()
+    } else {
+        x.chunks(cols)
+            .map(|xr| Prepared::new(isa, fmt, xr))
+            .collect()
+    };
+    let cr = chunk_rows(rows, rb);
+    // Scratch laid out chunk by chunk, each chunk as [n][rows_in_chunk].
+    let mut scratch = vec![0.0f32; rows * n];
+    let run = |(out, w): (&mut [f32], &[u8])| {
+        let r = w.len() / rb;
+        for (p, o) in preps.iter().zip(out.chunks_mut(r)) {
+            dot_rows(isa, fmt, w, rb, cols, p, o);
+        }
+    };
+    scratch
+        .par_chunks_mut(cr * n)
+        .zip(weight.par_chunks(cr * rb))
+        .for_each(run);
+    for (ci, chunk) in scratch.chunks(cr * n).enumerate() {
+        let r0 = ci * cr;
+        let r = chunk.len() / n;
+        for (j, src) in chunk.chunks(r).enumerate() {
+            y[j * rows + r0..j * rows + r0 + r].copy_from_slice(src);
+        }
+    }
+    Ok(())
+}
+
+/// Measures memory read bandwidth (bytes/s) by summing a `bytes`-sized buffer with
+/// vectorised loads on `threads` threads (a dedicated rayon pool); returns the best of 5 runs.
+///
+/// Use a buffer much larger than the last-level cache (e.g. 1 GiB).
+///
+/// ```
+/// let bw = hearth_quant::kernels::measure_read_bandwidth(8 << 20, 1);
+/// assert!(bw > 0.0);
+/// ```
+pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
+    let words = (bytes / 8).max(1024);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("building a rayon pool for the bandwidth probe");
+    const CHUNK: usize = 1 << 17; // 1 MiB of u64
+    let mut buf = vec![0u64; words];
+    pool.install(|| {
+        buf.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+            for (j, v) in c.iter_mut().enumerate() {
+                *v = (i * CHUNK + j) as u64;
+            }
+        })
+    });
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = pool.install(|| {
+            buf.par_chunks(CHUNK)
+                .map(xor_reduce)
+                .reduce(|| 0, |a, b| a ^ b)
+        });
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((words * 8) as f64 / dt);
+    }
+    best
+}
+
+fn xor_reduce(c: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.is_available() {
+        // SAFETY: AVX-512F support was just checked.
+        return unsafe { avx512::xor_reduce(c) };
+    } else if Isa::Avx2.is_available() {
+        // SAFETY: AVX2 support was just checked.
+        return unsafe { avx2::xor_reduce(c) };
+    }
+    scalar::xor_reduce(c)
+}
+
+#[inline]
+pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[off], b[off + 1]])).to_f32()
+}
+
+/// Unpacks the 12-byte Q4_K scale/min field into 8 six-bit scales and 8 six-bit mins.
+#[inline]
+pub(crate) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+    }
+    for j in 4..8 {
+        sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    (sc, mn)
+}
