@@ -7,7 +7,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// I/O failure on a file.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// File.
         path: String,

@@ -85,8 +85,16 @@ impl WeightStore {
                     actual: mmap.len(),
                 });
             }
-            let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
-                .map_err(|e| ModelError::BadHeader { file: name.clone(), reason: e.to_string() })?;
+            let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
+                // Tell a short file apart from a malformed header.
+                let needed = declared_data_end(&mmap[8..8 + header_len]).map(|end| 8 + header_len + end);
+                match needed {
+                    Some(expected) if expected > mmap.len() => {
+                        ModelError::Truncated { file: name.clone(), expected, actual: mmap.len() }
+                    }
+                    _ => ModelError::BadHeader { file: name.clone(), reason: e.to_string() },
+                }
+            })?;
             let data_start = 8 + n;
             let data_end = meta.tensors().values().map(|i| i.data_offsets.1).max().unwrap_or(0);
             if data_start + data_end > mmap.len() {
@@ -147,6 +155,17 @@ impl WeightStore {
         })?;
         Ok((values, raw.shape.to_vec()))
     }
+}
+
+/// The largest `data_offsets` end a header declares, if the header is valid JSON.
+fn declared_data_end(header: &[u8]) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    v.as_object()?
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .map(|x| x as usize)
 }
 
 /// Anything that can hand out checkpoint tensors by their HuggingFace name, as f32.
