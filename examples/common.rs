@@ -11,7 +11,11 @@ pub struct ExampleArgs {
 
 pub fn parse(default_prompt: &str) -> Result<ExampleArgs, String> {
     let mut args = std::env::args().skip(1);
-    let mut out = ExampleArgs { model: None, prompt: default_prompt.to_string(), max_tokens: 32 };
+    let mut out = ExampleArgs {
+        model: None,
+        prompt: default_prompt.to_string(),
+        max_tokens: 32,
+    };
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -27,11 +31,16 @@ pub fn parse(default_prompt: &str) -> Result<ExampleArgs, String> {
 
 /// The repository's built-in tiny checkpoint `assets/<name>`.
 pub fn builtin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../assets")
+        .join(name)
 }
 
 /// Streams a generation to stdout and reports speed on stderr.
-pub fn run<B: hearth::backend::HearthBackend>(engine: &hearth::engine::Engine<B>, args: &ExampleArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run<B: hearth::backend::HearthBackend>(
+    engine: &hearth::engine::Engine<B>,
+    args: &ExampleArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
     use hearth::engine::{Event, GenerateRequest};
     use std::io::Write;
     let req = GenerateRequest::text(args.prompt.clone()).max_new_tokens(args.max_tokens);

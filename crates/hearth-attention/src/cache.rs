@@ -130,15 +130,25 @@ pub trait KvCache<B: Backend> {
     /// Positions of a chunk of `new[b]` tokens per row, after checking capacity.
     fn positions(&self, new: &[usize]) -> Result<BatchPositions, CacheError> {
         if new.len() != self.rows() {
-            return Err(CacheError::BatchMismatch { expected: self.rows(), got: new.len() });
+            return Err(CacheError::BatchMismatch {
+                expected: self.rows(),
+                got: new.len(),
+            });
         }
         let past: Vec<usize> = (0..self.rows()).map(|r| self.seq_len(r)).collect();
         for (row, (p, n)) in past.iter().zip(new).enumerate() {
             if p + n > self.capacity() {
-                return Err(CacheError::Full { row, needed: p + n, capacity: self.capacity() });
+                return Err(CacheError::Full {
+                    row,
+                    needed: p + n,
+                    capacity: self.capacity(),
+                });
             }
         }
-        Ok(BatchPositions { past, new: new.to_vec() })
+        Ok(BatchPositions {
+            past,
+            new: new.to_vec(),
+        })
     }
     /// Stores the chunk's `k: [B, H, T, Dk]`, `v: [B, H, T, Dv]` for `layer` and returns all
     /// keys and values the chunk may attend to, `[B, H, pos.key_len(), D]`.
@@ -167,7 +177,12 @@ impl<B: Backend> ContiguousKvCache<B> {
     /// A cache for `layers` layers, `rows` sequences of up to `capacity` tokens. Buffers are
     /// allocated on the first write of each layer, with that layer's head count and widths.
     pub fn new(layers: usize, rows: usize, capacity: usize, device: B::Device) -> Self {
-        Self { layers: (0..layers).map(|_| None).collect(), lens: vec![0; rows], capacity, device }
+        Self {
+            layers: (0..layers).map(|_| None).collect(),
+            lens: vec![0; rows],
+            capacity,
+            device,
+        }
     }
 
     /// Bytes held by the allocated buffers (f32).
@@ -203,7 +218,10 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
         let [b, h, t, dk] = k.dims();
         let dv = v.dims()[3];
         if b != self.lens.len() {
-            return Err(CacheError::BatchMismatch { expected: self.lens.len(), got: b });
+            return Err(CacheError::BatchMismatch {
+                expected: self.lens.len(),
+                got: b,
+            });
         }
         let (mut kc, mut vc) = slot.take().unwrap_or_else(|| {
             (
@@ -228,7 +246,10 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
             }
         }
         let s = pos.key_len();
-        let out = (kc.clone().slice([0..b, 0..h, 0..s, 0..dk]), vc.clone().slice([0..b, 0..h, 0..s, 0..dv]));
+        let out = (
+            kc.clone().slice([0..b, 0..h, 0..s, 0..dk]),
+            vc.clone().slice([0..b, 0..h, 0..s, 0..dv]),
+        );
         *slot = Some((kc, vc));
         Ok(out)
     }
@@ -250,7 +271,10 @@ mod tests {
 
     #[test]
     fn mask_is_causal_windowed_and_padded() {
-        let p = BatchPositions { past: vec![0, 2], new: vec![3, 1] };
+        let p = BatchPositions {
+            past: vec![0, 2],
+            new: vec![3, 1],
+        };
         let m = p.mask_values(Some(2));
         let (t, s) = (3, 3);
         let at = |b: usize, i: usize, j: usize| m[(b * t + i) * s + j] == 0.0;
@@ -267,8 +291,18 @@ mod tests {
     fn capacity_is_checked() {
         type B = hearth_backend::Cpu;
         let c = ContiguousKvCache::<B>::new(1, 2, 4, Default::default());
-        assert_eq!(c.positions(&[5, 1]), Err(CacheError::Full { row: 0, needed: 5, capacity: 4 }));
-        assert_eq!(c.positions(&[1]), Err(CacheError::BatchMismatch { expected: 2, got: 1 }));
+        assert_eq!(
+            c.positions(&[5, 1]),
+            Err(CacheError::Full {
+                row: 0,
+                needed: 5,
+                capacity: 4
+            })
+        );
+        assert_eq!(
+            c.positions(&[1]),
+            Err(CacheError::BatchMismatch { expected: 2, got: 1 })
+        );
     }
 
     #[test]
@@ -276,7 +310,10 @@ mod tests {
         type B = hearth_backend::Cpu;
         let dev = Default::default();
         let mut c = ContiguousKvCache::<B>::new(1, 2, 8, dev);
-        let k0 = Tensor::<B, 4>::from_data(TensorData::new((0..2 * 3 * 2).map(|x| x as f32).collect::<Vec<_>>(), [2, 1, 3, 2]), &dev);
+        let k0 = Tensor::<B, 4>::from_data(
+            TensorData::new((0..2 * 3 * 2).map(|x| x as f32).collect::<Vec<_>>(), [2, 1, 3, 2]),
+            &dev,
+        );
         let pos = c.positions(&[3, 2]).unwrap();
         let (k, _) = c.update(0, k0.clone(), k0.clone(), &pos).unwrap();
         c.advance(&pos);

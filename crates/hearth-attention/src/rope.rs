@@ -141,11 +141,17 @@ impl RopeConfig {
             .and_then(|p| num(p, "rope_theta"))
             .or_else(|| num(config, "rope_theta"))
             .unwrap_or(10000.0);
-        if !(theta > 0.0) {
-            return Err(RopeError::Invalid { field: "rope_theta", value: theta });
+        if theta.is_nan() || theta <= 0.0 {
+            return Err(RopeError::Invalid {
+                field: "rope_theta",
+                value: theta,
+            });
         }
-        if dim == 0 || dim % 2 != 0 {
-            return Err(RopeError::Invalid { field: "rotary dim", value: dim as f64 });
+        if dim == 0 || !dim.is_multiple_of(2) {
+            return Err(RopeError::Invalid {
+                field: "rotary dim",
+                value: dim as f64,
+            });
         }
         let scaling = match params {
             None => RopeScaling::Default,
@@ -165,7 +171,9 @@ impl RopeConfig {
                 let orig = num(p, "original_max_position_embeddings").map(|x| x as usize);
                 match ty.as_str() {
                     "default" => RopeScaling::Default,
-                    "linear" => RopeScaling::Linear { factor: need("factor")? },
+                    "linear" => RopeScaling::Linear {
+                        factor: need("factor")?,
+                    },
                     "dynamic" => RopeScaling::Dynamic {
                         factor: need("factor")?,
                         original_max: orig.unwrap_or(max_position_embeddings),
@@ -200,8 +208,11 @@ impl RopeConfig {
             | RopeScaling::Llama3 { factor, .. }
             | RopeScaling::Yarn { factor, .. } => *factor,
         };
-        if !(factor > 0.0) {
-            return Err(RopeError::Invalid { field: "factor", value: factor });
+        if factor.is_nan() || factor <= 0.0 {
+            return Err(RopeError::Invalid {
+                field: "factor",
+                value: factor,
+            });
         }
         Ok(RopeConfig { theta, dim, scaling })
     }
@@ -227,7 +238,12 @@ impl RopeConfig {
                 let base = self.theta * ((factor * len / om) - (factor - 1.0)).powf(dim / (dim - 2.0));
                 (self.base_inv_freq(base), 1.0)
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max,
+            } => {
                 let old = *original_max as f64;
                 let low_wl = old / low_freq_factor;
                 let high_wl = old / high_freq_factor;
@@ -288,7 +304,10 @@ impl RopeConfig {
                 (inv, attn)
             }
         };
-        Ok(RopeTable { inv_freq, attention_scaling })
+        Ok(RopeTable {
+            inv_freq,
+            attention_scaling,
+        })
     }
 }
 
@@ -351,7 +370,12 @@ impl RopeTable {
 /// let y = apply_rope(x, &cos, &sin, RopeLayout::Half).into_data().to_vec::<f32>().unwrap();
 /// assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6);
 /// ```
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, layout: RopeLayout) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    layout: RopeLayout,
+) -> Tensor<B, 4> {
     let [b, h, t, d] = x.dims();
     let x = match layout {
         RopeLayout::Half => x,

@@ -10,21 +10,30 @@ fn components() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"))
         .join("components");
-    assert!(dir.join("rope.json").is_file(), "rope fixtures missing at {} (set HEARTH_FIXTURES)", dir.display());
+    assert!(
+        dir.join("rope.json").is_file(),
+        "rope fixtures missing at {} (set HEARTH_FIXTURES)",
+        dir.display()
+    );
     dir
 }
 
 #[test]
 fn every_variant_matches_transformers() {
     let dir = components();
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("rope.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("rope.json")).unwrap()).unwrap();
     let bytes = std::fs::read(dir.join("rope.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let cases = meta.as_object().unwrap();
     assert!(cases.len() >= 5);
     for (name, case) in cases {
         let t = st.tensor(&format!("{name}.inv_freq")).unwrap();
-        let want: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let dim = want.len() * 2;
         // The fixture gives the `rope_parameters` object (v5 form); feed it as a config.
         let cfg = serde_json::json!({ "rope_parameters": case["config"] });
@@ -42,7 +51,11 @@ fn every_variant_matches_transformers() {
             assert!(rel <= 1e-6, "{name}: inv_freq[{i}] = {g} want {w}");
         }
         let scale = case["attention_scaling"].as_f64().unwrap();
-        assert!((table.attention_scaling - scale).abs() < 1e-9, "{name}: scaling {} want {scale}", table.attention_scaling);
+        assert!(
+            (table.attention_scaling - scale).abs() < 1e-9,
+            "{name}: scaling {} want {scale}",
+            table.attention_scaling
+        );
     }
 }
 
@@ -52,7 +65,10 @@ fn legacy_keys_parse_like_rope_parameters() {
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}});
     let v5 = serde_json::json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}});
-    assert_eq!(RopeConfig::from_hf(&legacy, 16, 256).unwrap(), RopeConfig::from_hf(&v5, 16, 256).unwrap());
+    assert_eq!(
+        RopeConfig::from_hf(&legacy, 16, 256).unwrap(),
+        RopeConfig::from_hf(&v5, 16, 256).unwrap()
+    );
     let bad = serde_json::json!({"rope_scaling": {"rope_type": "longrope2"}});
     assert!(RopeConfig::from_hf(&bad, 16, 256).is_err());
 }

@@ -200,6 +200,11 @@ impl FromStr for DType {
 /// # }
 /// ```
 pub trait HearthBackend: Backend {
+    /// Whether tensors of this backend live in host memory, so that hearth's own CPU kernels
+    /// (packed F32/BF16/Q8_0/Q4_0/... matrix × vector, `hearth_quant::kernels`) can run the
+    /// linear layers instead of burn's matmul.
+    const HOST_KERNELS: bool = false;
+
     /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
         ops::rms_norm(x, weight, eps)
@@ -227,7 +232,9 @@ pub trait HearthBackend: Backend {
 }
 
 #[cfg(feature = "cpu")]
-impl HearthBackend for Cpu {}
+impl HearthBackend for Cpu {
+    const HOST_KERNELS: bool = true;
+}
 #[cfg(feature = "wgpu")]
 impl HearthBackend for Wgpu {}
 #[cfg(feature = "cuda")]

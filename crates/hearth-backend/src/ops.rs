@@ -15,11 +15,7 @@ use burn::tensor::{Tensor, activation, backend::Backend};
 /// assert_eq!(y, vec![2.0, -2.0]);
 /// # }
 /// ```
-pub fn rms_norm<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    weight: Tensor<B, 1>,
-    eps: f64,
-) -> Tensor<B, D> {
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
     let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
     let inv = (ms + eps).sqrt().recip();
     let dims = x.dims();
@@ -62,9 +58,7 @@ pub fn gqa_attention<B: Backend>(
     let mask = if g == 1 {
         mask.unsqueeze_dim::<4>(1)
     } else {
-        mask.unsqueeze_dim::<4>(1)
-            .repeat_dim(1, g)
-            .reshape([b, 1, g * t, s])
+        mask.unsqueeze_dim::<4>(1).repeat_dim(1, g).reshape([b, 1, g * t, s])
     };
     let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask;
     let probs = activation::softmax(scores, 3);

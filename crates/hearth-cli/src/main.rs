@@ -217,7 +217,10 @@ fn generate<B: HearthBackend>(dev: &B::Device, a: &GenerateArgs) -> Result<()> {
     let (finish, n) = stream(&engine, req, &mut stdout)?;
     let dt = t0.elapsed().as_secs_f64();
     writeln!(stdout)?;
-    eprintln!("[{n} tokens in {dt:.2}s, {:.1} tok/s, finish: {finish:?}]", n as f64 / dt);
+    eprintln!(
+        "[{n} tokens in {dt:.2}s, {:.1} tok/s, finish: {finish:?}]",
+        n as f64 / dt
+    );
     if a.moe_stats {
         let stats: Vec<_> = engine.model.moe_stats().into_iter().flatten().collect();
         if stats.is_empty() {
@@ -232,7 +235,10 @@ fn generate<B: HearthBackend>(dev: &B::Device, a: &GenerateArgs) -> Result<()> {
 fn chat<B: HearthBackend>(dev: &B::Device, a: &ChatArgs) -> Result<()> {
     let engine = load_engine::<B>(&a.model.model, dev)?;
     if engine.tokenizer.chat_template.is_none() {
-        bail!("{} has no chat_template in tokenizer_config.json", a.model.model.display());
+        bail!(
+            "{} has no chat_template in tokenizer_config.json",
+            a.model.model.display()
+        );
     }
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
@@ -259,10 +265,16 @@ fn chat<B: HearthBackend>(dev: &B::Device, a: &ChatArgs) -> Result<()> {
             stop_strings: a.sampling.stop.clone(),
         };
         let mut reply = Vec::new();
-        let mut tee = Tee { a: &mut stdout, b: &mut reply };
+        let mut tee = Tee {
+            a: &mut stdout,
+            b: &mut reply,
+        };
         stream(&engine, req, &mut tee)?;
         writeln!(stdout)?;
-        messages.push(ChatMessage::new("assistant", String::from_utf8_lossy(&reply).into_owned()));
+        messages.push(ChatMessage::new(
+            "assistant",
+            String::from_utf8_lossy(&reply).into_owned(),
+        ));
     }
     Ok(())
 }
@@ -308,7 +320,7 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     let vocab = model.config().vocab_size;
     let steps = a.greedy.unwrap_or(0);
     let mut cache = model.new_cache(1, Some(a.tokens.len() + steps + 1));
-    let out = model.forward(&[a.tokens.clone()], &mut cache, ForwardOptions::default())?;
+    let out = model.forward(std::slice::from_ref(&a.tokens), &mut cache, ForwardOptions::default())?;
     let prefill = host(out.logits);
     let t = a.tokens.len();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = vec![(
@@ -326,11 +338,23 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
             ids.push(tok as i64);
             steps_logits.extend_from_slice(&last);
             if step + 1 < n {
-                let o = model.forward(&[vec![tok]], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
+                let o = model.forward(
+                    &[vec![tok]],
+                    &mut cache,
+                    ForwardOptions {
+                        hidden_states: false,
+                        last_only: true,
+                    },
+                )?;
                 last = host(o.logits);
             }
         }
-        tensors.push(("greedy_ids".into(), safetensors::Dtype::I64, vec![n], bytemuck::cast_slice(&ids).to_vec()));
+        tensors.push((
+            "greedy_ids".into(),
+            safetensors::Dtype::I64,
+            vec![n],
+            bytemuck::cast_slice(&ids).to_vec(),
+        ));
         tensors.push((
             "greedy_step_logits".into(),
             safetensors::Dtype::F32,
@@ -340,7 +364,12 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     }
     let views = tensors
         .iter()
-        .map(|(name, dt, shape, data)| Ok((name.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data)?)))
+        .map(|(name, dt, shape, data)| {
+            Ok((
+                name.clone(),
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), data)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize_to_file(views, None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {}", a.out.display());
@@ -354,13 +383,27 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache(1, Some(a.prompt_len + a.decode + 1));
     let t0 = Instant::now();
-    let out = model.forward(&[prompt], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
+    let out = model.forward(
+        &[prompt],
+        &mut cache,
+        ForwardOptions {
+            hidden_states: false,
+            last_only: true,
+        },
+    )?;
     let mut last = host(out.logits);
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..a.decode {
         let tok = argmax(&last)?;
-        let o = model.forward(&[vec![tok]], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
+        let o = model.forward(
+            &[vec![tok]],
+            &mut cache,
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        )?;
         last = host(o.logits);
     }
     let decode_s = t1.elapsed().as_secs_f64();

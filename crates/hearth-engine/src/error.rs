@@ -50,4 +50,10 @@ pub enum EngineError {
     /// The prompt is empty.
     #[error("empty prompt")]
     EmptyPrompt,
+    /// A GGUF file's tokenizer metadata is missing, invalid or unsupported.
+    #[error(transparent)]
+    GgufTokenizer(#[from] crate::gguf_tokenizer::GgufTokenizerError),
+    /// The default model could not be downloaded.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
 }

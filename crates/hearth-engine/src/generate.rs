@@ -52,7 +52,12 @@ pub struct GenerateRequest {
 impl GenerateRequest {
     /// A greedy request for raw text with a budget of 64 tokens.
     pub fn text(prompt: impl Into<String>) -> Self {
-        Self { prompt: Prompt::Text(prompt.into()), params: SamplingParams::default(), max_new_tokens: 64, stop_strings: vec![] }
+        Self {
+            prompt: Prompt::Text(prompt.into()),
+            params: SamplingParams::default(),
+            max_new_tokens: 64,
+            stop_strings: vec![],
+        }
     }
 
     /// Sets the token budget.
@@ -120,7 +125,10 @@ impl<B: HearthBackend> Engine<B> {
     pub fn new(model: CausalLm<B>, tokenizer: Tokenizer) -> Result<Self, EngineError> {
         let vocab = model.config().vocab_size;
         if tokenizer.vocab_size() > vocab {
-            return Err(EngineError::VocabMismatch { tokenizer: tokenizer.vocab_size(), model: vocab });
+            return Err(EngineError::VocabMismatch {
+                tokenizer: tokenizer.vocab_size(),
+                model: vocab,
+            });
         }
         let mut eos_token_ids = model.config().eos_token_ids.clone();
         if let Some(id) = tokenizer.eos_token_id()
@@ -128,7 +136,11 @@ impl<B: HearthBackend> Engine<B> {
         {
             eos_token_ids.push(id);
         }
-        Ok(Self { model, tokenizer, eos_token_ids })
+        Ok(Self {
+            model,
+            tokenizer,
+            eos_token_ids,
+        })
     }
 
     /// Token ids of a prompt.
@@ -156,7 +168,10 @@ impl<B: HearthBackend> Engine<B> {
         }
         let context = self.model.config().max_position_embeddings;
         if ids.len() >= context {
-            return Err(EngineError::PromptTooLong { prompt: ids.len(), context });
+            return Err(EngineError::PromptTooLong {
+                prompt: ids.len(),
+                context,
+            });
         }
         let mut params = req.params.clone();
         if params.eos_token_ids.is_empty() {
@@ -202,8 +217,15 @@ impl<B: HearthBackend> Generation<'_, B> {
         self.done = true;
         Event::Done {
             finish,
-            usage: Usage { prompt_tokens: self.n_prompt, completion_tokens: self.generated },
-            tail: if finish == Finish::StopString { String::new() } else { self.stops.finish() },
+            usage: Usage {
+                prompt_tokens: self.n_prompt,
+                completion_tokens: self.generated,
+            },
+            tail: if finish == Finish::StopString {
+                String::new()
+            } else {
+                self.stops.finish()
+            },
         }
     }
 
@@ -221,7 +243,10 @@ impl<B: HearthBackend> Generation<'_, B> {
         let out = self.engine.model.forward(
             &[input],
             &mut self.cache,
-            ForwardOptions { hidden_states: false, last_only: true },
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
         )?;
         let mut logits = host_logits(out.logits);
         let step = self.generated as u64;
@@ -237,7 +262,11 @@ impl<B: HearthBackend> Generation<'_, B> {
         if hit {
             self.finish = Some(Finish::StopString);
         }
-        Ok(Event::Token { id: s.token, text, logprob: s.logprob })
+        Ok(Event::Token {
+            id: s.token,
+            text,
+            logprob: s.logprob,
+        })
     }
 
     /// All token ids so far (prompt and generated).

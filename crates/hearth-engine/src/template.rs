@@ -20,7 +20,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -50,13 +53,21 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", source).map_err(|e| EngineError::Template(e.to_string()))?;
-        Ok(Self { env, bos_token, eos_token })
+        env.add_template_owned("chat", source)
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant header.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -58,7 +58,13 @@ impl Tokenizer {
                 .transpose()?,
             _ => None,
         };
-        Ok(Self { inner, bos_token, eos_token, chat_template, source: source.to_string() })
+        Ok(Self {
+            inner,
+            bos_token,
+            eos_token,
+            chat_template,
+            source: source.to_string(),
+        })
     }
 
     /// Number of tokens including added tokens.
@@ -71,14 +77,20 @@ impl Tokenizer {
         self.inner
             .encode(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| EngineError::Tokenizer { file: self.source.clone(), reason: e.to_string() })
+            .map_err(|e| EngineError::Tokenizer {
+                file: self.source.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| EngineError::Tokenizer { file: self.source.clone(), reason: e.to_string() })
+            .map_err(|e| EngineError::Tokenizer {
+                file: self.source.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// The id of a token string.

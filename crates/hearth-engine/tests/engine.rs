@@ -20,7 +20,12 @@ fn model_dir(name: &str) -> PathBuf {
 fn ids(name: &str, key: &str) -> Vec<u32> {
     let bytes = std::fs::read(model_dir(name).join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(key).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect()
 }
 
 fn collect(engine: &Engine<B>, req: GenerateRequest) -> (Vec<u32>, String, Finish) {
@@ -59,7 +64,11 @@ fn greedy_generation_matches_transformers() {
         assert_eq!(got, want, "{name}");
         assert_eq!(finish, Finish::MaxTokens);
         // streamed text is the decode of the ids
-        assert_eq!(text, engine.tokenizer.decode(&got, true).unwrap(), "{name}: streamed text");
+        assert_eq!(
+            text,
+            engine.tokenizer.decode(&got, true).unwrap(),
+            "{name}: streamed text"
+        );
     }
 }
 
@@ -68,13 +77,20 @@ fn seeded_sampling_is_reproducible_and_seed_dependent() {
     let engine = Engine::<B>::from_dir(&model_dir("llama"), &Default::default()).unwrap();
     let req = |seed| GenerateRequest {
         prompt: Prompt::Text("hello".into()),
-        params: SamplingParams { temperature: 1.5, seed, ..Default::default() },
+        params: SamplingParams {
+            temperature: 1.5,
+            seed,
+            ..Default::default()
+        },
         max_new_tokens: 12,
         stop_strings: vec![],
     };
     let a = collect(&engine, req(1)).0;
     assert_eq!(a, collect(&engine, req(1)).0);
-    assert!((2..6).any(|s| collect(&engine, req(s)).0 != a), "different seeds never differ");
+    assert!(
+        (2..6).any(|s| collect(&engine, req(s)).0 != a),
+        "different seeds never differ"
+    );
 }
 
 #[test]
@@ -86,7 +102,13 @@ fn stop_string_ends_generation_and_is_not_emitted() {
     let chars: Vec<char> = text.chars().collect();
     assert!(chars.len() > 6, "greedy text too short: {text:?}");
     let stop: String = chars[3..6].iter().collect();
-    let (_, stopped, finish) = collect(&engine, GenerateRequest { stop_strings: vec![stop.clone()], ..base });
+    let (_, stopped, finish) = collect(
+        &engine,
+        GenerateRequest {
+            stop_strings: vec![stop.clone()],
+            ..base
+        },
+    );
     assert_eq!(finish, Finish::StopString);
     let cut = text.find(&stop).unwrap();
     assert_eq!(stopped, text[..cut]);
@@ -101,7 +123,9 @@ fn chat_template_renders_from_tokenizer_config() {
         s,
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     );
-    let ids = engine.encode_prompt(&Prompt::Chat(vec![ChatMessage::new("user", "Hi")])).unwrap();
+    let ids = engine
+        .encode_prompt(&Prompt::Chat(vec![ChatMessage::new("user", "Hi")]))
+        .unwrap();
     assert_eq!(ids.iter().filter(|&&i| i == 0).count(), 1, "exactly one BOS");
 }
 
@@ -109,12 +133,35 @@ fn chat_template_renders_from_tokenizer_config() {
 fn errors_are_typed() {
     let engine = Engine::<B>::from_dir(&model_dir("llama"), &Default::default()).unwrap();
     let long = Prompt::Ids(vec![5; engine.model.config().max_position_embeddings]);
-    let r = engine.generate(GenerateRequest { prompt: long, ..GenerateRequest::text("") });
+    let r = engine.generate(GenerateRequest {
+        prompt: long,
+        ..GenerateRequest::text("")
+    });
     assert!(matches!(r.err(), Some(EngineError::PromptTooLong { .. })));
-    let bad = GenerateRequest { params: SamplingParams { top_p: Some(0.0), ..Default::default() }, ..GenerateRequest::text("x") };
+    let bad = GenerateRequest {
+        params: SamplingParams {
+            top_p: Some(0.0),
+            ..Default::default()
+        },
+        ..GenerateRequest::text("x")
+    };
     assert!(matches!(engine.generate(bad).err(), Some(EngineError::Sample(_))));
-    assert!(matches!(engine.generate(GenerateRequest { prompt: Prompt::Ids(vec![]), ..GenerateRequest::text("") }).err(), Some(EngineError::EmptyPrompt)));
-    let oov = GenerateRequest { prompt: Prompt::Ids(vec![100_000]), ..GenerateRequest::text("") };
+    assert!(matches!(
+        engine
+            .generate(GenerateRequest {
+                prompt: Prompt::Ids(vec![]),
+                ..GenerateRequest::text("")
+            })
+            .err(),
+        Some(EngineError::EmptyPrompt)
+    ));
+    let oov = GenerateRequest {
+        prompt: Prompt::Ids(vec![100_000]),
+        ..GenerateRequest::text("")
+    };
     let first = engine.generate(oov).unwrap().next().unwrap();
-    assert!(matches!(first, Err(EngineError::Model(hearth_models::ModelError::TokenOutOfRange { .. }))));
+    assert!(matches!(
+        first,
+        Err(EngineError::Model(hearth_models::ModelError::TokenOutOfRange { .. }))
+    ));
 }

@@ -60,8 +60,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn smollm2_gguf_golden() {
-    let path =
-        hearth_engine::fetch::smollm2().unwrap_or_else(|e| panic!("could not obtain SmolLM2: {e}"));
+    let path = hearth_engine::fetch::smollm2().unwrap_or_else(|e| panic!("could not obtain SmolLM2: {e}"));
     let dev = Default::default();
 
     // tokenizer from GGUF metadata
@@ -70,9 +69,7 @@ fn smollm2_gguf_golden() {
     assert_eq!(tok.encode(PROMPT, true).unwrap(), IDS);
     assert_eq!(tok.decode(&IDS, false).unwrap(), PROMPT);
     let chat = tok.chat_template.as_ref().expect("chat template");
-    let rendered = chat
-        .render(&[ChatMessage::new("user", "Hi!")], true)
-        .unwrap();
+    let rendered = chat.render(&[ChatMessage::new("user", "Hi!")], true).unwrap();
     assert!(
         rendered.ends_with("<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"),
         "{rendered:?}"

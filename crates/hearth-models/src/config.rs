@@ -254,7 +254,10 @@ impl ModelConfig {
     /// assert!(hearth_models::ModelConfig::from_json(&bad, "config.json").is_err());
     /// ```
     pub fn from_json(v: &Value, file: &str) -> Result<Self, ModelError> {
-        let f = Fields { v, file: file.to_string() };
+        let f = Fields {
+            v,
+            file: file.to_string(),
+        };
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("<missing>");
         let arch = Architecture::from_model_type(model_type).ok_or_else(|| ModelError::UnknownModelType {
             file: file.to_string(),
@@ -322,7 +325,9 @@ impl ModelConfig {
         // Sliding window: transformers v5 `layer_types`, else per-family rules.
         let window = f.opt_usize("sliding_window")?.filter(|&w| w > 0);
         let layer_types: Option<Vec<String>> = v.get("layer_types").and_then(Value::as_array).map(|a| {
-            a.iter().map(|x| x.as_str().unwrap_or("full_attention").to_string()).collect()
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("full_attention").to_string())
+                .collect()
         });
         let sliding_window = (0..num_layers)
             .map(|i| match (&layer_types, arch) {
@@ -341,10 +346,18 @@ impl ModelConfig {
             Some(m) => {
                 let qk = (m.qk_nope_head_dim + m.qk_rope_head_dim) as f64;
                 let mut s = qk.powf(-0.5);
-                if let hearth_attention::RopeScaling::Yarn { mscale_all_dim: Some(ma), factor, .. } = rope.scaling
+                if let hearth_attention::RopeScaling::Yarn {
+                    mscale_all_dim: Some(ma),
+                    factor,
+                    ..
+                } = rope.scaling
                     && ma != 0.0
                 {
-                    let m = if factor <= 1.0 { 1.0 } else { 0.1 * ma * factor.ln() + 1.0 };
+                    let m = if factor <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * ma * factor.ln() + 1.0
+                    };
                     s *= m * m;
                 }
                 s
@@ -404,12 +417,11 @@ fn parse_moe(f: &Fields, arch: Architecture, num_layers: usize) -> Result<Option
         },
         A::Qwen2Moe | A::Qwen3Moe => {
             let step = f.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
-            let only: Vec<usize> = f
-                .v
-                .get("mlp_only_layers")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect())
-                .unwrap_or_default();
+            let only: Vec<usize> =
+                f.v.get("mlp_only_layers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect())
+                    .unwrap_or_default();
             // transformers 5 renamed Qwen3-MoE's `num_experts` to `num_local_experts`
             let n = match f.opt_usize("num_experts")? {
                 Some(n) => n,
@@ -431,7 +443,9 @@ fn parse_moe(f: &Fields, arch: Architecture, num_layers: usize) -> Result<Option
                 routed_scaling_factor: 1.0,
                 shared_intermediate: shared,
                 shared_gate: shared.is_some(),
-                sparse_layers: (0..num_layers).map(|i| !only.contains(&i) && n > 0 && (i + 1) % step == 0).collect(),
+                sparse_layers: (0..num_layers)
+                    .map(|i| !only.contains(&i) && n > 0 && (i + 1) % step == 0)
+                    .collect(),
             }
         }
         A::Olmoe => MoeConfig {
@@ -467,7 +481,9 @@ fn parse_moe(f: &Fields, arch: Architecture, num_layers: usize) -> Result<Option
                 routed_scaling_factor: f.f64_or("routed_scaling_factor", 1.0),
                 shared_intermediate: (n_shared > 0).then_some(expert * n_shared),
                 shared_gate: false,
-                sparse_layers: (0..num_layers).map(|i| n > 0 && i >= first_dense && i % freq == 0).collect(),
+                sparse_layers: (0..num_layers)
+                    .map(|i| n > 0 && i >= first_dense && i % freq == 0)
+                    .collect(),
             }
         }
         _ => return Ok(None),

@@ -1,1 +1,369 @@
-//! Conversion of GGUF checkpoints to the HuggingFace layout.
+//! Conversion between GGUF checkpoints and the HuggingFace layout.
+//!
+//! - [`gguf_to_hf`]: GGUF → `config.json` + `model.safetensors` (f32 or bf16), with the
+//!   llama.cpp Q/K row permutation undone. The tokenizer files are written by
+//!   `hearth_engine::gguf_tokenizer::write_hf_tokenizer`.
+//! - [`hf_to_gguf`]: HF checkpoint directory → llama.cpp-compatible GGUF (`llama`, `qwen2`,
+//!   `qwen3` architectures; F32/F16/BF16 or any block type hearth-quant can quantize to),
+//!   including byte-level BPE tokenizer metadata when `tokenizer.json` is one.
+//!
+//! ```no_run
+//! use hearth_models::convert::{HfDtype, gguf_to_hf, hf_to_gguf};
+//! use std::path::Path;
+//! gguf_to_hf(Path::new("model.gguf"), Path::new("out_dir"), HfDtype::F32).unwrap();
+//! hf_to_gguf(Path::new("out_dir"), Path::new("model.q8_0.gguf"), hearth_quant::GgmlType::Q8_0).unwrap();
+//! ```
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::ModelError;
+use crate::gguf::{GgufSource, gguf_name, llama3_rope_factors, permute_rows};
+use crate::weights::{TensorSource, WeightStore};
+use hearth_attention::RopeScaling;
+use hearth_quant::GgmlType;
+use hearth_quant::gguf::{GgufWriter, MetadataArray, MetadataValue};
+use serde_json::Value;
+use std::path::Path;
+
+/// The dtype of the tensors [`gguf_to_hf`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfDtype {
+    /// 32-bit float (exact for every GGUF type).
+    F32,
+    /// bfloat16 (round to nearest even).
+    Bf16,
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Converts a GGUF checkpoint to a HF directory: `config.json` and `model.safetensors`.
+///
+/// Every tensor is dequantized (quantized GGUFs become f32/bf16 copies of the dequantized
+/// weights); `attn_q`/`attn_k` rows are restored to the HF rotate-half order.
+///
+/// ```no_run
+/// use hearth_models::convert::{HfDtype, gguf_to_hf};
+/// gguf_to_hf(std::path::Path::new("m.gguf"), std::path::Path::new("m_hf"), HfDtype::Bf16).unwrap();
+/// ```
+pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: HfDtype) -> Result<(), ModelError> {
+    let src = GgufSource::open(gguf)?;
+    let mut cfg = src.config_json()?;
+    ModelConfig::from_json(&cfg, &gguf.display().to_string())?;
+    if let Value::Object(o) = &mut cfg {
+        o.insert(
+            "torch_dtype".into(),
+            Value::from(if dtype == HfDtype::F32 { "float32" } else { "bfloat16" }),
+        );
+    }
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let cfg_path = out.join("config.json");
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| write_err(&cfg_path, e))?;
+    std::fs::write(&cfg_path, text).map_err(|e| ModelError::io(&cfg_path, e))?;
+
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in src.hf_tensor_names() {
+        let (v, shape) = src.f32(&name, None)?;
+        let bytes: Vec<u8> = match dtype {
+            HfDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HfDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        };
+        tensors.push((name, shape, bytes));
+    }
+    let st_dtype = match dtype {
+        HfDtype::F32 => safetensors::Dtype::F32,
+        HfDtype::Bf16 => safetensors::Dtype::BF16,
+    };
+    let path = out.join("model.safetensors");
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| write_err(&path, format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| write_err(&path, e))
+}
+
+/// llama.cpp architecture for a HF model type, and whether Q/K rows are permuted.
+fn gguf_arch(arch: Architecture) -> Option<(&'static str, bool)> {
+    match arch {
+        Architecture::Llama | Architecture::Mistral | Architecture::Mixtral => Some(("llama", true)),
+        Architecture::Qwen2 => Some(("qwen2", false)),
+        Architecture::Qwen3 => Some(("qwen3", false)),
+        _ => None,
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Converts a HF checkpoint directory to a llama.cpp-style GGUF file.
+///
+/// Matrices are stored as `ty` (falling back to F32 when a row is not a whole number of
+/// blocks); norms, biases and other 1-D tensors stay F32. Mixtral experts are written merged
+/// (`ffn_gate_exps` ...), as current llama.cpp does. Llama 3 rope scaling becomes
+/// `rope_freqs.weight`. Tokenizer metadata is added for byte-level BPE `tokenizer.json`s.
+///
+/// ```no_run
+/// use hearth_models::convert::hf_to_gguf;
+/// hf_to_gguf(std::path::Path::new("llama_dir"), std::path::Path::new("llama.gguf"), hearth_quant::GgmlType::F32).unwrap();
+/// ```
+pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError> {
+    let cfg_path = dir.join("config.json");
+    let cfg_file = cfg_path.display().to_string();
+    let cfg = ModelConfig::from_dir(dir)?;
+    let (arch, permute) = gguf_arch(cfg.arch).ok_or_else(|| ModelError::UnknownModelType {
+        file: cfg_file.clone(),
+        model_type: format!(
+            "{} (GGUF export supports llama, mistral, mixtral, qwen2, qwen3)",
+            cfg.arch.model_type()
+        ),
+    })?;
+    if cfg.sliding_window.iter().any(Option::is_some) {
+        return Err(ModelError::Config {
+            file: cfg_file,
+            field: "sliding_window".into(),
+            reason: "sliding-window attention cannot be expressed in GGUF llama metadata".into(),
+        });
+    }
+    let store = WeightStore::open(dir)?;
+    let mut w = GgufWriter::new();
+    let gerr = |e: hearth_quant::gguf::GgufError| write_err(out, e);
+    let k = |s: &str| format!("{arch}.{s}");
+    w.add_metadata("general.architecture", arch).map_err(gerr)?;
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    w.add_metadata("general.name", name).map_err(gerr)?;
+    let u = |x: usize| MetadataValue::U32(x as u32);
+    w.add_metadata(k("block_count"), u(cfg.num_layers)).map_err(gerr)?;
+    w.add_metadata(k("context_length"), u(cfg.max_position_embeddings))
+        .map_err(gerr)?;
+    w.add_metadata(k("embedding_length"), u(cfg.hidden_size))
+        .map_err(gerr)?;
+    let ff = cfg
+        .moe
+        .as_ref()
+        .map_or(cfg.intermediate_size, |m| m.expert_intermediate);
+    w.add_metadata(k("feed_forward_length"), u(ff)).map_err(gerr)?;
+    w.add_metadata(k("attention.head_count"), u(cfg.num_heads))
+        .map_err(gerr)?;
+    w.add_metadata(k("attention.head_count_kv"), u(cfg.num_kv_heads))
+        .map_err(gerr)?;
+    w.add_metadata(k("attention.key_length"), u(cfg.head_dim))
+        .map_err(gerr)?;
+    w.add_metadata(k("attention.value_length"), u(cfg.head_dim))
+        .map_err(gerr)?;
+    w.add_metadata(k("attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32)
+        .map_err(gerr)?;
+    w.add_metadata(k("rope.freq_base"), cfg.rope.theta as f32)
+        .map_err(gerr)?;
+    w.add_metadata(k("rope.dimension_count"), u(cfg.rope.dim))
+        .map_err(gerr)?;
+    w.add_metadata(k("vocab_size"), u(cfg.vocab_size)).map_err(gerr)?;
+    if let Some(m) = &cfg.moe {
+        w.add_metadata(k("expert_count"), u(m.num_experts)).map_err(gerr)?;
+        w.add_metadata(k("expert_used_count"), u(m.top_k)).map_err(gerr)?;
+    }
+    match cfg.rope.scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => {
+            w.add_metadata(k("rope.scaling.type"), "linear").map_err(gerr)?;
+            w.add_metadata(k("rope.scaling.factor"), factor as f32).map_err(gerr)?;
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max,
+        } => {
+            let f = llama3_rope_factors(
+                cfg.rope.theta,
+                cfg.rope.dim,
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max as u64,
+            );
+            w.add_metadata(k("rope.scaling.original_context_length"), u(original_max))
+                .map_err(gerr)?;
+            w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64], f32_bytes(&f))
+                .map_err(gerr)?;
+        }
+        ref other => {
+            return Err(ModelError::Config {
+                file: cfg_file,
+                field: "rope_scaling".into(),
+                reason: format!("{other:?} cannot be written to GGUF yet"),
+            });
+        }
+    }
+    if let Some(id) = cfg.bos_token_id {
+        w.add_metadata("tokenizer.ggml.bos_token_id", id).map_err(gerr)?;
+    }
+    if let Some(&id) = cfg.eos_token_ids.first() {
+        w.add_metadata("tokenizer.ggml.eos_token_id", id).map_err(gerr)?;
+    }
+    add_tokenizer_metadata(dir, &mut w, cfg.vocab_size).map_err(gerr)?;
+
+    // tensors, in a stable order
+    let mut names: Vec<&str> = store.names().collect();
+    names.sort_by_key(|n| natural_key(n));
+    let mut merged: std::collections::BTreeMap<String, (Vec<usize>, Vec<Vec<f32>>)> = Default::default();
+    for hf in names {
+        if cfg.tie_word_embeddings && hf == "lm_head.weight" {
+            continue;
+        }
+        let Some((g, expert)) = gguf_name(hf) else {
+            return Err(ModelError::Config {
+                file: cfg_file,
+                field: hf.to_string(),
+                reason: "tensor has no GGUF equivalent".into(),
+            });
+        };
+        let (mut v, shape) = store.f32(hf, None)?;
+        if let Some(e) = expert {
+            let entry = merged.entry(g).or_insert_with(|| (shape.clone(), Vec::new()));
+            if entry.1.len() != e || entry.0 != shape {
+                return Err(ModelError::Config {
+                    file: cfg_file,
+                    field: hf.to_string(),
+                    reason: "experts must be numbered from 0 and share one shape".into(),
+                });
+            }
+            entry.1.push(v);
+            continue;
+        }
+        if permute {
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            if g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias") {
+                v = permute_rows(&v, cfg.num_heads, cols);
+            } else if g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias") {
+                v = permute_rows(&v, cfg.num_kv_heads, cols);
+            }
+        }
+        add_tensor(&mut w, &g, &shape, &v, ty, out)?;
+    }
+    for (g, (shape, experts)) in merged {
+        let mut full_shape = vec![experts.len()];
+        full_shape.extend(&shape);
+        let v: Vec<f32> = experts.concat();
+        add_tensor(&mut w, &g, &full_shape, &v, ty, out)?;
+    }
+    w.write_file(out).map_err(gerr)?;
+    Ok(())
+}
+
+/// `model.layers.10.x` sorts after `model.layers.9.x`.
+fn natural_key(s: &str) -> Vec<(String, u64)> {
+    s.split('.')
+        .map(|p| p.parse::<u64>().map_or((p.to_string(), 0), |n| (String::new(), n)))
+        .collect()
+}
+
+fn add_tensor(
+    w: &mut GgufWriter<'_>,
+    name: &str,
+    shape: &[usize],
+    v: &[f32],
+    ty: GgmlType,
+    out: &Path,
+) -> Result<(), ModelError> {
+    let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+    let ty = if shape.len() >= 2 && dims[0].is_multiple_of(ty.block_size() as u64) {
+        ty
+    } else {
+        GgmlType::F32
+    };
+    let bytes = if ty == GgmlType::F32 {
+        f32_bytes(v)
+    } else {
+        hearth_quant::quantize_to_vec(ty, v).map_err(|e| write_err(out, format!("tensor `{name}`: {e}")))?
+    };
+    w.add_tensor(name, ty, &dims, bytes).map_err(|e| write_err(out, e))
+}
+
+/// Adds `tokenizer.ggml.*` keys for a byte-level BPE `tokenizer.json` (nothing for other
+/// tokenizer kinds or when the files are absent).
+fn add_tokenizer_metadata(
+    dir: &Path,
+    w: &mut GgufWriter<'_>,
+    vocab_size: usize,
+) -> Result<(), hearth_quant::gguf::GgufError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("tokenizer.json")) else {
+        return Ok(());
+    };
+    let Ok(tj) = serde_json::from_str::<Value>(&text) else {
+        return Ok(());
+    };
+    let model = &tj["model"];
+    if model["type"] != "BPE" || model["byte_fallback"] == true {
+        return Ok(());
+    }
+    let Some(vocab) = model["vocab"].as_object() else {
+        return Ok(());
+    };
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let mut put = |tok: &str, id: u64, t: Option<i32>| {
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            *slot = Some(tok.to_string());
+            if let Some(t) = t {
+                types[id as usize] = t;
+            }
+        }
+    };
+    for (tok, id) in vocab {
+        if let Some(id) = id.as_u64() {
+            put(tok, id, None);
+        }
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(c), Some(id)) = (a["content"].as_str(), a["id"].as_u64()) {
+            put(c, id, Some(if a["special"] == true { 3 } else { 4 }));
+        }
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            })
+        })
+        .collect();
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect();
+    w.add_metadata("tokenizer.ggml.model", "gpt2")?;
+    w.add_metadata("tokenizer.ggml.pre", "default")?;
+    w.add_metadata("tokenizer.ggml.tokens", MetadataArray::String(tokens))?;
+    w.add_metadata("tokenizer.ggml.token_type", MetadataArray::I32(types))?;
+    w.add_metadata("tokenizer.ggml.merges", MetadataArray::String(merges))?;
+    if let Ok(t) = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        && let Ok(tc) = serde_json::from_str::<Value>(&t)
+    {
+        if let Some(b) = tc["add_bos_token"].as_bool() {
+            w.add_metadata("tokenizer.ggml.add_bos_token", b)?;
+        }
+        if let Some(ct) = tc["chat_template"].as_str() {
+            w.add_metadata("tokenizer.chat_template", ct)?;
+        }
+    }
+    Ok(())
+}

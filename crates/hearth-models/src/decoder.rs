@@ -29,7 +29,7 @@ enum Attention<B: HearthBackend> {
 
 enum Ffn<B: HearthBackend> {
     Dense(Mlp<B>),
-    Moe(MoeBlock<B>),
+    Moe(Box<MoeBlock<B>>),
 }
 
 struct DecoderLayer<B: HearthBackend> {
@@ -78,7 +78,10 @@ impl<B: HearthBackend> CausalLm<B> {
 
     /// Builds the model from a parsed config and an open checkpoint.
     pub fn load(cfg: ModelConfig, store: &dyn TensorSource, device: &B::Device) -> Result<Self, ModelError> {
-        let l = Loader::<B> { store, device: device.clone() };
+        let l = Loader::<B> {
+            store,
+            device: device.clone(),
+        };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -90,7 +93,7 @@ impl<B: HearthBackend> CausalLm<B> {
                 Attention::Mha(MultiHeadAttention::load(&l, &cfg, &format!("{p}.self_attn"))?)
             };
             let ffn = if cfg.is_sparse(i) {
-                Ffn::Moe(MoeBlock::load(&l, &cfg, &p)?)
+                Ffn::Moe(Box::new(MoeBlock::load(&l, &cfg, &p)?))
             } else {
                 let names = ["gate_proj", "up_proj", "down_proj"];
                 Ffn::Dense(l.mlp(&format!("{p}.mlp"), hid, cfg.intermediate_size, cfg.mlp_bias, names)?)
@@ -164,11 +167,21 @@ impl<B: HearthBackend> CausalLm<B> {
         opts: ForwardOptions,
     ) -> Result<ForwardOutput<B>, ModelError> {
         if tokens.is_empty() || tokens.iter().any(Vec::is_empty) {
-            return Err(ModelError::EmptyInput("every batch row needs at least one token".into()));
+            return Err(ModelError::EmptyInput(
+                "every batch row needs at least one token".into(),
+            ));
         }
         for row in tokens {
-            if let Some((position, &id)) = row.iter().enumerate().find(|(_, id)| **id as usize >= self.cfg.vocab_size) {
-                return Err(ModelError::TokenOutOfRange { id, position, vocab: self.cfg.vocab_size });
+            if let Some((position, &id)) = row
+                .iter()
+                .enumerate()
+                .find(|(_, id)| **id as usize >= self.cfg.vocab_size)
+            {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    position,
+                    vocab: self.cfg.vocab_size,
+                });
             }
         }
         let new: Vec<usize> = tokens.iter().map(Vec::len).collect();
@@ -202,7 +215,12 @@ impl<B: HearthBackend> CausalLm<B> {
                 .entry(layer.window)
                 .or_insert_with(|| pos.mask::<B>(layer.window, &self.device))
                 .clone();
-            let ctx = AttnContext { pos: &pos, cos: &cos, sin: &sin, mask: &mask };
+            let ctx = AttnContext {
+                pos: &pos,
+                cos: &cos,
+                sin: &sin,
+                mask: &mask,
+            };
             let h = layer.input_norm.forward(x.clone());
             let a = match &layer.attn {
                 Attention::Mha(m) => m.forward(h, i, cache, &ctx)?,
@@ -231,6 +249,9 @@ impl<B: HearthBackend> CausalLm<B> {
         } else {
             x
         };
-        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: hidden })
+        Ok(ForwardOutput {
+            logits: self.lm_head.forward(x),
+            hidden_states: hidden,
+        })
     }
 }

@@ -26,7 +26,9 @@ pub enum ModelError {
         reason: String,
     },
     /// `model_type` is not one hearth implements.
-    #[error("{file}: unknown model_type `{model_type}` (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)")]
+    #[error(
+        "{file}: unknown model_type `{model_type}` (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)"
+    )]
     UnknownModelType {
         /// File.
         file: String,
@@ -110,6 +112,9 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.display().to_string(), source }
+        ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

@@ -1,1 +1,621 @@
 //! GGUF checkpoints as a [`crate::TensorSource`] and a [`crate::ModelConfig`].
+//!
+//! Supported llama.cpp architectures: `llama` (Llama, Mistral, SmolLM, and Mixtral-style MoE
+//! with per-expert `ffn_gate.{e}` tensors or merged 3-D `ffn_gate_exps` tensors), `qwen2`
+//! and `qwen3`.
+//!
+//! Tensors are dequantized to f32 when the model asks for them (dequantize-on-load); keeping
+//! the weights packed in memory is future work. For the `llama` architecture,
+//! `convert_hf_to_gguf.py` permutes the rows of `attn_q`/`attn_k` so that ggml's
+//! interleaved RoPE applies; hearth uses the HF rotate-half layout, so [`GgufSource`]
+//! undoes that permutation ([`unpermute_rows`]).
+//!
+//! ```no_run
+//! use hearth_models::{CausalLm, gguf::GgufSource};
+//! let src = GgufSource::open("SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
+//! let cfg = src.config().unwrap();
+//! let model = CausalLm::<hearth_backend::Cpu>::load(cfg, &src, &Default::default()).unwrap();
+//! ```
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::weights::TensorSource;
+use hearth_quant::gguf::{GgufFile, MetadataArray, MetadataValue, TensorView};
+use serde_json::{Map, Value, json};
+use std::path::Path;
+
+/// How the rows of a GGUF `attn_q`/`attn_k` tensor relate to the HF layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QkLayout {
+    /// llama.cpp permuted the rows for interleaved RoPE (`llama` architecture).
+    Permuted,
+    /// Rows are in HF order (`qwen2`, `qwen3`: NeoX RoPE).
+    AsIs,
+}
+
+/// A GGUF file read as a [`TensorSource`] by HuggingFace tensor names.
+///
+/// ```no_run
+/// use hearth_models::{TensorSource, gguf::GgufSource};
+/// let src = GgufSource::open("model.gguf").unwrap();
+/// let (w, shape) = src.f32("model.layers.0.self_attn.q_proj.weight", None).unwrap();
+/// assert_eq!(w.len(), shape.iter().product::<usize>());
+/// ```
+pub struct GgufSource {
+    file: GgufFile,
+    name: String,
+    layout: QkLayout,
+    n_head: usize,
+    n_head_kv: usize,
+}
+
+/// Where an HF tensor lives in a GGUF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Loc {
+    /// A whole tensor; `heads` = Some(n) when its rows must be un-permuted with `n` heads.
+    Whole { name: String, heads: Option<Head> },
+    /// Expert `expert` of a merged 3-D `*_exps` tensor.
+    Expert { name: String, expert: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Q,
+    K,
+}
+
+/// Maps a HuggingFace tensor name to its llama.cpp GGUF name (the name of a merged
+/// expert tensor for MoE experts is given with its expert index). Returns `None` for names
+/// GGUF has no equivalent for.
+///
+/// ```
+/// use hearth_models::gguf::gguf_name;
+/// assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.weight").unwrap(), ("blk.3.attn_q.weight".to_string(), None));
+/// assert_eq!(gguf_name("model.layers.0.block_sparse_moe.experts.5.w2.weight").unwrap(),
+///     ("blk.0.ffn_down_exps.weight".to_string(), Some(5)));
+/// assert_eq!(gguf_name("lm_head.weight").unwrap().0, "output.weight");
+/// assert!(gguf_name("nope").is_none());
+/// ```
+pub fn gguf_name(hf: &str) -> Option<(String, Option<usize>)> {
+    match hf {
+        "model.embed_tokens.weight" => return Some(("token_embd.weight".into(), None)),
+        "model.norm.weight" => return Some(("output_norm.weight".into(), None)),
+        "lm_head.weight" => return Some(("output.weight".into(), None)),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (stem, suffix) = rest.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let blk = |n: &str| Some((format!("blk.{layer}.{n}.{suffix}"), None));
+    match stem {
+        "input_layernorm" => blk("attn_norm"),
+        "post_attention_layernorm" => blk("ffn_norm"),
+        "self_attn.q_proj" => blk("attn_q"),
+        "self_attn.k_proj" => blk("attn_k"),
+        "self_attn.v_proj" => blk("attn_v"),
+        "self_attn.o_proj" => blk("attn_output"),
+        "self_attn.q_norm" => blk("attn_q_norm"),
+        "self_attn.k_norm" => blk("attn_k_norm"),
+        "mlp.gate_proj" => blk("ffn_gate"),
+        "mlp.up_proj" => blk("ffn_up"),
+        "mlp.down_proj" => blk("ffn_down"),
+        "block_sparse_moe.gate" => blk("ffn_gate_inp"),
+        _ => {
+            let r = stem.strip_prefix("block_sparse_moe.experts.")?;
+            let (e, w) = r.split_once('.')?;
+            let e: usize = e.parse().ok()?;
+            let kind = match w {
+                "w1" => "ffn_gate_exps",
+                "w3" => "ffn_up_exps",
+                "w2" => "ffn_down_exps",
+                _ => return None,
+            };
+            Some((format!("blk.{layer}.{kind}.{suffix}"), Some(e)))
+        }
+    }
+}
+
+/// Maps a llama.cpp GGUF tensor name back to HF names: one name, or one per expert for a
+/// merged `*_exps` tensor with `n_experts` experts (`n_experts` is its outermost dim).
+///
+/// ```
+/// use hearth_models::gguf::hf_names;
+/// assert_eq!(hf_names("blk.2.ffn_up.weight", 0), vec!["model.layers.2.mlp.up_proj.weight"]);
+/// assert_eq!(hf_names("blk.0.ffn_up_exps.weight", 2).len(), 2);
+/// assert_eq!(hf_names("blk.0.ffn_up.1.weight", 0), vec!["model.layers.0.block_sparse_moe.experts.1.w3.weight"]);
+/// assert!(hf_names("rope_freqs.weight", 0).is_empty());
+/// ```
+pub fn hf_names(gguf: &str, n_experts: usize) -> Vec<String> {
+    match gguf {
+        "token_embd.weight" => return vec!["model.embed_tokens.weight".into()],
+        "output_norm.weight" => return vec!["model.norm.weight".into()],
+        "output.weight" => return vec!["lm_head.weight".into()],
+        _ => {}
+    }
+    let Some(rest) = gguf.strip_prefix("blk.") else {
+        return vec![];
+    };
+    let Some((layer, rest)) = rest.split_once('.') else {
+        return vec![];
+    };
+    let Ok(layer) = layer.parse::<usize>() else {
+        return vec![];
+    };
+    let Some((stem, suffix)) = rest.rsplit_once('.') else {
+        return vec![];
+    };
+    let p = format!("model.layers.{layer}");
+    let one = |n: &str| vec![format!("{p}.{n}.{suffix}")];
+    let expert_w = |kind: &str| match kind {
+        "ffn_gate" => Some("w1"),
+        "ffn_up" => Some("w3"),
+        "ffn_down" => Some("w2"),
+        _ => None,
+    };
+    match stem {
+        "attn_norm" => one("input_layernorm"),
+        "ffn_norm" => one("post_attention_layernorm"),
+        "attn_q" => one("self_attn.q_proj"),
+        "attn_k" => one("self_attn.k_proj"),
+        "attn_v" => one("self_attn.v_proj"),
+        "attn_output" => one("self_attn.o_proj"),
+        "attn_q_norm" => one("self_attn.q_norm"),
+        "attn_k_norm" => one("self_attn.k_norm"),
+        "ffn_gate" => one("mlp.gate_proj"),
+        "ffn_up" => one("mlp.up_proj"),
+        "ffn_down" => one("mlp.down_proj"),
+        "ffn_gate_inp" => one("block_sparse_moe.gate"),
+        s => {
+            if let Some(kind) = s.strip_suffix("_exps")
+                && let Some(w) = expert_w(kind)
+            {
+                return (0..n_experts)
+                    .map(|e| format!("{p}.block_sparse_moe.experts.{e}.{w}.{suffix}"))
+                    .collect();
+            }
+            // legacy split experts: blk.N.ffn_gate.E.weight
+            if let Some((kind, e)) = s.rsplit_once('.')
+                && let (Some(w), Ok(e)) = (expert_w(kind), e.parse::<usize>())
+            {
+                return vec![format!("{p}.block_sparse_moe.experts.{e}.{w}.{suffix}")];
+            }
+            vec![]
+        }
+    }
+}
+
+/// Undoes llama.cpp's `LlamaModel.permute` on a row-major `[rows, cols]` matrix (or a bias,
+/// `cols == 1`) with `n_head` heads: within each head of `d` rows, GGUF row `2i + s` is HF
+/// row `s * d/2 + i`.
+///
+/// ```
+/// use hearth_models::gguf::{permute_rows, unpermute_rows};
+/// let hf: Vec<f32> = (0..8).map(|x| x as f32).collect(); // 2 heads of 4 rows, 1 column
+/// let gg = permute_rows(&hf, 2, 1);
+/// assert_eq!(gg, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+/// assert_eq!(unpermute_rows(&gg, 2, 1), hf);
+/// ```
+pub fn unpermute_rows(x: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
+    reorder_rows(x, n_head, cols, false)
+}
+
+/// llama.cpp's `LlamaModel.permute` (HF rotate-half rows → interleaved RoPE rows), the
+/// inverse of [`unpermute_rows`].
+pub fn permute_rows(x: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
+    reorder_rows(x, n_head, cols, true)
+}
+
+fn reorder_rows(x: &[f32], n_head: usize, cols: usize, forward: bool) -> Vec<f32> {
+    let rows = x.len() / cols.max(1);
+    if n_head == 0 || cols == 0 || !rows.is_multiple_of(2 * n_head) || rows * cols != x.len() {
+        return x.to_vec();
+    }
+    let d = rows / n_head;
+    let half = d / 2;
+    let mut out = vec![0f32; x.len()];
+    for h in 0..n_head {
+        for s in 0..2 {
+            for i in 0..half {
+                let hf = h * d + s * half + i;
+                let gg = h * d + 2 * i + s;
+                let (src, dst) = if forward { (hf, gg) } else { (gg, hf) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&x[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn cfg_err(file: &str, field: &str, reason: impl Into<String>) -> ModelError {
+    ModelError::Config {
+        file: file.to_string(),
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn meta_u64(f: &GgufFile, key: &str) -> Option<u64> {
+    match f.get(key)? {
+        // some files store per-layer arrays (e.g. head_count_kv); use the first entry
+        MetadataValue::Array(a) => match a {
+            MetadataArray::U32(v) => v.first().map(|&x| x as u64),
+            MetadataArray::I32(v) => v.first().and_then(|&x| u64::try_from(x).ok()),
+            MetadataArray::U64(v) => v.first().copied(),
+            _ => None,
+        },
+        v => v.as_u64(),
+    }
+}
+
+fn req_u64(f: &GgufFile, file: &str, key: &str) -> Result<u64, ModelError> {
+    match f.get(key) {
+        None => Err(cfg_err(file, key, "missing GGUF metadata key")),
+        Some(v) => meta_u64(f, key).ok_or_else(|| cfg_err(file, key, format!("expected an integer, got {v:?}"))),
+    }
+}
+
+/// The llama.cpp architecture name (`general.architecture`).
+fn architecture<'a>(f: &'a GgufFile, file: &str) -> Result<&'a str, ModelError> {
+    f.get("general.architecture")
+        .and_then(MetadataValue::as_str)
+        .ok_or_else(|| cfg_err(file, "general.architecture", "missing or not a string"))
+}
+
+/// Builds the HF `config.json` object equivalent to a GGUF file's metadata.
+///
+/// `file` names the GGUF file in errors. Supported architectures: `llama` (becomes
+/// `mixtral` when `llama.expert_count > 0`), `qwen2`, `qwen3`.
+///
+/// ```
+/// use hearth_quant::gguf::{GgufFile, GgufWriter};
+/// let mut w = GgufWriter::new();
+/// w.add_metadata("general.architecture", "llama").unwrap();
+/// for (k, v) in [("block_count", 2u32), ("embedding_length", 8), ("feed_forward_length", 16),
+///                ("attention.head_count", 2), ("vocab_size", 32)] {
+///     w.add_metadata(format!("llama.{k}"), v).unwrap();
+/// }
+/// let f = GgufFile::from_bytes(w.to_bytes().unwrap()).unwrap();
+/// let v = hearth_models::gguf::config_json_from_gguf(&f, "x.gguf").unwrap();
+/// assert_eq!(v["model_type"], "llama");
+/// assert_eq!(v["tie_word_embeddings"], true); // no output.weight
+/// ```
+pub fn config_json_from_gguf(f: &GgufFile, file: &str) -> Result<Value, ModelError> {
+    let arch = architecture(f, file)?;
+    if !matches!(arch, "llama" | "qwen2" | "qwen3") {
+        return Err(ModelError::UnknownModelType {
+            file: file.to_string(),
+            model_type: format!("{arch} (GGUF general.architecture; supported: llama, qwen2, qwen3)"),
+        });
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let heads = req_u64(f, file, &k("attention.head_count"))?;
+    let hidden = req_u64(f, file, &k("embedding_length"))?;
+    let mut o = Map::new();
+    let experts = meta_u64(f, &k("expert_count")).unwrap_or(0);
+    let model_type = match arch {
+        "llama" if experts > 0 => "mixtral",
+        a => a,
+    };
+    o.insert("model_type".into(), json!(model_type));
+    o.insert("num_hidden_layers".into(), json!(req_u64(f, file, &k("block_count"))?));
+    o.insert("hidden_size".into(), json!(hidden));
+    o.insert(
+        "intermediate_size".into(),
+        json!(req_u64(f, file, &k("feed_forward_length"))?),
+    );
+    o.insert("num_attention_heads".into(), json!(heads));
+    o.insert(
+        "num_key_value_heads".into(),
+        json!(meta_u64(f, &k("attention.head_count_kv")).unwrap_or(heads)),
+    );
+    if let Some(hd) = meta_u64(f, &k("attention.key_length")) {
+        o.insert("head_dim".into(), json!(hd));
+    }
+    let eps = f
+        .get(&k("attention.layer_norm_rms_epsilon"))
+        .and_then(MetadataValue::as_f64)
+        .unwrap_or(1e-5);
+    o.insert("rms_norm_eps".into(), json!(eps));
+    let theta = f
+        .get(&k("rope.freq_base"))
+        .and_then(MetadataValue::as_f64)
+        .unwrap_or(10000.0);
+    o.insert("rope_theta".into(), json!(theta));
+    if let Some(ctx) = meta_u64(f, &k("context_length")) {
+        o.insert("max_position_embeddings".into(), json!(ctx));
+    }
+    if experts > 0 {
+        o.insert("num_local_experts".into(), json!(experts));
+        o.insert(
+            "num_experts_per_tok".into(),
+            json!(req_u64(f, file, &k("expert_used_count"))?),
+        );
+    }
+    // rope scaling
+    let scaling_type = f.get(&k("rope.scaling.type")).and_then(MetadataValue::as_str);
+    match scaling_type {
+        None | Some("none") => {}
+        Some(t @ ("linear" | "yarn")) => {
+            let factor = f
+                .get(&k("rope.scaling.factor"))
+                .and_then(MetadataValue::as_f64)
+                .ok_or_else(|| cfg_err(file, &k("rope.scaling.factor"), "missing"))?;
+            let mut rs = Map::new();
+            rs.insert("rope_type".into(), json!(t));
+            rs.insert("factor".into(), json!(factor));
+            if let Some(orig) = meta_u64(f, &k("rope.scaling.original_context_length")) {
+                rs.insert("original_max_position_embeddings".into(), json!(orig));
+            }
+            o.insert("rope_scaling".into(), Value::Object(rs));
+        }
+        Some(t) => {
+            return Err(cfg_err(
+                file,
+                &k("rope.scaling.type"),
+                format!("unsupported rope scaling `{t}`"),
+            ));
+        }
+    }
+    if let Some(t) = f.tensor("rope_freqs.weight") {
+        let freqs = t
+            .dequantize()
+            .map_err(|e| cfg_err(file, "rope_freqs.weight", e.to_string()))?;
+        let dim = meta_u64(f, &k("rope.dimension_count"))
+            .or_else(|| meta_u64(f, &k("attention.key_length")))
+            .unwrap_or(hidden / heads.max(1)) as usize;
+        let orig_hint = meta_u64(f, &k("rope.scaling.original_context_length"));
+        let rs = infer_llama3_rope(&freqs, theta, dim, orig_hint).ok_or_else(|| {
+            cfg_err(
+                file,
+                "rope_freqs.weight",
+                "per-frequency RoPE factors do not match Llama 3 rope scaling",
+            )
+        })?;
+        o.insert("rope_scaling".into(), rs);
+    }
+    let vocab = match meta_u64(f, &k("vocab_size")) {
+        Some(v) => v,
+        None => match f.get("tokenizer.ggml.tokens").and_then(MetadataValue::as_array) {
+            Some(a) => a.len() as u64,
+            None => f
+                .tensor("token_embd.weight")
+                .and_then(|t| t.info.dims.get(1).copied())
+                .ok_or_else(|| cfg_err(file, "tokenizer.ggml.tokens", "no vocabulary size found"))?,
+        },
+    };
+    o.insert("vocab_size".into(), json!(vocab));
+    o.insert("tie_word_embeddings".into(), json!(f.tensor("output.weight").is_none()));
+    for (key, hf) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+    ] {
+        if let Some(id) = meta_u64(f, key) {
+            o.insert(hf.into(), json!(id));
+        }
+    }
+    if arch == "qwen2" {
+        // llama.cpp does not store the window; Qwen2 checkpoints do not use it by default
+        o.insert("use_sliding_window".into(), json!(false));
+    }
+    Ok(Value::Object(o))
+}
+
+/// Parses a GGUF file's metadata into a [`ModelConfig`] (see [`config_json_from_gguf`]).
+///
+/// ```no_run
+/// let f = hearth_quant::gguf::GgufFile::open("model.gguf").unwrap();
+/// let cfg = hearth_models::gguf::config_from_gguf(&f).unwrap();
+/// println!("{} layers", cfg.num_layers);
+/// ```
+pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig, ModelError> {
+    let v = config_json_from_gguf(f, "<gguf>")?;
+    ModelConfig::from_json(&v, "<gguf>")
+}
+
+impl GgufSource {
+    /// Opens (memory-maps) a GGUF file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let file = GgufFile::open(path).map_err(|e| ModelError::BadHeader {
+            file: path.display().to_string(),
+            reason: format!("GGUF: {e}"),
+        })?;
+        Self::new(file, &path.display().to_string())
+    }
+
+    /// Wraps an opened GGUF file; `name` names it in errors.
+    pub fn new(file: GgufFile, name: &str) -> Result<Self, ModelError> {
+        let arch = architecture(&file, name)?.to_string();
+        let layout = if arch == "llama" {
+            QkLayout::Permuted
+        } else {
+            QkLayout::AsIs
+        };
+        let n_head = req_u64(&file, name, &format!("{arch}.attention.head_count"))? as usize;
+        let n_head_kv = meta_u64(&file, &format!("{arch}.attention.head_count_kv")).map_or(n_head, |x| x as usize);
+        Ok(Self {
+            file,
+            name: name.to_string(),
+            layout,
+            n_head,
+            n_head_kv,
+        })
+    }
+
+    /// The underlying GGUF file (metadata, tokenizer, raw tensors).
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// The model configuration from the file's metadata.
+    pub fn config(&self) -> Result<ModelConfig, ModelError> {
+        let v = config_json_from_gguf(&self.file, &self.name)?;
+        ModelConfig::from_json(&v, &self.name)
+    }
+
+    /// The HF `config.json` object from the file's metadata.
+    pub fn config_json(&self) -> Result<Value, ModelError> {
+        config_json_from_gguf(&self.file, &self.name)
+    }
+
+    /// HF names of every tensor the file holds (merged expert tensors expand to one name
+    /// per expert), in file order.
+    pub fn hf_tensor_names(&self) -> Vec<String> {
+        self.file
+            .tensors()
+            .flat_map(|t| {
+                let n_exp = if t.info.dims.len() == 3 {
+                    t.info.dims[2] as usize
+                } else {
+                    0
+                };
+                hf_names(&t.info.name, n_exp)
+            })
+            .collect()
+    }
+
+    fn locate(&self, hf: &str) -> Option<Loc> {
+        let (name, expert) = gguf_name(hf)?;
+        let heads = match (self.layout, name.rsplit('.').nth(1)) {
+            (QkLayout::Permuted, Some("attn_q")) => Some(Head::Q),
+            (QkLayout::Permuted, Some("attn_k")) => Some(Head::K),
+            _ => None,
+        };
+        match expert {
+            None => self.file.tensor(&name).map(|_| Loc::Whole { name, heads }),
+            Some(e) => {
+                if let Some(t) = self.file.tensor(&name)
+                    && t.info.dims.len() == 3
+                    && (e as u64) < t.info.dims[2]
+                {
+                    return Some(Loc::Expert { name, expert: e });
+                }
+                // legacy split layout: blk.N.ffn_gate.E.weight
+                let (stem, suffix) = name.rsplit_once('.')?;
+                let split = format!("{}.{e}.{suffix}", stem.strip_suffix("_exps")?);
+                self.file.tensor(&split).map(|_| Loc::Whole {
+                    name: split,
+                    heads: None,
+                })
+            }
+        }
+    }
+
+    fn dequant(&self, t: &TensorView<'_>, data: &[u8]) -> Result<Vec<f32>, ModelError> {
+        hearth_quant::dequantize_to_vec(t.info.ty, data).map_err(|e| ModelError::Dtype {
+            file: self.name.clone(),
+            tensor: t.info.name.clone(),
+            dtype: format!("{:?} ({e})", t.info.ty),
+        })
+    }
+}
+
+impl TensorSource for GgufSource {
+    fn contains(&self, name: &str) -> bool {
+        self.locate(name).is_some()
+    }
+
+    fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        let loc = self.locate(name).ok_or_else(|| ModelError::MissingTensor {
+            tensor: format!(
+                "{name} (GGUF {})",
+                gguf_name(name).map_or("<no mapping>".into(), |n| n.0)
+            ),
+            files: self.name.clone(),
+        })?;
+        let (values, shape) = match &loc {
+            Loc::Whole { name: g, heads } => {
+                let t = self.file.tensor(g).expect("located tensor exists");
+                let shape: Vec<usize> = t.info.dims.iter().rev().map(|&d| d as usize).collect();
+                let mut v = self.dequant(&t, t.data)?;
+                if let Some(h) = heads {
+                    let n = if *h == Head::Q { self.n_head } else { self.n_head_kv };
+                    let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                    v = unpermute_rows(&v, n, cols);
+                }
+                (v, shape)
+            }
+            Loc::Expert { name: g, expert } => {
+                let t = self.file.tensor(g).expect("located tensor exists");
+                let n_exp = t.info.dims[2] as usize;
+                let per = t.data.len() / n_exp;
+                let bytes = &t.data[expert * per..(expert + 1) * per];
+                let shape = vec![t.info.dims[1] as usize, t.info.dims[0] as usize];
+                (self.dequant(&t, bytes)?, shape)
+            }
+        };
+        if let Some(exp) = expected
+            && exp != shape.as_slice()
+        {
+            return Err(ModelError::Shape {
+                file: self.name.clone(),
+                tensor: name.to_string(),
+                expected: exp.to_vec(),
+                actual: shape,
+            });
+        }
+        Ok((values, shape))
+    }
+}
+
+/// Llama 3 RoPE frequency factors as llama.cpp stores them in `rope_freqs.weight` (one per
+/// rotary frequency; the frequency is divided by the factor).
+///
+/// ```
+/// let f = hearth_models::gguf::llama3_rope_factors(500000.0, 16, 8.0, 1.0, 4.0, 32);
+/// assert_eq!(f.len(), 8);
+/// assert_eq!(f[0], 1.0); // high frequencies are unscaled
+/// assert_eq!(f[7], 8.0); // low frequencies are scaled by `factor`
+/// ```
+pub fn llama3_rope_factors(theta: f64, dim: usize, factor: f64, low: f64, high: f64, orig: u64) -> Vec<f32> {
+    let old = orig as f64;
+    let (low_wl, high_wl) = (old / low, old / high);
+    (0..dim / 2)
+        .map(|i| {
+            let freq = theta.powf(-((2 * i) as f64) / dim as f64);
+            let wl = 2.0 * std::f64::consts::PI / freq;
+            let f = if wl < high_wl {
+                1.0
+            } else if wl > low_wl {
+                factor
+            } else {
+                let smooth = (old / wl - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}
+
+/// Recovers HF `llama3` rope scaling from llama.cpp's `rope_freqs.weight`: `factor` is the
+/// largest factor; `low_freq_factor = 1`, `high_freq_factor = 4` (every Llama 3.x release)
+/// and `original_max_position_embeddings` is the hint or the power of two that reproduces
+/// the stored factors.
+fn infer_llama3_rope(freqs: &[f32], theta: f64, dim: usize, orig_hint: Option<u64>) -> Option<Value> {
+    let factor = freqs.iter().copied().fold(f32::MIN, f32::max) as f64;
+    if freqs.len() != dim / 2 || factor.is_nan() || factor < 1.0 {
+        return None;
+    }
+    if freqs.iter().all(|&x| x == 1.0) {
+        return Some(Value::Null);
+    }
+    let (low, high) = (1.0, 4.0);
+    let candidates = orig_hint.into_iter().chain((4..=24).map(|p| 1u64 << p));
+    for orig in candidates {
+        let g = llama3_rope_factors(theta, dim, factor, low, high, orig);
+        if g.iter().zip(freqs).all(|(a, b)| ((a - b) / b).abs() < 1e-4) {
+            return Some(json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": orig,
+            }));
+        }
+    }
+    None
+}

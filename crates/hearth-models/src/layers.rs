@@ -5,12 +5,36 @@ use crate::error::ModelError;
 use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
 use hearth_backend::HearthBackend;
+use hearth_quant::kernels::{self, WeightFormat};
+use std::sync::Arc;
 
-/// `y = x·Wᵀ + b` with `W` stored transposed (`[in, out]`) so the product is a plain matmul.
+/// Where a linear layer's weight lives.
+#[derive(Clone, Debug)]
+pub enum LinearWeight<B: HearthBackend> {
+    /// A device tensor, transposed to `[in, out]` so the product is a plain matmul.
+    Device(Tensor<B, 2>),
+    /// Packed rows `[out, in]` in host memory, multiplied by hearth's CPU kernels.
+    Host(Arc<HostWeight>),
+}
+
+/// A packed `[rows = out, cols = in]` weight for the CPU kernels.
+#[derive(Debug)]
+pub struct HostWeight {
+    /// Storage format of the rows.
+    pub format: WeightFormat,
+    /// Row-major packed bytes.
+    pub bytes: Vec<u8>,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+}
+
+/// `y = x·Wᵀ + b`.
 #[derive(Clone, Debug)]
 pub struct Linear<B: HearthBackend> {
-    /// Transposed weight `[in, out]`.
-    pub weight: Tensor<B, 2>,
+    /// The weight.
+    pub weight: LinearWeight<B>,
     /// Optional bias `[out]`.
     pub bias: Option<Tensor<B, 1>>,
 }
@@ -18,26 +42,55 @@ pub struct Linear<B: HearthBackend> {
 impl<B: HearthBackend> Linear<B> {
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.weight {
+            LinearWeight::Device(w) => w.dims()[0],
+            LinearWeight::Host(h) => h.cols,
+        }
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.weight {
+            LinearWeight::Device(w) => w.dims()[1],
+            LinearWeight::Host(h) => h.rows,
+        }
+    }
+
+    /// Bytes of weight read by one forward (the decode bandwidth cost).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Device(w) => w.shape().num_elements() * 4,
+            LinearWeight::Host(h) => h.bytes.len(),
+        }
     }
 
     /// Applies the projection to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
-        let y = x.reshape([rows, self.in_features()]).matmul(self.weight.clone());
+        let (inp, out) = (self.in_features(), self.out_features());
+        let y = match &self.weight {
+            LinearWeight::Device(w) => x.reshape([rows, inp]).matmul(w.clone()),
+            LinearWeight::Host(h) => {
+                let device = x.device();
+                let xs = x
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("f32 activations");
+                let mut ys = vec![0.0f32; rows * out];
+                kernels::matmul(h.format, &h.bytes, h.rows, h.cols, &xs, rows, &mut ys)
+                    .expect("packed weight sizes are checked at load");
+                Tensor::from_data(TensorData::new(ys, [rows, out]), &device)
+            }
+        };
         let y = match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
         };
-        let mut out = dims;
-        out[D - 1] = self.out_features();
-        y.reshape(out)
+        let mut shape = dims;
+        shape[D - 1] = out;
+        y.reshape(shape)
     }
 }
 
@@ -71,7 +124,8 @@ pub struct Mlp<B: HearthBackend> {
 impl<B: HearthBackend> Mlp<B> {
     /// Applies the MLP to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.down.forward(B::silu_mul(self.gate.forward(x.clone()), self.up.forward(x)))
+        self.down
+            .forward(B::silu_mul(self.gate.forward(x.clone()), self.up.forward(x)))
     }
 }
 
@@ -97,7 +151,10 @@ impl<B: HearthBackend> Loader<'_, B> {
 
     /// An RMSNorm.
     pub fn rms_norm(&self, name: &str, len: usize, eps: f64) -> Result<RmsNorm<B>, ModelError> {
-        Ok(RmsNorm { weight: self.vector(name, len)?, eps })
+        Ok(RmsNorm {
+            weight: self.vector(name, len)?,
+            eps,
+        })
     }
 
     /// Host copy of a HF `[out, in]` matrix, transposed to `[in, out]`.
@@ -113,15 +170,39 @@ impl<B: HearthBackend> Loader<'_, B> {
     }
 
     /// A linear layer `{prefix}.weight` (`[out, in]` on disk) and optional `{prefix}.bias`.
+    /// On host-memory backends the weight stays packed in row-major `[out, in]` for the CPU
+    /// kernels; elsewhere it becomes a transposed device tensor.
     pub fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
-        let w = self.transposed(&format!("{prefix}.weight"), out, inp)?;
-        let weight = Tensor::from_data(TensorData::new(w, [inp, out]), &self.device);
-        let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), out)?) } else { None };
+        let name = format!("{prefix}.weight");
+        let weight = if B::HOST_KERNELS {
+            let (w, _) = self.store.f32(&name, Some(&[out, inp]))?;
+            LinearWeight::Host(Arc::new(HostWeight {
+                format: WeightFormat::F32,
+                bytes: bytemuck::cast_slice(&w).to_vec(),
+                rows: out,
+                cols: inp,
+            }))
+        } else {
+            let w = self.transposed(&name, out, inp)?;
+            LinearWeight::Device(Tensor::from_data(TensorData::new(w, [inp, out]), &self.device))
+        };
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), out)?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
     /// A gated MLP with projections named `gate`, `up`, `down` under `prefix`.
-    pub fn mlp(&self, prefix: &str, hidden: usize, inter: usize, bias: bool, names: [&str; 3]) -> Result<Mlp<B>, ModelError> {
+    pub fn mlp(
+        &self,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        bias: bool,
+        names: [&str; 3],
+    ) -> Result<Mlp<B>, ModelError> {
         Ok(Mlp {
             gate: self.linear(&format!("{prefix}.{}", names[0]), hidden, inter, bias)?,
             up: self.linear(&format!("{prefix}.{}", names[1]), hidden, inter, bias)?,

@@ -13,8 +13,8 @@
 
 pub mod attention;
 pub mod config;
-pub mod decoder;
 pub mod convert;
+pub mod decoder;
 pub mod error;
 pub mod gguf;
 pub mod layers;

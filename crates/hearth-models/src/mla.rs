@@ -17,7 +17,11 @@ use hearth_backend::HearthBackend;
 
 enum QueryProj<B: HearthBackend> {
     Direct(Linear<B>),
-    LowRank { a: Linear<B>, norm: RmsNorm<B>, b: Linear<B> },
+    LowRank {
+        a: Linear<B>,
+        norm: RmsNorm<B>,
+        b: Linear<B>,
+    },
 }
 
 /// DeepSeek MLA attention layer.
@@ -52,7 +56,9 @@ impl<B: HearthBackend> MlaAttention<B> {
         };
         let r = m.kv_lora_rank;
         let (nope, vd) = (m.qk_nope_head_dim, m.v_head_dim);
-        let (kvb, _) = l.store.f32(&format!("{prefix}.kv_b_proj.weight"), Some(&[h * (nope + vd), r]))?;
+        let (kvb, _) = l
+            .store
+            .f32(&format!("{prefix}.kv_b_proj.weight"), Some(&[h * (nope + vd), r]))?;
         let mut uk = Vec::with_capacity(h * nope * r);
         let mut uv = vec![0.0f32; h * r * vd];
         for head in 0..h {
@@ -66,7 +72,12 @@ impl<B: HearthBackend> MlaAttention<B> {
         }
         Ok(Self {
             q,
-            kv_a: l.linear(&format!("{prefix}.kv_a_proj_with_mqa"), hid, r + m.qk_rope_head_dim, false)?,
+            kv_a: l.linear(
+                &format!("{prefix}.kv_a_proj_with_mqa"),
+                hid,
+                r + m.qk_rope_head_dim,
+                false,
+            )?,
             kv_norm: l.rms_norm(&format!("{prefix}.kv_a_layernorm.weight"), r, cfg.rms_norm_eps)?,
             w_uk: Tensor::from_data(TensorData::new(uk, [h, nope, r]), &l.device),
             w_uv: Tensor::from_data(TensorData::new(uv, [h, r, vd]), &l.device),
@@ -87,8 +98,13 @@ impl<B: HearthBackend> MlaAttention<B> {
         ctx: &AttnContext<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [b, t, _] = x.dims();
-        let MlaConfig { kv_lora_rank: r, qk_nope_head_dim: nope, qk_rope_head_dim: rope, v_head_dim: vd, .. } =
-            self.dims;
+        let MlaConfig {
+            kv_lora_rank: r,
+            qk_nope_head_dim: nope,
+            qk_rope_head_dim: rope,
+            v_head_dim: vd,
+            ..
+        } = self.dims;
         let h = self.heads;
         let q = match &self.q {
             QueryProj::Direct(p) => p.forward(x.clone()),
@@ -100,7 +116,12 @@ impl<B: HearthBackend> MlaAttention<B> {
 
         let ckv = self.kv_a.forward(x);
         let latent = self.kv_norm.forward(ckv.clone().narrow(2, 0, r)).unsqueeze_dim::<4>(1);
-        let k_rot = apply_rope(ckv.narrow(2, r, rope).unsqueeze_dim::<4>(1), ctx.cos, ctx.sin, self.rope_layout);
+        let k_rot = apply_rope(
+            ckv.narrow(2, r, rope).unsqueeze_dim::<4>(1),
+            ctx.cos,
+            ctx.sin,
+            self.rope_layout,
+        );
         let (latent, k_rot) = cache.update(layer, latent, k_rot, ctx.pos)?;
         let s = latent.dims()[2];
 

@@ -8,7 +8,7 @@
 use crate::config::{ModelConfig, RouterKind};
 use crate::error::ModelError;
 use crate::layers::{Linear, Loader, Mlp, sigmoid};
-use burn::tensor::{Int, Tensor, TensorData, IndexingUpdateOp};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use hearth_backend::HearthBackend;
 use hearth_moe::{LoadStats, RouterSpec, ScoringFunc};
 use std::sync::Mutex;
@@ -35,7 +35,15 @@ impl<B: HearthBackend> MoeBlock<B> {
             _ => (format!("{prefix}.mlp"), ["gate_proj", "up_proj", "down_proj"]),
         };
         let experts = (0..m.num_experts)
-            .map(|e| l.mlp(&format!("{block}.experts.{e}"), hid, m.expert_intermediate, false, names))
+            .map(|e| {
+                l.mlp(
+                    &format!("{block}.experts.{e}"),
+                    hid,
+                    m.expert_intermediate,
+                    false,
+                    names,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let scoring = match m.router {
             RouterKind::Softmax => ScoringFunc::Softmax,
@@ -61,7 +69,11 @@ impl<B: HearthBackend> MoeBlock<B> {
             field: "num_experts_per_tok / n_group / topk_group".into(),
             reason: e.to_string(),
         })?;
-        let shared_name = if cfg.arch == A::Qwen2Moe { "shared_expert" } else { "shared_experts" };
+        let shared_name = if cfg.arch == A::Qwen2Moe {
+            "shared_expert"
+        } else {
+            "shared_experts"
+        };
         let shared = match m.shared_intermediate {
             Some(si) => Some(l.mlp(&format!("{block}.{shared_name}"), hid, si, false, names)?),
             None => None,

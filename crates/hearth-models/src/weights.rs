@@ -49,11 +49,14 @@ impl WeightStore {
                 field: "<json>".into(),
                 reason: e.to_string(),
             })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
-                file: index_path.display().to_string(),
-                field: "weight_map".into(),
-                reason: "missing or not an object".into(),
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Config {
+                    file: index_path.display().to_string(),
+                    field: "weight_map".into(),
+                    reason: "missing or not an object".into(),
+                })?;
             let mut names: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
             names.sort();
             names.dedup();
@@ -75,7 +78,11 @@ impl WeightStore {
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
             let name = path.display().to_string();
             if mmap.len() < 8 {
-                return Err(ModelError::Truncated { file: name, expected: 8, actual: mmap.len() });
+                return Err(ModelError::Truncated {
+                    file: name,
+                    expected: 8,
+                    actual: mmap.len(),
+                });
             }
             let header_len = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
             if header_len > mmap.len().saturating_sub(8) {
@@ -89,21 +96,35 @@ impl WeightStore {
                 // Tell a short file apart from a malformed header.
                 let needed = declared_data_end(&mmap[8..8 + header_len]).map(|end| 8 + header_len + end);
                 match needed {
-                    Some(expected) if expected > mmap.len() => {
-                        ModelError::Truncated { file: name.clone(), expected, actual: mmap.len() }
-                    }
-                    _ => ModelError::BadHeader { file: name.clone(), reason: e.to_string() },
+                    Some(expected) if expected > mmap.len() => ModelError::Truncated {
+                        file: name.clone(),
+                        expected,
+                        actual: mmap.len(),
+                    },
+                    _ => ModelError::BadHeader {
+                        file: name.clone(),
+                        reason: e.to_string(),
+                    },
                 }
             })?;
             let data_start = 8 + n;
             let data_end = meta.tensors().values().map(|i| i.data_offsets.1).max().unwrap_or(0);
             if data_start + data_end > mmap.len() {
-                return Err(ModelError::Truncated { file: name, expected: data_start + data_end, actual: mmap.len() });
+                return Err(ModelError::Truncated {
+                    file: name,
+                    expected: data_start + data_end,
+                    actual: mmap.len(),
+                });
             }
             for tname in meta.tensors().keys() {
                 index.insert(tname.clone(), shards.len());
             }
-            shards.push(Shard { path: path.clone(), mmap, data_start, meta });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+                data_start,
+                meta,
+            });
         }
         Ok(WeightStore { shards, index })
     }
@@ -119,20 +140,31 @@ impl WeightStore {
     }
 
     fn files(&self) -> String {
-        self.shards.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
+        self.shards
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The raw bytes, dtype and shape of a tensor.
     pub fn raw(&self, name: &str) -> Result<(RawTensor<'_>, &Path), ModelError> {
-        let &si = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { tensor: name.into(), files: self.files() })?;
+        let &si = self.index.get(name).ok_or_else(|| ModelError::MissingTensor {
+            tensor: name.into(),
+            files: self.files(),
+        })?;
         let shard = &self.shards[si];
         let info = shard.meta.info(name).expect("indexed tensor has info");
         let (a, b) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
-        Ok((RawTensor { dtype: info.dtype, shape: &info.shape, bytes }, &shard.path))
+        Ok((
+            RawTensor {
+                dtype: info.dtype,
+                shape: &info.shape,
+                bytes,
+            },
+            &shard.path,
+        ))
     }
 
     /// A tensor converted to f32, with its shape checked against `expected` when given.
@@ -192,7 +224,10 @@ impl TensorSource for WeightStore {
 /// Converts little-endian f32/f16/bf16 bytes to f32; `None` for other dtypes.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())

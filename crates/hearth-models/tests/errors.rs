@@ -9,7 +9,12 @@ type B = hearth_backend::Cpu;
 
 fn copy_fixture(name: &str, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(model_dir(name).join(f), to.join(f)).unwrap();
     }
 }
@@ -55,7 +60,11 @@ fn unknown_model_type_and_bad_fields() {
         Err(e @ ModelError::UnknownModelType { .. }) => assert!(e.to_string().contains("gpt9")),
         other => panic!("expected UnknownModelType, got {other:?}"),
     }
-    std::fs::write(d.join("config.json"), cfg.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"),
+    )
+    .unwrap();
     match ModelConfig::from_dir(&d) {
         Err(ModelError::Config { field, .. }) => assert_eq!(field, "num_key_value_heads"),
         other => panic!("expected Config error, got {other:?}"),
@@ -68,16 +77,29 @@ fn wrong_shape_and_missing_tensor() {
     copy_fixture("llama", &d);
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
     // a config that disagrees with the weights
-    std::fs::write(d.join("config.json"), cfg.replace("\"intermediate_size\": 160", "\"intermediate_size\": 128")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"intermediate_size\": 160", "\"intermediate_size\": 128"),
+    )
+    .unwrap();
     match CausalLm::<B>::from_dir(&d, &Default::default()) {
-        Err(ModelError::Shape { tensor, expected, actual, .. }) => {
+        Err(ModelError::Shape {
+            tensor,
+            expected,
+            actual,
+            ..
+        }) => {
             assert!(tensor.contains("mlp"), "{tensor}");
             assert_ne!(expected, actual);
         }
         Err(e) => panic!("expected Shape, got {e}"),
         Ok(_) => panic!("expected Shape error"),
     }
-    std::fs::write(d.join("config.json"), cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
     match CausalLm::<B>::from_dir(&d, &Default::default()) {
         Err(ModelError::MissingTensor { tensor, .. }) => assert!(tensor.starts_with("model.layers.2."), "{tensor}"),
         Err(e) => panic!("expected MissingTensor, got {e}"),
@@ -90,5 +112,12 @@ fn prompt_longer_than_context_is_an_error() {
     let model = CausalLm::<B>::from_dir(&model_dir("llama"), &Default::default()).unwrap();
     let mut cache = model.new_cache(1, Some(8));
     let r = model.forward(&[vec![1; 9]], &mut cache, Default::default());
-    assert!(matches!(r.err(), Some(ModelError::Cache(hearth_attention::CacheError::Full { needed: 9, capacity: 8, .. }))));
+    assert!(matches!(
+        r.err(),
+        Some(ModelError::Cache(hearth_attention::CacheError::Full {
+            needed: 9,
+            capacity: 8,
+            ..
+        }))
+    ));
 }

@@ -20,7 +20,14 @@ fn check_model(name: &str) {
         // prefill with hidden states
         let mut cache = model.new_cache(1, None);
         let out = model
-            .forward(&[ids.clone()], &mut cache, ForwardOptions { hidden_states: true, last_only: false })
+            .forward(
+                std::slice::from_ref(&ids),
+                &mut cache,
+                ForwardOptions {
+                    hidden_states: true,
+                    last_only: false,
+                },
+            )
             .unwrap();
         let (ref_logits, _) = r.f32(&format!("prompt{p}.prefill_logits"));
         let e = rel_err(&host(out.logits), &ref_logits);
@@ -40,7 +47,14 @@ fn check_model(name: &str) {
         let mut got = Vec::new();
         for step in 0..ref_ids.len() {
             let out = model
-                .forward(&[next.clone()], &mut cache, ForwardOptions { hidden_states: false, last_only: true })
+                .forward(
+                    &[next.clone()],
+                    &mut cache,
+                    ForwardOptions {
+                        hidden_states: false,
+                        last_only: true,
+                    },
+                )
                 .unwrap();
             let logits = host(out.logits);
             let e = rel_err(&logits, &ref_steps[step * vocab..(step + 1) * vocab]);
@@ -67,11 +81,24 @@ fn check_model(name: &str) {
     }
     // and batched greedy decode with rows at different positions gives the same ids
     let mut next: Vec<Vec<u32>> = (0..2)
-        .map(|row| vec![argmax(&all[(row * t + prompts[row].0.len() - 1) * v..(row * t + prompts[row].0.len()) * v])])
+        .map(|row| {
+            vec![argmax(
+                &all[(row * t + prompts[row].0.len() - 1) * v..(row * t + prompts[row].0.len()) * v],
+            )]
+        })
         .collect();
-    let mut got = vec![vec![next[0][0]], vec![next[1][0]]];
+    let mut got = [vec![next[0][0]], vec![next[1][0]]];
     for _ in 1..prompts[0].2.len() {
-        let out = model.forward(&next, &mut cache, ForwardOptions { hidden_states: false, last_only: true }).unwrap();
+        let out = model
+            .forward(
+                &next,
+                &mut cache,
+                ForwardOptions {
+                    hidden_states: false,
+                    last_only: true,
+                },
+            )
+            .unwrap();
         let l = host(out.logits);
         next = (0..2).map(|row| vec![argmax(&l[row * v..(row + 1) * v])]).collect();
         for row in 0..2 {

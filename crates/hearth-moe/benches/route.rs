@@ -38,10 +38,7 @@ fn bench_route(c: &mut Criterion) {
         let (n_group, topk_group) = if n >= 64 { (8, 4) } else { (1, 1) };
         let ds = RouterSpec::deepseek_v3(n, k, n_group, topk_group, true, 2.5).expect("spec");
         group.bench_with_input(BenchmarkId::new("deepseek_v3", n), &n, |b, _| {
-            b.iter(|| {
-                ds.route(black_box(&x), 1, Some(black_box(&bias)))
-                    .expect("route")
-            })
+            b.iter(|| ds.route(black_box(&x), 1, Some(black_box(&bias))).expect("route"))
         });
     }
     group.finish();

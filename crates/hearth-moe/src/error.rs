@@ -128,9 +128,7 @@ pub enum MoeError {
         n_experts: usize,
     },
     /// Hand-built top-k tables whose lengths do not match `n_tokens * top_k`.
-    #[error(
-        "top-k table lengths (experts {experts}, weights {weights}) are not equal multiples of top_k {top_k}"
-    )]
+    #[error("top-k table lengths (experts {experts}, weights {weights}) are not equal multiples of top_k {top_k}")]
     TopKTableLength {
         /// Length of the expert table.
         experts: usize,

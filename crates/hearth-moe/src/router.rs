@@ -212,10 +212,7 @@ impl RouterSpec {
     /// assert_eq!(spec.group_limit, Some(GroupLimit { n_group: 4, topk_group: 2 }));
     /// ```
     pub fn with_group_limit(mut self, n_group: usize, topk_group: usize) -> Self {
-        self.group_limit = Some(GroupLimit {
-            n_group,
-            topk_group,
-        });
+        self.group_limit = Some(GroupLimit { n_group, topk_group });
         self
     }
 
@@ -304,13 +301,8 @@ impl RouterSpec {
     /// assert!(!spec.renormalize);
     /// # Ok::<(), hearth_moe::MoeError>(())
     /// ```
-    pub fn qwen2_moe(
-        n_experts: usize,
-        top_k: usize,
-        norm_topk_prob: bool,
-    ) -> Result<Self, MoeError> {
-        let spec =
-            Self::new(n_experts, top_k, ScoringFunc::Softmax).with_renormalize(norm_topk_prob);
+    pub fn qwen2_moe(n_experts: usize, top_k: usize, norm_topk_prob: bool) -> Result<Self, MoeError> {
+        let spec = Self::new(n_experts, top_k, ScoringFunc::Softmax).with_renormalize(norm_topk_prob);
         spec.validate()?;
         Ok(spec)
     }
@@ -343,11 +335,7 @@ impl RouterSpec {
     /// assert!(spec.renormalize);
     /// # Ok::<(), hearth_moe::MoeError>(())
     /// ```
-    pub fn qwen3_moe(
-        n_experts: usize,
-        top_k: usize,
-        norm_topk_prob: bool,
-    ) -> Result<Self, MoeError> {
+    pub fn qwen3_moe(n_experts: usize, top_k: usize, norm_topk_prob: bool) -> Result<Self, MoeError> {
         Self::qwen2_moe(n_experts, top_k, norm_topk_prob)
     }
 
@@ -452,10 +440,7 @@ impl RouterSpec {
             ScoringFunc::Sigmoid,
         )
         .with_correction_bias(true)
-        .with_group_limit(
-            hf_defaults::DEEPSEEK_V3_N_GROUP,
-            hf_defaults::DEEPSEEK_V3_TOPK_GROUP,
-        )
+        .with_group_limit(hf_defaults::DEEPSEEK_V3_N_GROUP, hf_defaults::DEEPSEEK_V3_TOPK_GROUP)
         .with_renormalize(hf_defaults::DEEPSEEK_V3_NORM_TOPK_PROB)
         .with_renorm_epsilon(hf_defaults::DEEPSEEK_V3_RENORM_EPSILON)
         .with_routed_scaling_factor(hf_defaults::DEEPSEEK_V3_ROUTED_SCALING_FACTOR)
@@ -541,12 +526,7 @@ impl RouterSpec {
     /// assert_eq!(r.token_experts(1), &[3]);
     /// # Ok::<(), hearth_moe::MoeError>(())
     /// ```
-    pub fn route(
-        &self,
-        router_logits: &[f32],
-        n_tokens: usize,
-        bias: Option<&[f32]>,
-    ) -> Result<Routing, MoeError> {
+    pub fn route(&self, router_logits: &[f32], n_tokens: usize, bias: Option<&[f32]>) -> Result<Routing, MoeError> {
         self.validate()?;
         let n = self.n_experts;
         let k = self.top_k;
@@ -593,30 +573,15 @@ impl RouterSpec {
     }
 
     /// Routes one validated row into `scratch.selected` / `scratch.weights`.
-    fn route_row(
-        &self,
-        token: usize,
-        row: &[f32],
-        bias: Option<&[f32]>,
-        s: &mut Scratch,
-    ) -> Result<(), MoeError> {
-        if let Some((expert, &value)) = row
-            .iter()
-            .enumerate()
-            .find(|(_, x)| x.is_nan() || **x == f32::INFINITY)
-        {
-            return Err(MoeError::NonFiniteLogit {
-                token,
-                expert,
-                value,
-            });
+    fn route_row(&self, token: usize, row: &[f32], bias: Option<&[f32]>, s: &mut Scratch) -> Result<(), MoeError> {
+        if let Some((expert, &value)) = row.iter().enumerate().find(|(_, x)| x.is_nan() || **x == f32::INFINITY) {
+            return Err(MoeError::NonFiniteLogit { token, expert, value });
         }
         let k = self.top_k;
         s.selected.clear();
         s.weights.clear();
 
-        let plain_softmax =
-            self.scoring == ScoringFunc::Softmax && bias.is_none() && self.group_limit.is_none();
+        let plain_softmax = self.scoring == ScoringFunc::Softmax && bias.is_none() && self.group_limit.is_none();
         if plain_softmax {
             // Softmax is strictly monotone: select on the logits, then evaluate only what the
             // weights need.
@@ -632,8 +597,7 @@ impl RouterSpec {
                 1.0
             };
             s.raw.clear();
-            s.raw
-                .extend(s.top.iter().map(|&(v, _)| (v - max).exp() / z));
+            s.raw.extend(s.top.iter().map(|&(v, _)| (v - max).exp() / z));
         } else {
             self.compute_scores(token, row, &mut s.scores)?;
             // selection scores
@@ -649,29 +613,16 @@ impl RouterSpec {
                 Some(g) => {
                     let per = g.experts_per_group(self.n_experts);
                     s.group_scores.clear();
-                    s.group_scores
-                        .extend(choice.chunks_exact(per).map(sum_of_top2));
+                    s.group_scores.extend(choice.chunks_exact(per).map(sum_of_top2));
                     let gs = &s.group_scores;
-                    top_k_stable(
-                        g.n_group,
-                        |i| gs[i],
-                        |_| true,
-                        g.topk_group,
-                        &mut s.group_top,
-                    );
+                    top_k_stable(g.n_group, |i| gs[i], |_| true, g.topk_group, &mut s.group_top);
                     s.group_kept.clear();
                     s.group_kept.resize(g.n_group, false);
                     for &(_, gi) in &s.group_top {
                         s.group_kept[gi] = true;
                     }
                     let kept = &s.group_kept;
-                    top_k_stable(
-                        self.n_experts,
-                        |e| choice[e],
-                        |e| kept[e / per],
-                        k,
-                        &mut s.top,
-                    );
+                    top_k_stable(self.n_experts, |e| choice[e], |e| kept[e / per], k, &mut s.top);
                 }
                 None => top_k_stable(self.n_experts, |e| choice[e], |_| true, k, &mut s.top),
             }
@@ -687,24 +638,16 @@ impl RouterSpec {
             1.0
         };
         let scale = f64::from(self.routed_scaling_factor);
-        s.weights
-            .extend(s.raw.iter().map(|&w| (w / denom * scale) as f32));
+        s.weights.extend(s.raw.iter().map(|&w| (w / denom * scale) as f32));
         Ok(())
     }
 
     /// Unbiased per-expert scores of one row, in `f64`.
-    fn compute_scores(
-        &self,
-        token: usize,
-        row: &[f32],
-        out: &mut Vec<f64>,
-    ) -> Result<(), MoeError> {
+    fn compute_scores(&self, token: usize, row: &[f32], out: &mut Vec<f64>) -> Result<(), MoeError> {
         out.clear();
         match self.scoring {
             ScoringFunc::Softmax => {
-                let max = row
-                    .iter()
-                    .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
                 if max == f64::NEG_INFINITY {
                     return Err(MoeError::NoFiniteLogit { token });
                 }
@@ -855,12 +798,7 @@ impl Routing {
     /// assert_eq!(r.expert_group(3).unwrap().tokens, &[0, 1]);
     /// # Ok::<(), hearth_moe::MoeError>(())
     /// ```
-    pub fn from_topk(
-        n_experts: usize,
-        top_k: usize,
-        experts: Vec<usize>,
-        weights: Vec<f32>,
-    ) -> Result<Self, MoeError> {
+    pub fn from_topk(n_experts: usize, top_k: usize, experts: Vec<usize>, weights: Vec<f32>) -> Result<Self, MoeError> {
         if top_k == 0 || experts.len() != weights.len() || !experts.len().is_multiple_of(top_k) {
             return Err(MoeError::TopKTableLength {
                 experts: experts.len(),
@@ -893,9 +831,7 @@ impl Routing {
             expert_weights[at] = w;
             cursor[e] += 1;
         }
-        let active_experts: Vec<usize> = (0..n_experts)
-            .filter(|&e| start[e + 1] > start[e])
-            .collect();
+        let active_experts: Vec<usize> = (0..n_experts).filter(|&e| start[e + 1] > start[e]).collect();
         let mut offsets: Vec<usize> = active_experts.iter().map(|&e| start[e]).collect();
         offsets.push(experts.len());
         Self {

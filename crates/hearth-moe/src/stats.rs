@@ -236,10 +236,7 @@ impl LoadStats {
         if total == 0 {
             return vec![0.0; self.n_experts];
         }
-        self.totals
-            .iter()
-            .map(|&c| c as f64 / total as f64)
-            .collect()
+        self.totals.iter().map(|&c| c as f64 / total as f64).collect()
     }
 
     /// Shannon entropy of [`LoadStats::share`] (`0 ln 0 = 0`) in the given unit; `None` when
@@ -260,12 +257,7 @@ impl LoadStats {
         if self.total() == 0 {
             return None;
         }
-        let nats: f64 = self
-            .share()
-            .iter()
-            .filter(|&&p| p > 0.0)
-            .map(|&p| -p * p.ln())
-            .sum();
+        let nats: f64 = self.share().iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum();
         Some(match unit {
             EntropyUnit::Nats => nats,
             EntropyUnit::Bits => nats / std::f64::consts::LN_2,
@@ -366,9 +358,7 @@ pub fn format_table(layers: &[LoadStats]) -> String {
     ];
     let mut rows: Vec<[String; 9]> = Vec::with_capacity(layers.len());
     for (i, s) in layers.iter().enumerate() {
-        let opt = |v: Option<f64>, prec: usize| {
-            v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
-        };
+        let opt = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"));
         let total = s.total();
         let hottest = s.hottest().map_or_else(
             || "-".to_string(),
@@ -394,10 +384,7 @@ pub fn format_table(layers: &[LoadStats]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let parts: Vec<String> = cells
-            .zip(&widths)
-            .map(|(c, &w)| format!("{c:>w$}"))
-            .collect();
+        let parts: Vec<String> = cells.zip(&widths).map(|(c, &w)| format!("{c:>w$}")).collect();
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
     line(&mut header.iter().copied());

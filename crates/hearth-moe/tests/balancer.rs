@@ -51,15 +51,9 @@ fn update_rule_is_sign_of_mean_minus_load() {
     assert_eq!(b.updates(), 3);
     assert_eq!(
         b.update(&[1, 2]),
-        Err(MoeError::ExpertCountMismatch {
-            expected: 4,
-            actual: 2
-        })
+        Err(MoeError::ExpertCountMismatch { expected: 4, actual: 2 })
     );
-    assert!(matches!(
-        BiasBalancer::new(4, 0.0),
-        Err(MoeError::InvalidGamma(_))
-    ));
+    assert!(matches!(BiasBalancer::new(4, 0.0), Err(MoeError::InvalidGamma(_))));
     assert!(matches!(
         BiasBalancer::new(4, f32::INFINITY),
         Err(MoeError::InvalidGamma(_))

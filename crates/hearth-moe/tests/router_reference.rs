@@ -48,10 +48,7 @@ fn reference(
     let n = spec.n_experts;
     let mut out = Vec::new();
     for t in 0..n_tokens {
-        let x: Vec<f64> = logits[t * n..(t + 1) * n]
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
+        let x: Vec<f64> = logits[t * n..(t + 1) * n].iter().map(|&v| f64::from(v)).collect();
         // router_logits.sigmoid() / softmax(router_logits, dim=-1)
         let scores: Vec<f64> = match spec.scoring {
             ScoringFunc::Sigmoid => x.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
@@ -67,11 +64,7 @@ fn reference(
         };
         // router_logits_for_choice = router_logits + e_score_correction_bias
         let for_choice: Vec<f64> = match bias {
-            Some(b) => scores
-                .iter()
-                .zip(b)
-                .map(|(&s, &b)| s + f64::from(b))
-                .collect(),
+            Some(b) => scores.iter().zip(b).map(|(&s, &b)| s + f64::from(b)).collect(),
             None => scores.clone(),
         };
         let scores_for_choice = match spec.group_limit {
@@ -87,39 +80,26 @@ fn reference(
                     })
                     .collect();
                 // group_idx = topk(group_scores, topk_group); group_mask.scatter_(1, group_idx, 1)
-                let group_idx: Vec<usize> = argsort_desc(&group_scores)
-                    .into_iter()
-                    .take(g.topk_group)
-                    .collect();
+                let group_idx: Vec<usize> = argsort_desc(&group_scores).into_iter().take(g.topk_group).collect();
                 let mut group_mask = vec![false; g.n_group];
                 for gi in group_idx {
                     group_mask[gi] = true;
                 }
                 // score_mask = group_mask expanded; masked_fill(~score_mask, fill)
                 (0..n)
-                    .map(|e| {
-                        if group_mask[e / per] {
-                            for_choice[e]
-                        } else {
-                            mask_fill
-                        }
-                    })
+                    .map(|e| if group_mask[e / per] { for_choice[e] } else { mask_fill })
                     .collect()
             }
         };
         // topk_indices = topk(scores_for_choice, k)
-        let topk_indices: Vec<usize> = argsort_desc(&scores_for_choice)
-            .into_iter()
-            .take(spec.top_k)
-            .collect();
+        let topk_indices: Vec<usize> = argsort_desc(&scores_for_choice).into_iter().take(spec.top_k).collect();
         // topk_weights = router_logits.gather(1, topk_indices)  (unbiased)
         let mut w: Vec<f64> = topk_indices.iter().map(|&e| scores[e]).collect();
         if spec.renormalize {
             let denom = w.iter().sum::<f64>() + spec.renorm_epsilon;
             w.iter_mut().for_each(|v| *v /= denom);
         }
-        w.iter_mut()
-            .for_each(|v| *v *= f64::from(spec.routed_scaling_factor));
+        w.iter_mut().for_each(|v| *v *= f64::from(spec.routed_scaling_factor));
         out.push((topk_indices, w));
     }
     out
@@ -128,11 +108,7 @@ fn reference(
 fn assert_matches(spec: &RouterSpec, r: &Routing, want: &[(Vec<usize>, Vec<f64>)], ctx: &str) {
     assert_eq!(r.n_tokens(), want.len(), "{ctx}");
     for (t, (idx, w)) in want.iter().enumerate() {
-        assert_eq!(
-            r.token_experts(t),
-            &idx[..],
-            "{ctx}: token {t} experts ({spec:?})"
-        );
+        assert_eq!(r.token_experts(t), &idx[..], "{ctx}: token {t} experts ({spec:?})");
         for (j, (&got, &exp)) in r.token_weights(t).iter().zip(w).enumerate() {
             assert!(
                 (f64::from(got) - exp).abs() <= 1e-6,
@@ -191,8 +167,7 @@ fn make_inputs(
                 let row = &mut logits[t * n..(t + 1) * n];
                 for dst in 0..blocks {
                     let src = rng.below(blocks as u64) as usize;
-                    if bias[src * block..(src + 1) * block] == bias[dst * block..(dst + 1) * block]
-                        && rng.below(2) == 0
+                    if bias[src * block..(src + 1) * block] == bias[dst * block..(dst + 1) * block] && rng.below(2) == 0
                     {
                         let copy: Vec<f32> = row[src * block..(src + 1) * block].to_vec();
                         row[dst * block..(dst + 1) * block].copy_from_slice(&copy);
@@ -212,11 +187,7 @@ fn router_matches_reference_for_every_option_combination() {
     let mut combos = 0;
     let mut tie_rows_seen = 0usize;
     // (n_experts, top_k, n_group, topk_group)
-    for &(n, k, n_group, topk_group) in &[
-        (16usize, 4usize, 4usize, 2usize),
-        (64, 6, 8, 3),
-        (8, 8, 2, 2),
-    ] {
+    for &(n, k, n_group, topk_group) in &[(16usize, 4usize, 4usize, 2usize), (64, 6, 8, 3), (8, 8, 2, 2)] {
         for scoring in [ScoringFunc::Softmax, ScoringFunc::Sigmoid] {
             for use_bias in [false, true] {
                 for use_group in [false, true] {
@@ -235,8 +206,7 @@ fn router_matches_reference_for_every_option_combination() {
                             for kind in [Inputs::Continuous, Inputs::Ties] {
                                 let n_tokens = 24;
                                 let block = n / n_group;
-                                let (logits, bias) =
-                                    make_inputs(&mut rng, n, n_tokens, block, kind, false);
+                                let (logits, bias) = make_inputs(&mut rng, n, n_tokens, block, kind, false);
                                 let b = use_bias.then_some(&bias[..]);
                                 let got = spec.route(&logits, n_tokens, b).expect("route");
                                 // transformers' literal 0.0 mask fill (all scores >= 0 here)
@@ -261,10 +231,7 @@ fn router_matches_reference_for_every_option_combination() {
         }
     }
     assert_eq!(combos, 3 * 2 * 2 * 2 * 2 * 2);
-    assert!(
-        tie_rows_seen > 1000,
-        "tie inputs must actually contain ties"
-    );
+    assert!(tie_rows_seen > 1000, "tie inputs must actually contain ties");
 }
 
 /// With negative biased scores, hearth keeps DeepSeek's "mask the rest" semantics (`-inf`
@@ -306,11 +273,7 @@ fn dropped_groups_are_never_selected_even_with_negative_scores() {
     let bias = [-0.6f32, -0.6, -1.0, -1.0];
     // biased: [-0.1, -0.075, -0.12, -0.12]; group 0 kept
     let r = spec.route(&logits, 1, Some(&bias)).unwrap();
-    assert!(
-        r.token_experts(0).iter().all(|&e| e < 2),
-        "{:?}",
-        r.token_experts(0)
-    );
+    assert!(r.token_experts(0).iter().all(|&e| e < 2), "{:?}", r.token_experts(0));
     let literal_hf = reference(&spec, &logits, 1, Some(&bias), 0.0);
     assert_eq!(
         literal_hf[0].0,
@@ -363,10 +326,7 @@ fn correction_bias_changes_selection_but_not_weights() {
 #[test]
 fn ties_lower_index_wins_for_experts_and_groups() {
     // all-equal logits: lowest indices, in index order
-    let r = RouterSpec::mixtral(8, 3)
-        .unwrap()
-        .route(&[1.0; 8], 1, None)
-        .unwrap();
+    let r = RouterSpec::mixtral(8, 3).unwrap().route(&[1.0; 8], 1, None).unwrap();
     assert_eq!(r.token_experts(0), &[0, 1, 2]);
     // equal values interleaved with larger ones
     let r = RouterSpec::qwen2_moe(6, 3, false)
@@ -445,18 +405,12 @@ fn grouping_by_expert_is_consistent_with_per_token_view() {
     for (e, &count) in counts.iter().enumerate() {
         assert_eq!(r.expert_group(e).map_or(0, |g| g.tokens.len()), count);
     }
-    assert_eq!(
-        r.active_experts().len(),
-        counts.iter().filter(|&&c| c > 0).count()
-    );
+    assert_eq!(r.active_experts().len(), counts.iter().filter(|&&c| c > 0).count());
 }
 
 #[test]
 fn empty_batch_routes_to_nothing() {
-    let r = RouterSpec::mixtral(8, 2)
-        .unwrap()
-        .route(&[], 0, None)
-        .unwrap();
+    let r = RouterSpec::mixtral(8, 2).unwrap().route(&[], 0, None).unwrap();
     assert_eq!(r.n_tokens(), 0);
     assert!(r.active_experts().is_empty());
     assert_eq!(r.expert_groups().len(), 0);
@@ -465,10 +419,7 @@ fn empty_batch_routes_to_nothing() {
 #[test]
 fn family_constructors_follow_transformers_defaults() {
     let m = RouterSpec::mixtral_default();
-    assert_eq!(
-        (m.n_experts, m.top_k, m.scoring),
-        (8, 2, ScoringFunc::Softmax)
-    );
+    assert_eq!((m.n_experts, m.top_k, m.scoring), (8, 2, ScoringFunc::Softmax));
     assert!(m.renormalize && !m.correction_bias && m.group_limit.is_none());
     assert_eq!(m.routed_scaling_factor, 1.0);
 
@@ -490,10 +441,7 @@ fn family_constructors_follow_transformers_defaults() {
     }
     // Mixtral renormalises, Qwen2 by default does not: same logits, different weights
     let logits = [2.0f32, 1.0, 0.0, -1.0];
-    let wm = RouterSpec::mixtral(4, 2)
-        .unwrap()
-        .route(&logits, 1, None)
-        .unwrap();
+    let wm = RouterSpec::mixtral(4, 2).unwrap().route(&logits, 1, None).unwrap();
     let wq = RouterSpec::qwen2_moe(4, 2, false)
         .unwrap()
         .route(&logits, 1, None)
@@ -510,10 +458,7 @@ fn bad_specs_are_typed_errors() {
     assert_eq!(RouterSpec::mixtral(8, 0), Err(ZeroTopK));
     assert_eq!(
         RouterSpec::mixtral(8, 9),
-        Err(TopKExceedsExperts {
-            top_k: 9,
-            n_experts: 8
-        })
+        Err(TopKExceedsExperts { top_k: 9, n_experts: 8 })
     );
     assert_eq!(
         RouterSpec::deepseek_v3(10, 2, 4, 2, true, 1.0),
@@ -608,19 +553,13 @@ fn bad_inputs_are_typed_errors() {
         mixtral.route(&[f32::NEG_INFINITY; 4], 1, None),
         Err(NoFiniteLogit { token: 0 })
     );
-    assert_eq!(
-        mixtral.route(&[0.0; 4], 1, Some(&[0.0; 4])),
-        Err(UnexpectedBias)
-    );
+    assert_eq!(mixtral.route(&[0.0; 4], 1, Some(&[0.0; 4])), Err(UnexpectedBias));
 
     let ds = RouterSpec::deepseek_v3(4, 2, 2, 1, true, 1.0).unwrap();
     assert_eq!(ds.route(&[0.0; 4], 1, None), Err(MissingBias));
     assert_eq!(
         ds.route(&[0.0; 4], 1, Some(&[0.0; 3])),
-        Err(BiasLength {
-            expected: 4,
-            actual: 3
-        })
+        Err(BiasLength { expected: 4, actual: 3 })
     );
     assert_eq!(
         ds.route(&[0.0; 4], 1, Some(&[0.0, 0.0, f32::INFINITY, 0.0])),
@@ -646,10 +585,7 @@ fn bad_inputs_are_typed_errors() {
 
     assert_eq!(
         Routing::from_topk(4, 2, vec![0, 4], vec![1.0, 1.0]),
-        Err(ExpertIndexOutOfRange {
-            index: 4,
-            n_experts: 4
-        })
+        Err(ExpertIndexOutOfRange { index: 4, n_experts: 4 })
     );
     assert_eq!(
         Routing::from_topk(4, 2, vec![0, 1, 2], vec![1.0; 3]),

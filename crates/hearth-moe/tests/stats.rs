@@ -22,10 +22,7 @@ fn cumulative_stats_keep_everything_until_reset() {
     for _ in 0..1000 {
         s.record_counts(&[1, 3]).unwrap();
     }
-    assert_eq!(
-        (s.counts(), s.calls(), s.total()),
-        (&[1000, 3000][..], 1000, 4000)
-    );
+    assert_eq!((s.counts(), s.calls(), s.total()), (&[1000, 3000][..], 1000, 4000));
     assert_eq!(s.share(), vec![0.25, 0.75]);
     s.reset();
     assert_eq!((s.counts(), s.calls(), s.total()), (&[0, 0][..], 0, 0));
@@ -81,17 +78,11 @@ fn records_routings_and_checks_expert_count() {
     let mut other = LoadStats::new(5);
     assert_eq!(
         other.record(&r),
-        Err(MoeError::ExpertCountMismatch {
-            expected: 5,
-            actual: 4
-        })
+        Err(MoeError::ExpertCountMismatch { expected: 5, actual: 4 })
     );
     assert_eq!(
         other.record_counts(&[1]),
-        Err(MoeError::ExpertCountMismatch {
-            expected: 5,
-            actual: 1
-        })
+        Err(MoeError::ExpertCountMismatch { expected: 5, actual: 1 })
     );
     assert_eq!(LoadStats::windowed(4, 0), Err(MoeError::ZeroWindow));
 }
@@ -120,10 +111,7 @@ fn table_has_one_row_per_layer_with_summaries() {
     assert_eq!(&row0[8..], &["0", "(75.0%)"]);
     let row1: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(row1, vec!["1", "4", "0", "0", "0/4", "-", "-", "-", "-"]);
-    assert!(
-        lines[3].contains("1.000") && lines[3].contains("2.000"),
-        "{table}"
-    );
+    assert!(lines[3].contains("1.000") && lines[3].contains("2.000"), "{table}");
     // columns are aligned: every line has the same width up to trailing spaces
     let width = lines[0].len();
     assert!(lines.iter().all(|l| l.len() <= width + 8));

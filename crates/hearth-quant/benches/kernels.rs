@@ -8,12 +8,11 @@
 //!
 //! Environment: `KERNELS_BENCH_FORMATS=Q4_0,Q8_0` restricts formats; `KERNELS_BENCH_BIG=1`
 //! adds the 128256×2048 (vocab projection) shape for Q4_0/Q8_0/BF16;
+//! `KERNELS_ISA=avx2` forces an ISA path;
 //! `KERNELS_PF_SWEEP=0,1024,2048` skips criterion and times each software-prefetch distance.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hearth_quant::kernels::{
-    Isa, WeightFormat, matvec, measure_read_bandwidth, set_prefetch_distance,
-};
+use hearth_quant::kernels::{Isa, WeightFormat, matvec_with_isa, measure_read_bandwidth, set_prefetch_distance};
 use std::time::{Duration, Instant};
 
 const COLD_SET_BYTES: usize = 640 << 20;
@@ -34,9 +33,7 @@ fn random_matrix(fmt: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<
     let bb = fmt.block_bytes();
     for b in w.chunks_exact_mut(bb) {
         match fmt {
-            WeightFormat::F32 => {
-                b.copy_from_slice(&(((b[0] as f32) - 128.0) / 128.0).to_le_bytes())
-            }
+            WeightFormat::F32 => b.copy_from_slice(&(((b[0] as f32) - 128.0) / 128.0).to_le_bytes()),
             WeightFormat::Bf16 => b[1] = 0x3C | (b[1] & 0x80),
             WeightFormat::F16 => b[1] = 0x30 | (b[1] & 0x83),
             WeightFormat::Q8_0 | WeightFormat::Q4_0 => b[..2].copy_from_slice(&h),
@@ -54,18 +51,27 @@ fn formats() -> Vec<WeightFormat> {
     let sel = std::env::var("KERNELS_BENCH_FORMATS").unwrap_or_default();
     WeightFormat::ALL
         .into_iter()
-        .filter(|f| {
-            sel.is_empty()
-                || sel
-                    .split(',')
-                    .any(|s| s.eq_ignore_ascii_case(&format!("{f:?}")))
-        })
+        .filter(|f| sel.is_empty() || sel.split(',').any(|s| s.eq_ignore_ascii_case(&format!("{f:?}"))))
         .collect()
 }
 
 const SHAPES: [(usize, usize); 3] = [(2048, 2048), (8192, 2048), (2048, 8192)];
 
 /// Median seconds per matvec over the rotating cold set, from our own timing loop.
+/// ISA under test: `KERNELS_ISA=scalar|avx2|avx512` forces a path (default: detected).
+fn bench_isa() -> Isa {
+    match std::env::var("KERNELS_ISA").as_deref() {
+        Ok("scalar") => Isa::Scalar,
+        Ok("avx2") => Isa::Avx2,
+        Ok("avx512") => Isa::Avx512,
+        _ => Isa::detect(),
+    }
+}
+
+fn matvec(fmt: WeightFormat, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) {
+    matvec_with_isa(bench_isa(), fmt, w, rows, cols, x, y).unwrap()
+}
+
 fn time_cold(fmt: WeightFormat, set: &[Vec<u8>], rows: usize, cols: usize, x: &[f32]) -> f64 {
     let mut y = vec![0.0f32; rows];
     let mut ts = Vec::new();
@@ -75,7 +81,7 @@ fn time_cold(fmt: WeightFormat, set: &[Vec<u8>], rows: usize, cols: usize, x: &[
         let w = &set[i % set.len()];
         i += 1;
         let t = Instant::now();
-        matvec(fmt, w, rows, cols, x, &mut y).unwrap();
+        matvec(fmt, w, rows, cols, x, &mut y);
         ts.push(t.elapsed().as_secs_f64());
     }
     ts.sort_by(f64::total_cmp);
@@ -87,7 +93,7 @@ fn bench(c: &mut Criterion) {
     let bw0 = measure_read_bandwidth(BW_BYTES, threads);
     eprintln!(
         "isa={:?} threads={threads} measured read bandwidth: {:.2} GB/s",
-        Isa::detect(),
+        bench_isa(),
         bw0 / 1e9
     );
     let mut shapes: Vec<(WeightFormat, usize, usize)> = Vec::new();
@@ -96,10 +102,7 @@ fn bench(c: &mut Criterion) {
             shapes.push((fmt, r, cc));
         }
         if std::env::var("KERNELS_BENCH_BIG").is_ok()
-            && matches!(
-                fmt,
-                WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Bf16
-            )
+            && matches!(fmt, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Bf16)
         {
             shapes.push((fmt, 128_256, 2048));
         }
@@ -111,9 +114,7 @@ fn bench(c: &mut Criterion) {
         let copies = COLD_SET_BYTES.div_ceil(bytes).max(1);
         let set: Vec<Vec<u8>> = (0..copies).map(|_| base.clone()).collect();
         drop(base);
-        let x: Vec<f32> = (0..cols)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut y = vec![0.0f32; rows];
         let id = format!("{fmt:?}/{rows}x{cols}");
         if let Ok(list) = std::env::var("KERNELS_PF_SWEEP") {
@@ -141,16 +142,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let w = &set[i % set.len()];
                 i += 1;
-                matvec(fmt, w, rows, cols, &x, &mut y).unwrap();
+                matvec(fmt, w, rows, cols, &x, &mut y);
             })
         });
         g.finish();
 
         let mut g = c.benchmark_group("matvec_hot");
         g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(&id, |b| {
-            b.iter(|| matvec(fmt, &set[0], rows, cols, &x, &mut y).unwrap())
-        });
+        g.bench_function(&id, |b| b.iter(|| matvec(fmt, &set[0], rows, cols, &x, &mut y)));
         g.finish();
 
         let t = time_cold(fmt, &set, rows, cols, &x);

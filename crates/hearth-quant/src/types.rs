@@ -251,10 +251,7 @@ impl GgmlType {
     /// assert_eq!(GgmlType::from_name("q4_k"), Some(GgmlType::Q4_K));
     /// ```
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Whether the type is block-quantized (block size > 1).
@@ -278,19 +275,7 @@ impl GgmlType {
         use GgmlType::*;
         matches!(
             self,
-            F32 | F16
-                | BF16
-                | Q4_0
-                | Q4_1
-                | Q5_0
-                | Q5_1
-                | Q8_0
-                | Q2_K
-                | Q3_K
-                | Q4_K
-                | Q5_K
-                | Q6_K
-                | Q8_K
+            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K
         )
     }
 

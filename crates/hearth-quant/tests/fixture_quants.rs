@@ -25,9 +25,7 @@ fn load() -> Fixture {
 }
 
 fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
     assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
     t.data()
         .chunks_exact(4)
@@ -36,9 +34,7 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
 }
 
 fn u8s(st: &SafeTensors, name: &str) -> Vec<u8> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
     assert_eq!(t.dtype(), safetensors::Dtype::U8, "{name}");
     t.data().to_vec()
 }
@@ -49,16 +45,8 @@ fn fixture_json_matches_type_table() {
     for name in TYPES {
         let ty = GgmlType::from_name(name).unwrap();
         let m = &fx.meta[name];
-        assert_eq!(
-            m["block_size"].as_u64(),
-            Some(ty.block_size() as u64),
-            "{name}"
-        );
-        assert_eq!(
-            m["type_size"].as_u64(),
-            Some(ty.type_size() as u64),
-            "{name}"
-        );
+        assert_eq!(m["block_size"].as_u64(), Some(ty.block_size() as u64), "{name}");
+        assert_eq!(m["type_size"].as_u64(), Some(ty.type_size() as u64), "{name}");
     }
 }
 
@@ -150,8 +138,7 @@ fn k_quants_match_llama_cpp_reference_bytes() {
     let fx = load();
     let st = SafeTensors::deserialize(&fx.data).unwrap();
     let input = f32s(&st, "input");
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_cpp_kquants");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_cpp_kquants");
     for name in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"] {
         let ty = GgmlType::from_name(name).unwrap();
         let want = std::fs::read(dir.join(format!("{name}.bin"))).expect("reference bytes");
@@ -167,13 +154,7 @@ fn k_quants_match_llama_cpp_reference_bytes() {
         let ours = common::rmse(&input, &hearth_quant::dequantize_to_vec(ty, &got).unwrap());
         let reference = common::rmse(&input, &hearth_quant::dequantize_to_vec(ty, &want).unwrap());
         println!("{name}: rmse ours {ours:.6} llama.cpp {reference:.6}; differing blocks {bad:?}");
-        assert!(
-            ours <= reference * 1.02,
-            "{name}: rmse {ours} vs llama.cpp {reference}"
-        );
-        assert!(
-            bad.is_empty(),
-            "{name}: blocks {bad:?} differ from llama.cpp"
-        );
+        assert!(ours <= reference * 1.02, "{name}: rmse {ours} vs llama.cpp {reference}");
+        assert!(bad.is_empty(), "{name}: blocks {bad:?} differ from llama.cpp");
     }
 }

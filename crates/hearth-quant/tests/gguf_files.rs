@@ -40,14 +40,8 @@ fn array_matches(a: &MetadataArray, want: &Value) -> bool {
     a.len() == w.len()
         && match a {
             MetadataArray::String(v) => v.iter().zip(w).all(|(s, j)| j.as_str() == Some(s)),
-            MetadataArray::F32(v) => v
-                .iter()
-                .zip(w)
-                .all(|(x, j)| j.as_f64() == Some(f64::from(*x))),
-            MetadataArray::I32(v) => v
-                .iter()
-                .zip(w)
-                .all(|(x, j)| j.as_i64() == Some(i64::from(*x))),
+            MetadataArray::F32(v) => v.iter().zip(w).all(|(x, j)| j.as_f64() == Some(f64::from(*x))),
+            MetadataArray::I32(v) => v.iter().zip(w).all(|(x, j)| j.as_i64() == Some(i64::from(*x))),
             MetadataArray::Array(v) => v.iter().zip(w).all(|(x, j)| array_matches(x, j)),
             other => panic!("unexpected array type {:?}", other.element_type()),
         }
@@ -56,8 +50,7 @@ fn array_matches(a: &MetadataArray, want: &Value) -> bool {
 #[test]
 fn reads_file_written_by_gguf_py() {
     let dir = tiny_dir();
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("tiny.json")).unwrap()).unwrap();
+    let expected: Value = serde_json::from_slice(&std::fs::read(dir.join("tiny.json")).unwrap()).unwrap();
     let file = GgufFile::open(dir.join("tiny.gguf")).unwrap();
     let info = file.info();
     assert_eq!(info.version, 3);
@@ -71,31 +64,19 @@ fn reads_file_written_by_gguf_py() {
     }
     // value types as gguf-py writes them
     assert!(matches!(file.get("tiny.i8"), Some(MetadataValue::I8(-5))));
-    assert!(matches!(
-        file.get("tiny.u16"),
-        Some(MetadataValue::U16(65535))
-    ));
-    assert!(matches!(
-        file.get("tiny.block_count"),
-        Some(MetadataValue::U32(2))
-    ));
+    assert!(matches!(file.get("tiny.u16"), Some(MetadataValue::U16(65535))));
+    assert!(matches!(file.get("tiny.block_count"), Some(MetadataValue::U32(2))));
     assert!(matches!(file.get("tiny.u64"), Some(MetadataValue::U64(_))));
     assert!(matches!(file.get("tiny.f64"), Some(MetadataValue::F64(_))));
     assert_eq!(
-        file.get("tiny.nested")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .element_type(),
+        file.get("tiny.nested").unwrap().as_array().unwrap().element_type(),
         hearth_quant::gguf::ValueType::Array
     );
 
     let want_tensors = expected["tensors"].as_object().unwrap();
     assert_eq!(info.tensors.len(), want_tensors.len());
     for (name, want) in want_tensors {
-        let t = file
-            .tensor(name)
-            .unwrap_or_else(|| panic!("missing tensor {name}"));
+        let t = file.tensor(name).unwrap_or_else(|| panic!("missing tensor {name}"));
         assert_eq!(t.info.ty.name(), want["type"].as_str().unwrap(), "{name}");
         let dims: Vec<u64> = want["dims"]
             .as_array()
@@ -136,10 +117,8 @@ fn sample_writer() -> GgufWriter<'static> {
     w.add_metadata("i64", i64::MIN).unwrap();
     w.add_metadata("f64", -0.1f64).unwrap();
     w.add_metadata("empty", MetadataArray::F32(vec![])).unwrap();
-    w.add_metadata("bools", MetadataArray::Bool(vec![true, false]))
-        .unwrap();
-    w.add_metadata("u64s", MetadataArray::U64(vec![1, u64::MAX]))
-        .unwrap();
+    w.add_metadata("bools", MetadataArray::Bool(vec![true, false])).unwrap();
+    w.add_metadata("u64s", MetadataArray::U64(vec![1, u64::MAX])).unwrap();
     w.add_metadata("strs", MetadataArray::String(vec!["".into(), "ünï".into()]))
         .unwrap();
     w.add_metadata(
@@ -150,9 +129,7 @@ fn sample_writer() -> GgufWriter<'static> {
         ]),
     )
     .unwrap();
-    let x: Vec<f32> = (0..512)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..512).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     for (name, ty, dims) in [
         ("f32", GgmlType::F32, vec![512]),
         ("f16", GgmlType::F16, vec![256, 2]),
@@ -160,11 +137,9 @@ fn sample_writer() -> GgufWriter<'static> {
         ("q5_0", GgmlType::Q5_0, vec![32, 4, 2, 2]),
         ("q6_k", GgmlType::Q6_K, vec![512, 1, 1]),
     ] {
-        w.add_tensor(name, ty, &dims, quantize_to_vec(ty, &x).unwrap())
-            .unwrap();
+        w.add_tensor(name, ty, &dims, quantize_to_vec(ty, &x).unwrap()).unwrap();
     }
-    w.add_tensor("empty", GgmlType::F32, &[0], Vec::new())
-        .unwrap();
+    w.add_tensor("empty", GgmlType::F32, &[0], Vec::new()).unwrap();
     w
 }
 
@@ -191,21 +166,14 @@ fn writer_output_reads_back() {
         Some(&MetadataValue::Array(MetadataArray::F32(vec![])))
     );
     assert_eq!(info.data_offset % 32, 0);
-    let x: Vec<f32> = (0..512)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..512).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     for t in file.tensors() {
         assert_eq!(t.info.offset % 32, 0, "{}", t.info.name);
         if t.info.name == "empty" {
             assert!(t.data.is_empty());
             continue;
         }
-        assert_eq!(
-            t.data,
-            quantize_to_vec(t.info.ty, &x).unwrap(),
-            "{}",
-            t.info.name
-        );
+        assert_eq!(t.data, quantize_to_vec(t.info.ty, &x).unwrap(), "{}", t.info.name);
     }
     assert_eq!(file.tensor("q5_0").unwrap().info.dims, vec![32, 4, 2, 2]);
     // writing again gives the same bytes; the file length is what write_to reported
@@ -218,8 +186,7 @@ fn writer_output_reads_back() {
 fn custom_alignment_round_trip_via_file() {
     let mut w = GgufWriter::new();
     w.add_metadata("general.alignment", 64u32).unwrap();
-    w.add_tensor("a", GgmlType::I8, &[3], vec![1u8, 2, 3])
-        .unwrap();
+    w.add_tensor("a", GgmlType::I8, &[3], vec![1u8, 2, 3]).unwrap();
     w.add_tensor("b", GgmlType::I8, &[1], vec![4u8]).unwrap();
     let path = std::env::temp_dir().join(format!("hearth-quant-align-{}.gguf", std::process::id()));
     w.write_file(&path).unwrap();
@@ -238,15 +205,8 @@ fn writer_rejects_bad_tensors() {
         w.add_tensor("five", GgmlType::F32, &[1, 1, 1, 1, 1], vec![0u8; 4])
             .is_err()
     );
-    assert!(
-        w.add_tensor("short", GgmlType::Q8_0, &[64], vec![0u8; 67])
-            .is_err()
-    );
-    w.add_tensor("ok", GgmlType::Q8_0, &[64], vec![0u8; 68])
-        .unwrap();
-    assert!(
-        w.add_tensor("ok", GgmlType::Q8_0, &[64], vec![0u8; 68])
-            .is_err()
-    );
+    assert!(w.add_tensor("short", GgmlType::Q8_0, &[64], vec![0u8; 67]).is_err());
+    w.add_tensor("ok", GgmlType::Q8_0, &[64], vec![0u8; 68]).unwrap();
+    assert!(w.add_tensor("ok", GgmlType::Q8_0, &[64], vec![0u8; 68]).is_err());
     assert!(GgufInfo::parse(&w.to_bytes().unwrap()).is_ok());
 }

@@ -11,15 +11,10 @@ fn seed_file() -> Vec<u8> {
     w.add_metadata("n", 3u32).unwrap();
     w.add_metadata("toks", MetadataArray::String(vec!["a".into(), "b".into()]))
         .unwrap();
-    w.add_metadata(
-        "nested",
-        MetadataArray::Array(vec![MetadataArray::F32(vec![1.0])]),
-    )
-    .unwrap();
-    w.add_tensor("w", GgmlType::Q8_0, &[32, 2], vec![0u8; 68])
+    w.add_metadata("nested", MetadataArray::Array(vec![MetadataArray::F32(vec![1.0])]))
         .unwrap();
-    w.add_tensor("b", GgmlType::F32, &[4], vec![0u8; 16])
-        .unwrap();
+    w.add_tensor("w", GgmlType::Q8_0, &[32, 2], vec![0u8; 68]).unwrap();
+    w.add_tensor("b", GgmlType::F32, &[4], vec![0u8; 16]).unwrap();
     w.to_bytes().unwrap()
 }
 
@@ -28,11 +23,7 @@ fn exercise(bytes: Vec<u8>) {
     if let Ok(info) = GgufInfo::parse(&bytes) {
         for t in &info.tensors {
             let end = info.data_offset + t.offset + t.size;
-            assert!(
-                t.size == 0 || end <= bytes.len() as u64,
-                "{} escapes the file",
-                t.name
-            );
+            assert!(t.size == 0 || end <= bytes.len() as u64, "{} escapes the file", t.name);
         }
         let file = GgufFile::from_bytes(bytes).expect("parse is deterministic");
         for t in file.tensors() {

@@ -59,10 +59,8 @@ fn valid_file() -> Vec<u8> {
         hearth_quant::gguf::MetadataArray::String(vec!["a".into(), "bc".into()]),
     )
     .unwrap();
-    w.add_tensor("a", GgmlType::F32, &[4, 2], vec![1u8; 32])
-        .unwrap();
-    w.add_tensor("b", GgmlType::Q8_0, &[32], vec![2u8; 34])
-        .unwrap();
+    w.add_tensor("a", GgmlType::F32, &[4, 2], vec![1u8; 32]).unwrap();
+    w.add_tensor("b", GgmlType::Q8_0, &[32], vec![2u8; 34]).unwrap();
     w.to_bytes().unwrap()
 }
 
@@ -104,13 +102,7 @@ fn unsupported_versions() {
 fn every_truncation_is_an_error() {
     let b = valid_file();
     let info = GgufInfo::parse(&b).unwrap();
-    let data_end = info.data_offset
-        + info
-            .tensors
-            .iter()
-            .map(|t| t.offset + t.size)
-            .max()
-            .unwrap();
+    let data_end = info.data_offset + info.tensors.iter().map(|t| t.offset + t.size).max().unwrap();
     // only the final tensor's padding may be cut
     assert!(GgufInfo::parse(&b[..data_end as usize]).is_ok());
     for len in 0..data_end as usize {
@@ -118,9 +110,7 @@ fn every_truncation_is_an_error() {
         assert!(
             matches!(
                 err,
-                GgufError::Truncated { .. }
-                    | GgufError::CountTooLarge { .. }
-                    | GgufError::TensorOutOfBounds { .. }
+                GgufError::Truncated { .. } | GgufError::CountTooLarge { .. } | GgufError::TensorOutOfBounds { .. }
             ),
             "len {len}: {err}"
         );
@@ -209,10 +199,7 @@ fn unknown_value_type() {
     let mut r = Raw::header(0, 1);
     r.str("k").u32(13).u64(0);
     let err = r.parse().unwrap_err();
-    assert!(
-        matches!(err, GgufError::InvalidValueType { id: 13, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, GgufError::InvalidValueType { id: 13, .. }), "{err}");
 }
 
 #[test]
@@ -220,10 +207,7 @@ fn invalid_bool_and_utf8() {
     let mut r = Raw::header(0, 1);
     r.str("flag").u32(7);
     r.b.push(2);
-    assert!(matches!(
-        r.parse(),
-        Err(GgufError::InvalidBool { value: 2, .. })
-    ));
+    assert!(matches!(r.parse(), Err(GgufError::InvalidBool { value: 2, .. })));
     let mut r = Raw::header(0, 1);
     r.u64(2);
     r.b.extend_from_slice(&[0xff, 0xfe]);
@@ -233,25 +217,15 @@ fn invalid_bool_and_utf8() {
 
 #[test]
 fn duplicate_key_and_tensor() {
-    let err = Raw::header(0, 2)
-        .kv_u32("k", 1)
-        .kv_u32("k", 2)
-        .parse()
-        .unwrap_err();
-    assert!(
-        matches!(&err, GgufError::DuplicateKey(k) if k == "k"),
-        "{err}"
-    );
+    let err = Raw::header(0, 2).kv_u32("k", 1).kv_u32("k", 2).parse().unwrap_err();
+    assert!(matches!(&err, GgufError::DuplicateKey(k) if k == "k"), "{err}");
     let err = Raw::header(2, 0)
         .tensor("t", &[8], 0, 0)
         .tensor("t", &[8], 0, 32)
         .data(64)
         .parse()
         .unwrap_err();
-    assert!(
-        matches!(&err, GgufError::DuplicateTensor(t) if t == "t"),
-        "{err}"
-    );
+    assert!(matches!(&err, GgufError::DuplicateTensor(t) if t == "t"), "{err}");
 }
 
 #[test]
@@ -318,11 +292,7 @@ fn overlapping_tensor_data() {
 
 #[test]
 fn tensor_data_past_the_end() {
-    let err = Raw::header(1, 0)
-        .tensor("w", &[16], 0, 0)
-        .data(63)
-        .parse()
-        .unwrap_err();
+    let err = Raw::header(1, 0).tensor("w", &[16], 0, 0).data(63).parse().unwrap_err();
     assert!(
         matches!(&err, GgufError::TensorOutOfBounds { tensor, size: 64, data_len: 63, .. } if tensor == "w"),
         "{err}"
@@ -337,11 +307,7 @@ fn tensor_data_past_the_end() {
 
 #[test]
 fn misaligned_offset() {
-    let err = Raw::header(1, 0)
-        .tensor("w", &[1], 0, 4)
-        .data(64)
-        .parse()
-        .unwrap_err();
+    let err = Raw::header(1, 0).tensor("w", &[1], 0, 4).data(64).parse().unwrap_err();
     assert!(
         matches!(&err, GgufError::MisalignedTensor { tensor, offset: 4, alignment: 32 } if tensor == "w"),
         "{err}"
@@ -385,10 +351,7 @@ fn bad_shapes() {
 #[test]
 fn bad_alignment() {
     for a in [0u32, 3, 48] {
-        let err = Raw::header(0, 1)
-            .kv_u32("general.alignment", a)
-            .parse()
-            .unwrap_err();
+        let err = Raw::header(0, 1).kv_u32("general.alignment", a).parse().unwrap_err();
         assert!(matches!(err, GgufError::InvalidAlignment(_)), "{a}: {err}");
     }
     // wrong value type (u64)
@@ -400,10 +363,7 @@ fn bad_alignment() {
         .unwrap_err();
     assert!(matches!(err, GgufError::InvalidAlignment(_)), "{err}");
     // a valid custom alignment moves the data section
-    let info = Raw::header(0, 1)
-        .kv_u32("general.alignment", 64)
-        .parse()
-        .unwrap();
+    let info = Raw::header(0, 1).kv_u32("general.alignment", 64).parse().unwrap();
     assert_eq!((info.alignment, info.data_offset), (64, 64));
 }
 

@@ -2,8 +2,7 @@
 //! scalar references, for ragged shapes, matvec and matmul, plus error cases.
 
 use hearth_quant::kernels::{
-    Buffer, Isa, KernelError, Q8Activations, WeightFormat, matmul, matmul_with_isa, matvec,
-    matvec_with_isa, reference,
+    Buffer, Isa, KernelError, Q8Activations, WeightFormat, matmul, matmul_with_isa, matvec, matvec_with_isa, reference,
 };
 
 struct Rng(u64);
@@ -23,9 +22,7 @@ impl Rng {
         lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
     }
     fn f16_bytes(&mut self, lo: f32, hi: f32) -> [u8; 2] {
-        half::f16::from_f32(self.f32(lo, hi))
-            .to_bits()
-            .to_le_bytes()
+        half::f16::from_f32(self.f32(lo, hi)).to_bits().to_le_bytes()
     }
 }
 
@@ -35,11 +32,7 @@ fn random_weights(fmt: WeightFormat, rows: usize, cols: usize, rng: &mut Rng) ->
     for _ in 0..nblocks {
         match fmt {
             WeightFormat::F32 => w.extend(rng.f32(-1.0, 1.0).to_le_bytes()),
-            WeightFormat::Bf16 => w.extend(
-                half::bf16::from_f32(rng.f32(-1.0, 1.0))
-                    .to_bits()
-                    .to_le_bytes(),
-            ),
+            WeightFormat::Bf16 => w.extend(half::bf16::from_f32(rng.f32(-1.0, 1.0)).to_bits().to_le_bytes()),
             WeightFormat::F16 => w.extend(rng.f16_bytes(-1.0, 1.0)),
             WeightFormat::Q8_0 => {
                 w.extend(rng.f16_bytes(-0.02, 0.02));
@@ -87,27 +80,14 @@ fn dequant(fmt: WeightFormat, w: &[u8], rows: usize, cols: usize) -> Vec<f32> {
     let rb = fmt.row_bytes(cols).unwrap();
     let mut out = vec![0.0f32; rows * cols];
     for r in 0..rows {
-        reference::dequantize_row(
-            fmt,
-            &w[r * rb..(r + 1) * rb],
-            cols,
-            &mut out[r * cols..(r + 1) * cols],
-        );
+        reference::dequantize_row(fmt, &w[r * rb..(r + 1) * rb], cols, &mut out[r * cols..(r + 1) * cols]);
     }
     out
 }
 
 /// Checks `y` (from a fast kernel) against the exact-integer reference (tight) and the f32
 /// dequantized reference (bounded by half an activation quantization step per element).
-fn check_against_references(
-    fmt: WeightFormat,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    y: &[f32],
-    what: &str,
-) {
+fn check_against_references(fmt: WeightFormat, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &[f32], what: &str) {
     let mut yq = vec![0.0f32; rows];
     let mut yf = vec![0.0f32; rows];
     reference::matvec_quantized(fmt, w, rows, cols, x, &mut yq).unwrap();
@@ -167,15 +147,7 @@ fn matvec_all_formats_all_isas_match_reference() {
                     let x = random_x(cols, &mut rng);
                     let mut y = vec![f32::NAN; rows];
                     matvec_with_isa(isa, fmt, &w, rows, cols, &x, &mut y).unwrap();
-                    check_against_references(
-                        fmt,
-                        &w,
-                        rows,
-                        cols,
-                        &x,
-                        &y,
-                        &format!("matvec {isa:?}"),
-                    );
+                    check_against_references(fmt, &w, rows, cols, &x, &y, &format!("matvec {isa:?}"));
                 }
             }
         }
@@ -210,10 +182,7 @@ fn isa_paths_agree_closely() {
 #[test]
 fn matvec_multithreaded_pool_matches_single_thread() {
     let mut rng = Rng(3);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for fmt in WeightFormat::ALL {
         let (rows, cols) = (1027, 512);
         let w = random_weights(fmt, rows, cols, &mut rng);
@@ -264,10 +233,7 @@ fn matmul_all_formats_all_isas_match_reference() {
 #[test]
 fn matmul_equals_repeated_matvec() {
     let mut rng = Rng(4);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for fmt in WeightFormat::ALL {
         let (rows, cols, n) = (600, 512, 5);
         let w = random_weights(fmt, rows, cols, &mut rng);
@@ -277,11 +243,7 @@ fn matmul_equals_repeated_matvec() {
         for j in 0..n {
             let mut yj = vec![0.0f32; rows];
             matvec(fmt, &w, rows, cols, &x[j * cols..(j + 1) * cols], &mut yj).unwrap();
-            assert_eq!(
-                &y[j * rows..(j + 1) * rows],
-                &yj[..],
-                "{fmt:?} batch row {j}"
-            );
+            assert_eq!(&y[j * rows..(j + 1) * rows], &yj[..], "{fmt:?} batch row {j}");
         }
     }
 }
@@ -323,19 +285,10 @@ fn activation_quantization_error_is_half_a_step() {
         let xd = q.dequantize();
         for i in 0..x.len() {
             let d = q.scales()[i / b];
-            assert!(
-                (x[i] - xd[i]).abs() <= d * 0.5 * (1.0 + 1e-5),
-                "b={b} i={i}"
-            );
+            assert!((x[i] - xd[i]).abs() <= d * 0.5 * (1.0 + 1e-5), "b={b} i={i}");
         }
         for (g, s) in q.sums16().iter().enumerate() {
-            assert_eq!(
-                *s,
-                q.qs()[16 * g..16 * g + 16]
-                    .iter()
-                    .map(|&v| v as i32)
-                    .sum::<i32>()
-            );
+            assert_eq!(*s, q.qs()[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum::<i32>());
         }
     }
 }

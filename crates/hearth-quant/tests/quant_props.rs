@@ -2,9 +2,7 @@
 
 mod common;
 
-use hearth_quant::{
-    GgmlType, QuantError, dequantize, dequantize_to_vec, quantize, quantize_to_vec,
-};
+use hearth_quant::{GgmlType, QuantError, dequantize, dequantize_to_vec, quantize, quantize_to_vec};
 
 const ALL_CODECS: [GgmlType; 14] = [
     GgmlType::F32,
@@ -76,11 +74,7 @@ fn llama_cpp_quantize_fns_thresholds() {
     let x: Vec<f32> = (0..n).map(|i| 0.1 + 2.0 * (i as f32).cos()).collect();
     for ty in ALL_CODECS {
         let y = round_trip(ty, &x);
-        let sum: f64 = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
+        let sum: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
         let err = sum.sqrt() / n as f64;
         let max = match ty {
             GgmlType::Q2_K => 0.0075,
@@ -120,10 +114,7 @@ fn q8_k_block_sums_are_stored() {
     let x = common::normal_samples(256, 3);
     let q = quantize_to_vec(GgmlType::Q8_K, &x).unwrap();
     for j in 0..16 {
-        let sum: i32 = q[4 + 16 * j..4 + 16 * (j + 1)]
-            .iter()
-            .map(|&b| b as i8 as i32)
-            .sum();
+        let sum: i32 = q[4 + 16 * j..4 + 16 * (j + 1)].iter().map(|&b| b as i8 as i32).sum();
         let stored = i16::from_le_bytes([q[260 + 2 * j], q[261 + 2 * j]]);
         assert_eq!(sum, stored as i32, "bsum {j}");
     }

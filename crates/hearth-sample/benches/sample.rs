@@ -13,12 +13,7 @@ fn synthetic_logits(vocab: usize) -> Vec<f32> {
             ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * 2.5) as f32
         })
         .collect();
-    for (j, boost) in [
-        (17usize, 14.0f32),
-        (4242, 13.0),
-        (9000, 12.5),
-        (31000, 12.0),
-    ] {
+    for (j, boost) in [(17usize, 14.0f32), (4242, 13.0), (9000, 12.5), (31000, 12.0)] {
         v[j % vocab] += boost;
     }
     v

@@ -32,9 +32,7 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(ni.wrapping_add(127) << 23);
     if x > -87.0 { p * scale } else { 0.0 }
 }
@@ -79,10 +77,7 @@ pub(crate) fn max(x: &[f32]) -> f32 {
             mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
         }
     }
-    rest.iter()
-        .chain(mx.iter())
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max)
+    rest.iter().chain(mx.iter()).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Writes `exp(x - m)` into `out` and returns per-[`CHUNK`] sums (in `chunk_sums`) and the total.
@@ -160,10 +155,7 @@ mod tests {
             let want = x.exp();
             let got = fast_exp(x);
             if x > -87.0 {
-                assert!(
-                    (got - want).abs() <= 2e-7 * want,
-                    "x={x} got={got} want={want}"
-                );
+                assert!((got - want).abs() <= 2e-7 * want, "x={x} got={got} want={want}");
             } else {
                 assert_eq!(got, 0.0);
             }
@@ -208,9 +200,6 @@ mod tests {
         v[13] = f32::NAN;
         assert_eq!(checked_max(&v), Err(SampleError::NanLogit { index: 13 }));
         v[13] = f32::INFINITY;
-        assert_eq!(
-            checked_max(&v),
-            Err(SampleError::PositiveInfiniteLogit { index: 13 })
-        );
+        assert_eq!(checked_max(&v), Err(SampleError::PositiveInfiniteLogit { index: 13 }));
     }
 }

@@ -151,9 +151,7 @@ impl Sampler {
                 return Err(SampleError::AllLogitsMasked);
             }
             if let Some(c) = self.cands.iter().find(|c| c.0 == f32::INFINITY) {
-                return Err(SampleError::PositiveInfiniteLogit {
-                    index: c.1 as usize,
-                });
+                return Err(SampleError::PositiveInfiniteLogit { index: c.1 as usize });
             }
         }
         Ok(())
@@ -193,19 +191,13 @@ impl Sampler {
         if self.has_cands {
             let m = self.cands[0].0;
             self.exps.clear();
-            self.exps
-                .extend(self.cands.iter().map(|c| fast_exp(c.0 - m)));
+            self.exps.extend(self.cands.iter().map(|c| fast_exp(c.0 - m)));
             let z: f64 = self.exps.iter().map(|&e| f64::from(e)).sum();
             let ln_z = z.ln();
             let pick = if greedy { 0 } else { walk(&self.exps, u * z) };
             let (l, token) = self.cands[pick];
             let lp = |l: f32| (f64::from(l - m) - ln_z) as f32;
-            let top = self
-                .cands
-                .iter()
-                .take(n_top)
-                .map(|&(l, t)| (t, lp(l)))
-                .collect();
+            let top = self.cands.iter().take(n_top).map(|&(l, t)| (t, lp(l))).collect();
             return Ok(Sampled {
                 token,
                 logprob: lp(l),
@@ -293,8 +285,7 @@ impl Sampler {
             return;
         }
         let h = self.history.len();
-        let reuse =
-            self.hist_n_prompt == n_prompt && ids.len() >= h && ids[..h] == self.history[..];
+        let reuse = self.hist_n_prompt == n_prompt && ids.len() >= h && ids[..h] == self.history[..];
         if !reuse {
             self.history.clear();
             self.all_counts.clear();
@@ -415,11 +406,7 @@ impl Sampler {
                 };
                 let target = if self.has_cands {
                     let m = self.cands[0].0;
-                    let z: f64 = self
-                        .cands
-                        .iter()
-                        .map(|c| f64::from(fast_exp(c.0 - m)))
-                        .sum();
+                    let z: f64 = self.cands.iter().map(|c| f64::from(fast_exp(c.0 - m))).sum();
                     f64::from(top_p) * z
                 } else {
                     let target = self.dense_top_p_cands(logits, top_p);
@@ -446,11 +433,7 @@ impl Sampler {
                 let ln_min_p = min_p.ln();
                 if self.has_cands {
                     let m = self.cands[0].0;
-                    let n = self
-                        .cands
-                        .iter()
-                        .take_while(|c| c.0 - m >= ln_min_p)
-                        .count();
+                    let n = self.cands.iter().take_while(|c| c.0 - m >= ln_min_p).count();
                     self.truncate_cands(logits, n.max(1));
                 } else {
                     let m = kernels::max(logits);
@@ -466,11 +449,7 @@ impl Sampler {
                     } else {
                         self.cands.clear();
                         for v in logits.iter_mut() {
-                            *v = if *v - m >= ln_min_p {
-                                *v
-                            } else {
-                                f32::NEG_INFINITY
-                            };
+                            *v = if *v - m >= ln_min_p { *v } else { f32::NEG_INFINITY };
                         }
                     }
                 }
@@ -539,11 +518,7 @@ impl Sampler {
         let mut k = 256;
         loop {
             kernels::top_k_into(logits, k.min(logits.len()), &mut self.cands);
-            let head: f64 = self
-                .cands
-                .iter()
-                .map(|c| f64::from(self.exps[c.1 as usize]))
-                .sum();
+            let head: f64 = self.cands.iter().map(|c| f64::from(self.exps[c.1 as usize])).sum();
             if head >= target || k >= logits.len() {
                 return target;
             }

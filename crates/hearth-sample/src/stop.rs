@@ -115,11 +115,7 @@ impl StopStrings {
             return (String::new(), true);
         }
         self.held.push_str(delta);
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
+        let hit = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
         if let Some(pos) = hit {
             let out = self.held[..pos].to_string();
             self.held.clear();

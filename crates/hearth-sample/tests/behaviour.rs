@@ -1,8 +1,6 @@
 //! Behaviour of individual processors, samplers, validation errors and stop conditions.
 
-use hearth_sample::{
-    ProcessorKind, SampleError, Sampler, SamplingParams, StopCondition, StopReason, StopStrings,
-};
+use hearth_sample::{ProcessorKind, SampleError, Sampler, SamplingParams, StopCondition, StopReason, StopStrings};
 
 const NEG: f32 = f32::NEG_INFINITY;
 
@@ -21,10 +19,7 @@ fn logit_bias_adds_and_bans() {
         logit_bias: vec![(1, 2.5), (2, NEG), (1, 0.5)],
         ..Default::default()
     };
-    assert_eq!(
-        run(p, &[0.0, 1.0, 5.0, -1.0], &[], 0),
-        vec![0.0, 4.0, NEG, -1.0]
-    );
+    assert_eq!(run(p, &[0.0, 1.0, 5.0, -1.0], &[], 0), vec![0.0, 4.0, NEG, -1.0]);
 }
 
 #[test]
@@ -60,9 +55,7 @@ fn incremental_history_matches_fresh_sampler() {
     let mut reused = Sampler::new(p.clone()).unwrap();
     let mut hist = vec![3u32, 4];
     for step in 0..12u32 {
-        let logits: Vec<f32> = (0..10)
-            .map(|i| ((i * 7 + step * 3) % 11) as f32 - 5.0)
-            .collect();
+        let logits: Vec<f32> = (0..10).map(|i| ((i * 7 + step * 3) % 11) as f32 - 5.0).collect();
         let mut a = logits.clone();
         reused.process(&mut a, &hist, 2).unwrap();
         let b = run(p.clone(), &logits, &hist, 2);
@@ -116,16 +109,8 @@ fn min_new_tokens_suppresses_eos_until_reached() {
     };
     let mut s = Sampler::new(p).unwrap();
     let logits = [0.0, 0.0, 0.0, 9.0];
-    assert_eq!(
-        s.sample(&mut logits.clone(), &[1, 1], 1, 1).unwrap().token,
-        0
-    ); // 1 generated
-    assert_eq!(
-        s.sample(&mut logits.clone(), &[1, 1, 0], 1, 2)
-            .unwrap()
-            .token,
-        3
-    ); // 2 generated
+    assert_eq!(s.sample(&mut logits.clone(), &[1, 1], 1, 1).unwrap().token, 0); // 1 generated
+    assert_eq!(s.sample(&mut logits.clone(), &[1, 1, 0], 1, 2).unwrap().token, 3); // 2 generated
 }
 
 #[test]
@@ -180,10 +165,7 @@ fn greedy_skips_warpers_and_picks_lowest_id_on_ties() {
     let z: f64 = l.iter().map(|&v| (v as f64).exp()).sum();
     let want = (3.0 - z.ln()) as f32;
     assert!((out.logprob - want).abs() < 1e-6);
-    assert_eq!(
-        out.top_logprobs.iter().map(|t| t.0).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(out.top_logprobs.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
 }
 
 #[test]
@@ -334,13 +316,7 @@ fn validation_errors() {
         }),
         SampleError::InvalidTemperature(_)
     ));
-    assert_eq!(
-        err(SamplingParams {
-            top_k: Some(0),
-            ..d()
-        }),
-        SampleError::InvalidTopK
-    );
+    assert_eq!(err(SamplingParams { top_k: Some(0), ..d() }), SampleError::InvalidTopK);
     assert_eq!(
         err(SamplingParams {
             top_p: Some(0.0),
@@ -477,11 +453,7 @@ fn validation_errors() {
     );
     // Sampler::new validates too.
     assert_eq!(
-        Sampler::new(SamplingParams {
-            top_k: Some(0),
-            ..d()
-        })
-        .unwrap_err(),
+        Sampler::new(SamplingParams { top_k: Some(0), ..d() }).unwrap_err(),
         SampleError::InvalidTopK
     );
 }
@@ -499,10 +471,7 @@ fn error_messages_name_field_and_value() {
         ..Default::default()
     })
     .to_string();
-    assert!(
-        msg.contains("presence_penalty") && msg.contains("NaN"),
-        "{msg}"
-    );
+    assert!(msg.contains("presence_penalty") && msg.contains("NaN"), "{msg}");
 }
 
 #[test]
@@ -522,10 +491,7 @@ fn bad_logits_and_ids_are_typed_errors() {
         s.sample(&mut [f32::INFINITY, 0.0], &[], 0, 0),
         Err(SampleError::PositiveInfiniteLogit { index: 0 })
     );
-    assert_eq!(
-        s.sample(&mut [NEG; 3], &[], 0, 0),
-        Err(SampleError::AllLogitsMasked)
-    );
+    assert_eq!(s.sample(&mut [NEG; 3], &[], 0, 0), Err(SampleError::AllLogitsMasked));
     assert_eq!(
         s.sample(&mut [0.0; 3], &[1, 3], 0, 0),
         Err(SampleError::TokenOutOfRange {
@@ -535,10 +501,7 @@ fn bad_logits_and_ids_are_typed_errors() {
     );
     assert_eq!(
         s.sample(&mut [0.0; 3], &[1], 2, 0),
-        Err(SampleError::PromptLengthOutOfRange {
-            n_prompt: 2,
-            len: 1
-        })
+        Err(SampleError::PromptLengthOutOfRange { n_prompt: 2, len: 1 })
     );
     // Processing that removes everything is an error, not an empty candidate set.
     let mut s = Sampler::new(SamplingParams {
@@ -546,10 +509,7 @@ fn bad_logits_and_ids_are_typed_errors() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(
-        s.sample(&mut [0.0, 1.0], &[], 0, 0),
-        Err(SampleError::AllLogitsMasked)
-    );
+    assert_eq!(s.sample(&mut [0.0, 1.0], &[], 0, 0), Err(SampleError::AllLogitsMasked));
     let mut s = Sampler::new(SamplingParams {
         logit_bias: vec![(5, 1.0)],
         ..Default::default()
@@ -600,10 +560,7 @@ fn stop_string_split_across_tokens_is_caught_and_not_emitted() {
     assert!(s.is_stopped());
     assert_eq!(s.push("x"), (String::new(), true));
     assert_eq!(s.finish(), "");
-    assert_eq!(
-        stream(&["END"], &["abcE", "N", "Dxyz"]),
-        ("abc".to_string(), true)
-    );
+    assert_eq!(stream(&["END"], &["abcE", "N", "Dxyz"]), ("abc".to_string(), true));
 }
 
 #[test]
@@ -614,19 +571,13 @@ fn partial_match_that_is_not_a_stop_is_emitted() {
     // Held at end of stream is flushed.
     assert_eq!(s.push(" <"), (" ".to_string(), false));
     assert_eq!(s.finish(), "<");
-    assert_eq!(
-        stream(&["abc"], &["ab", "ab", "x"]),
-        ("ababx".to_string(), false)
-    );
+    assert_eq!(stream(&["abc"], &["ab", "ab", "x"]), ("ababx".to_string(), false));
 }
 
 #[test]
 fn overlapping_prefixes_and_multiple_stops() {
     // "aab": after "aa" both "a" prefixes must be held; earliest match wins.
-    assert_eq!(
-        stream(&["aab"], &["xa", "a", "a", "b!"]),
-        ("xa".to_string(), true)
-    );
+    assert_eq!(stream(&["aab"], &["xa", "a", "a", "b!"]), ("xa".to_string(), true));
     assert_eq!(
         stream(&["world", "lo w"], &["hel", "lo wor", "ld"]),
         ("hel".to_string(), true)
@@ -641,14 +592,8 @@ fn overlapping_prefixes_and_multiple_stops() {
 
 #[test]
 fn unicode_stop_strings() {
-    assert_eq!(
-        stream(&["。终"], &["你好", "。", "终了"]),
-        ("你好".to_string(), true)
-    );
-    assert_eq!(
-        stream(&["é!"], &["caf", "é", "s"]),
-        ("cafés".to_string(), false)
-    );
+    assert_eq!(stream(&["。终"], &["你好", "。", "终了"]), ("你好".to_string(), true));
+    assert_eq!(stream(&["é!"], &["caf", "é", "s"]), ("cafés".to_string(), false));
     assert_eq!(stream(&[""], &["abc"]), ("abc".to_string(), false));
 }
 

@@ -11,8 +11,9 @@ use safetensors::{Dtype, SafeTensors};
 fn fixture_path() -> PathBuf {
     match std::env::var_os("HEARTH_FIXTURES") {
         Some(dir) => PathBuf::from(dir).join("components/sampling.safetensors"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/components/sampling.safetensors"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/components/sampling.safetensors")
+        }
     }
 }
 
@@ -34,9 +35,7 @@ impl Fixture {
 
     fn f32_rows(&self, name: &str) -> Vec<Vec<f32>> {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("tensor {name}: {e}"));
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("tensor {name}: {e}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name} dtype");
         let shape = t.shape().to_vec();
         assert_eq!(shape.len(), 2);
@@ -83,10 +82,7 @@ fn check(name: &str, params: SamplingParams) {
                     "{name} row {row} token {i}: expected removed, got {g}"
                 );
             } else {
-                assert!(
-                    g.is_finite(),
-                    "{name} row {row} token {i}: expected {e}, got {g}"
-                );
+                assert!(g.is_finite(), "{name} row {row} token {i}: expected {e}, got {g}");
                 assert!(
                     (g - e).abs() <= 1e-6 * e.abs().max(1e-30),
                     "{name} row {row} token {i}: {g} vs {e}"
@@ -95,10 +91,7 @@ fn check(name: &str, params: SamplingParams) {
         }
         // Sampling on the processed row must pick a kept token.
         let out = s.sample(&mut l.clone(), h, h.len(), row as u64).unwrap();
-        assert!(
-            w[out.token as usize].is_finite(),
-            "{name}: sampled a removed token"
-        );
+        assert!(w[out.token as usize].is_finite(), "{name}: sampled a removed token");
     }
     // Truncating warpers must actually remove tokens on this data (guards against a
     // fixture/test mix-up that would make the comparison vacuous).
@@ -112,11 +105,7 @@ fn check(name: &str, params: SamplingParams) {
 
 fn warp(p: SamplingParams) -> SamplingParams {
     SamplingParams {
-        temperature: if p.temperature == 0.0 {
-            1.0
-        } else {
-            p.temperature
-        },
+        temperature: if p.temperature == 0.0 { 1.0 } else { p.temperature },
         ..p
     }
 }

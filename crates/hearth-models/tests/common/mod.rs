@@ -30,7 +30,9 @@ pub struct Reference {
 impl Reference {
     pub fn open(name: &str) -> Self {
         let p = model_dir(name).join("reference.safetensors");
-        Self { bytes: std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())) }
+        Self {
+            bytes: std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        }
     }
     fn st(&self) -> SafeTensors<'_> {
         SafeTensors::deserialize(&self.bytes).expect("reference header")
@@ -38,20 +40,31 @@ impl Reference {
     pub fn f32(&self, key: &str) -> (Vec<f32>, Vec<usize>) {
         let st = self.st();
         let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
-        let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         (v, t.shape().to_vec())
     }
     pub fn ids(&self, key: &str) -> Vec<u32> {
         let st = self.st();
         let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
-        t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
     }
 }
 
 /// max |a − b| / max |b|.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max);
     let den = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
     num / den.max(1e-30)
 }

@@ -213,8 +213,7 @@ fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8]) {
     for g in 0..2 {
         for l in 0..32 {
             let b = g * 128 + l;
-            qs[g * 32 + l] =
-                levels[b] | (levels[b + 32] << 2) | (levels[b + 64] << 4) | (levels[b + 96] << 6);
+            qs[g * 32 + l] = levels[b] | (levels[b + 32] << 2) | (levels[b + 64] << 4) | (levels[b + 96] << 6);
         }
     }
 }
@@ -443,11 +442,7 @@ fn quant_k4_common(x: &[f32], out: &mut [u8], nmax: i32, params: &Qkx2) -> [u8; 
     }
     let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
     let max_min = mins.iter().fold(0f32, |a, &m| if m > a { m } else { a });
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
@@ -565,8 +560,7 @@ pub(super) fn quant_q6_k(x: &[f32], out: &mut [u8]) {
             let q = |s: usize| levels[g * 128 + 32 * s + l];
             ql[g * 64 + l] = (q(0) & 0xf) | ((q(2) & 0xf) << 4);
             ql[g * 64 + 32 + l] = (q(1) & 0xf) | ((q(3) & 0xf) << 4);
-            qh[g * 32 + l] =
-                (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+            qh[g * 32 + l] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
         }
     }
 }

@@ -75,10 +75,7 @@ pub enum QuantError {
 /// ```
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     if !ty.can_dequantize() {
-        return Err(QuantError::Unsupported {
-            ty,
-            op: "dequantize",
-        });
+        return Err(QuantError::Unsupported { ty, op: "dequantize" });
     }
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !bytes.len().is_multiple_of(ts) {

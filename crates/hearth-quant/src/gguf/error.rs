@@ -120,9 +120,7 @@ pub enum GgufError {
         alignment: u64,
     },
     /// A tensor's data extends past the end of the file.
-    #[error(
-        "tensor {tensor:?}: data [{offset}, {offset}+{size}) is past the end of the {data_len}-byte data section"
-    )]
+    #[error("tensor {tensor:?}: data [{offset}, {offset}+{size}) is past the end of the {data_len}-byte data section")]
     TensorOutOfBounds {
         /// Tensor name.
         tensor: String,

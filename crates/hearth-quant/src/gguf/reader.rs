@@ -93,9 +93,7 @@ impl GgufInfo {
         let mut c = Cursor { b: bytes, pos: 0 };
         let magic = c.take(4, &|| "magic".into())?;
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic([
-                magic[0], magic[1], magic[2], magic[3],
-            ]));
+            return Err(GgufError::BadMagic([magic[0], magic[1], magic[2], magic[3]]));
         }
         let version = c.u32(&|| "version".into())?;
         if version != 2 && version != 3 {
@@ -137,10 +135,7 @@ impl GgufInfo {
             let field = |what: &str| format!("tensor[{i}] {name:?} {what}");
             let n_dims = c.u32(&|| field("n_dims"))?;
             if n_dims as usize > MAX_DIMS {
-                return Err(GgufError::TooManyDims {
-                    tensor: name,
-                    n_dims,
-                });
+                return Err(GgufError::TooManyDims { tensor: name, n_dims });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
@@ -310,10 +305,7 @@ impl<'a> Cursor<'a> {
     /// Errors unless `count` items of at least `min_size` bytes each fit in what is left.
     fn check_count(&self, count: u64, min_size: u64, field: Field) -> Result<(), GgufError> {
         let remaining = self.remaining();
-        if count
-            .checked_mul(min_size)
-            .is_none_or(|need| need > remaining)
-        {
+        if count.checked_mul(min_size).is_none_or(|need| need > remaining) {
             return Err(GgufError::CountTooLarge {
                 field: field(),
                 count,
@@ -336,19 +328,11 @@ impl<'a> Cursor<'a> {
         match self.array::<1>(field)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            value => Err(GgufError::InvalidBool {
-                field: field(),
-                value,
-            }),
+            value => Err(GgufError::InvalidBool { field: field(), value }),
         }
     }
 
-    fn value(
-        &mut self,
-        ty: ValueType,
-        depth: usize,
-        field: Field,
-    ) -> Result<MetadataValue, GgufError> {
+    fn value(&mut self, ty: ValueType, depth: usize, field: Field) -> Result<MetadataValue, GgufError> {
         use MetadataValue as V;
         Ok(match ty {
             ValueType::U8 => V::U8(self.array::<1>(field)?[0]),

@@ -60,17 +60,11 @@ impl<'a> GgufWriter<'a> {
     /// assert!(w.add_metadata("tokenizer.ggml.tokens", 1u32).is_err()); // duplicate
     /// assert!(w.add_metadata("general.alignment", 3u32).is_err()); // not a power of two
     /// ```
-    pub fn add_metadata(
-        &mut self,
-        key: impl Into<String>,
-        value: impl Into<MetadataValue>,
-    ) -> Result<(), GgufError> {
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<MetadataValue>) -> Result<(), GgufError> {
         let (key, value) = (key.into(), value.into());
         if key == "general.alignment" {
             match value {
-                MetadataValue::U32(a) if a != 0 && a.is_power_of_two() => {
-                    self.alignment = Some(a.into())
-                }
+                MetadataValue::U32(a) if a != 0 && a.is_power_of_two() => self.alignment = Some(a.into()),
                 ref v => return Err(GgufError::InvalidAlignment(format!("{v:?}"))),
             }
         }
@@ -228,8 +222,7 @@ fn put_array(out: &mut Vec<u8>, a: &MetadataArray) {
     out.extend_from_slice(&(a.len() as u64).to_le_bytes());
     macro_rules! le {
         ($v:expr) => {
-            $v.iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
         };
     }
     match a {

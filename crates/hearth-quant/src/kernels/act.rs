@@ -67,11 +67,11 @@ impl Q8Activations {
     /// ```
     pub fn quantize(x: &[f32], block_size: usize) -> Self {
         assert!(
-            block_size > 0 && block_size % 16 == 0,
+            block_size > 0 && block_size.is_multiple_of(16),
             "activation block size must be a positive multiple of 16"
         );
         assert!(
-            x.len() % block_size == 0,
+            x.len().is_multiple_of(block_size),
             "activation length must be a multiple of the block size"
         );
         let nb = x.len() / block_size;
@@ -81,7 +81,7 @@ impl Q8Activations {
         let simd = super::Isa::Avx2.is_available();
         #[cfg(not(target_arch = "x86_64"))]
         let simd = false;
-        if simd && block_size % 32 == 0 {
+        if simd && block_size.is_multiple_of(32) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2/FMA support was checked just above.
             unsafe {
@@ -90,10 +90,7 @@ impl Q8Activations {
         } else {
             quantize_portable(x, block_size, &mut qs, &mut d);
         }
-        let sum16: Vec<i32> = qs
-            .chunks_exact(16)
-            .map(|c| c.iter().map(|&v| v as i32).sum())
-            .collect();
+        let sum16: Vec<i32> = qs.chunks_exact(16).map(|c| c.iter().map(|&v| v as i32).sum()).collect();
         let (mut lane_d, mut lane_bias, mut lane_s) = (Vec::new(), Vec::new(), Vec::new());
         if block_size == 32 {
             let lanes = x.len() / 4;
@@ -182,9 +179,7 @@ mod tests {
     #[test]
     fn simd_quantization_is_bit_identical_to_portable() {
         let x: Vec<f32> = (0..4096)
-            .map(|i| {
-                ((i * 7919 % 2003) as f32 - 1001.0) / 97.0 * if i % 512 < 32 { 0.0 } else { 1.0 }
-            })
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0 * if i % 512 < 32 { 0.0 } else { 1.0 })
             .collect();
         for b in [32, 256] {
             let q = Q8Activations::quantize(&x, b);

@@ -46,8 +46,7 @@ pub(super) unsafe fn xor_reduce(c: &[u64]) -> u64 {
             acc[i] ^= ch[i];
         }
     }
-    acc.iter()
-        .fold(scalar::xor_reduce(it.remainder()), |a, &b| a ^ b)
+    acc.iter().fold(scalar::xor_reduce(it.remainder()), |a, &b| a ^ b)
 }
 
 #[inline]
@@ -108,11 +107,7 @@ fn row_f32(r: &[u8], x: &[f32]) -> f32 {
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(wp.add(i)),
-                _mm256_loadu_ps(xp.add(i)),
-                acc[0],
-            );
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
             i += 8;
         }
     }
@@ -245,37 +240,21 @@ fn row_q8_0(r: &[u8], a: &Q8Activations) -> f32 {
 /// block's 8 lanes of the activation lane arrays.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_block<const MIN: bool>(
-    blk: *const u8,
-    x: *const i8,
-    a: &Q8Activations,
-    l: usize,
-    acc: __m256,
-) -> __m256 {
+unsafe fn q4_block<const MIN: bool>(blk: *const u8, x: *const i8, a: &Q8Activations, l: usize, acc: __m256) -> __m256 {
     let qoff = if MIN { 4 } else { 2 };
     // SAFETY: pointer/lane validity is the caller's contract.
     unsafe {
         let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
-        let q = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-            _mm256_set1_epi8(0x0F),
-        );
+        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F));
         let x = _mm256_loadu_si256(x as *const __m256i);
         let mut dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
         if !MIN {
-            dot = _mm256_add_epi32(
-                dot,
-                _mm256_loadu_si256(a.lane_bias.as_ptr().add(l) as *const __m256i),
-            );
+            dot = _mm256_add_epi32(dot, _mm256_loadu_si256(a.lane_bias.as_ptr().add(l) as *const __m256i));
         }
         let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(a.lane_d.as_ptr().add(l)));
         let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc);
         if MIN {
-            _mm256_fmadd_ps(
-                bcast_f16(blk.add(2)),
-                _mm256_loadu_ps(a.lane_s.as_ptr().add(l)),
-                acc,
-            )
+            _mm256_fmadd_ps(bcast_f16(blk.add(2)), _mm256_loadu_ps(a.lane_s.as_ptr().add(l)), acc)
         } else {
             acc
         }
@@ -337,26 +316,14 @@ pub(super) fn row_q4_k(r: &[u8], a: &Q8Activations) -> f32 {
             };
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-            let plo = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(lo, x0),
-                _mm256_set1_epi16(sc[2 * g] as i16),
-            );
-            let phi = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, x1),
-                _mm256_set1_epi16(sc[2 * g + 1] as i16),
-            );
+            let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_set1_epi16(sc[2 * g] as i16));
+            let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), _mm256_set1_epi16(sc[2 * g + 1] as i16));
             iacc = _mm256_add_epi32(iacc, _mm256_add_epi32(plo, phi));
         }
         let da = a.d[j];
-        facc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(iacc),
-            _mm256_set1_ps(f16_at(b, 0) * da),
-            facc,
-        );
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_set1_ps(f16_at(b, 0) * da), facc);
         let s16 = &a.sum16[16 * j..16 * j + 16];
-        let mins: i32 = (0..8)
-            .map(|k| mn[k] as i32 * (s16[2 * k] + s16[2 * k + 1]))
-            .sum();
+        let mins: i32 = (0..8).map(|k| mn[k] as i32 * (s16[2 * k] + s16[2 * k + 1])).sum();
         mins_total += f16_at(b, 2) * da * mins as f32;
     }
     hsum(facc) - mins_total
@@ -407,9 +374,7 @@ pub(super) fn row_q6_k(r: &[u8], a: &Q8Activations) -> f32 {
             ];
             for (k, q) in qv.into_iter().enumerate() {
                 // SAFETY: activations [128h+32k, +32) of the 256-long `qa`.
-                let x = unsafe {
-                    _mm256_loadu_si256(qa.as_ptr().add(128 * h + 32 * k) as *const __m256i)
-                };
+                let x = unsafe { _mm256_loadu_si256(qa.as_ptr().add(128 * h + 32 * k) as *const __m256i) };
                 let s0 = sc[8 * h + 2 * k] as i8 as i16;
                 let s1 = sc[8 * h + 2 * k + 1] as i8 as i16;
                 let sv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
@@ -429,23 +394,16 @@ pub(super) fn row_q6_k(r: &[u8], a: &Q8Activations) -> f32 {
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn quantize_blocks(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32]) {
-    assert!(block % 32 == 0 && x.len() % block == 0);
+    assert!(block.is_multiple_of(32) && x.len().is_multiple_of(block));
     assert!(qs.len() == x.len() && d.len() == x.len() / block);
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for ((xb, qb), db) in x
-        .chunks_exact(block)
-        .zip(qs.chunks_exact_mut(block))
-        .zip(d.iter_mut())
-    {
+    for ((xb, qb), db) in x.chunks_exact(block).zip(qs.chunks_exact_mut(block)).zip(d.iter_mut()) {
         let xp = xb.as_ptr();
         let mut m = _mm256_setzero_ps();
         // SAFETY: i + 8 <= block == xb.len().
         for i in (0..block).step_by(8) {
-            m = _mm256_max_ps(
-                m,
-                _mm256_and_ps(unsafe { _mm256_loadu_ps(xp.add(i)) }, abs_mask),
-            );
+            m = _mm256_max_ps(m, _mm256_and_ps(unsafe { _mm256_loadu_ps(xp.add(i)) }, abs_mask));
         }
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -457,9 +415,7 @@ pub(super) unsafe fn quantize_blocks(x: &[f32], block: usize, qs: &mut [i8], d: 
             unsafe {
                 let q = |k: usize| {
                     let v = _mm256_mul_ps(_mm256_loadu_ps(xp.add(i + 8 * k)), inv);
-                    _mm256_cvtps_epi32(_mm256_round_ps::<
-                        { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                    >(v))
+                    _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
                 };
                 let ab = _mm256_packs_epi32(q(0), q(1));
                 let ce = _mm256_packs_epi32(q(2), q(3));

@@ -28,8 +28,8 @@ pub(super) unsafe fn dot_rows(
         WeightFormat::Bf16 => rows.for_each(|(r, o)| *o = row_bf16(r, &p.xd)),
         WeightFormat::F16 => rows.for_each(|(r, o)| *o = row_f16(r, p.x)),
         WeightFormat::Q8_0 => rows.for_each(|(r, o)| *o = row_q8_0(r, p.q8())),
-        WeightFormat::Q4_0 => rows.for_each(|(r, o)| *o = row_q4_x::<false>(r, p.q8())),
-        WeightFormat::Q4_1 => rows.for_each(|(r, o)| *o = row_q4_x::<true>(r, p.q8())),
+        WeightFormat::Q4_0 => rows_q4_x::<false>(chunk, row_bytes, p.q8(), out),
+        WeightFormat::Q4_1 => rows_q4_x::<true>(chunk, row_bytes, p.q8(), out),
         WeightFormat::Q4_K => rows.for_each(|(r, o)| *o = row_q4_k(r, p.q8())),
         WeightFormat::Q6_K => rows.for_each(|(r, o)| *o = row_q6_k(r, p.q8())),
     }
@@ -52,16 +52,11 @@ pub(super) unsafe fn xor_reduce(c: &[u64]) -> u64 {
             i += 32;
         }
     }
-    let v = _mm512_xor_si512(
-        _mm512_xor_si512(acc[0], acc[1]),
-        _mm512_xor_si512(acc[2], acc[3]),
-    );
+    let v = _mm512_xor_si512(_mm512_xor_si512(acc[0], acc[1]), _mm512_xor_si512(acc[2], acc[3]));
     let mut lanes = [0u64; 8];
     // SAFETY: `lanes` is 64 writable bytes.
     unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v) };
-    lanes
-        .iter()
-        .fold(scalar::xor_reduce(&c[i..]), |a, &b| a ^ b)
+    lanes.iter().fold(scalar::xor_reduce(&c[i..]), |a, &b| a ^ b)
 }
 
 #[target_feature(enable = "avx512f")]
@@ -88,11 +83,7 @@ fn row_f32(r: &[u8], x: &[f32]) -> f32 {
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_loadu_ps(wp.add(i)),
-                _mm512_loadu_ps(xp.add(i)),
-                acc[0],
-            );
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc[0]);
             i += 16;
         }
     }
@@ -119,9 +110,7 @@ fn row_f16(r: &[u8], x: &[f32]) -> f32 {
             prefetch(wp.wrapping_add(2 * i), pf);
             prefetch(wp.wrapping_add(2 * i + 64), pf);
             for (k, a) in acc.iter_mut().enumerate() {
-                let w = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    wp.add(2 * (i + 16 * k)) as *const __m256i
-                ));
+                let w = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(2 * (i + 16 * k)) as *const __m256i));
                 *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
             }
             i += 64;
@@ -152,11 +141,7 @@ fn row_bf16(r: &[u8], xd: &[f32]) -> f32 {
                 let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
                 let odd = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));
                 acc[2 * k] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp.add(i + 32 * k)), acc[2 * k]);
-                acc[2 * k + 1] = _mm512_fmadd_ps(
-                    odd,
-                    _mm512_loadu_ps(xp.add(i + 32 * k + 16)),
-                    acc[2 * k + 1],
-                );
+                acc[2 * k + 1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(i + 32 * k + 16)), acc[2 * k + 1]);
             }
             i += 64;
         }
@@ -184,11 +169,7 @@ unsafe fn q8_0_block(blk: *const u8, x: *const i8, ld: *const f32, acc: __m256) 
     unsafe {
         let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
         let x = _mm256_loadu_si256(x as *const __m256i);
-        let dot = _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            _mm256_abs_epi8(w),
-            _mm256_sign_epi8(x, w),
-        );
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
         let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(ld));
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
     }
@@ -210,24 +191,9 @@ fn row_q8_0(r: &[u8], a: &Q8Activations) -> f32 {
                 prefetch(wp.wrapping_add(34 * b + l), pf);
             }
             acc[0] = q8_0_block(wp.add(34 * b), qp.add(32 * b), dp.add(8 * b), acc[0]);
-            acc[1] = q8_0_block(
-                wp.add(34 * b + 34),
-                qp.add(32 * b + 32),
-                dp.add(8 * b + 8),
-                acc[1],
-            );
-            acc[2] = q8_0_block(
-                wp.add(34 * b + 68),
-                qp.add(32 * b + 64),
-                dp.add(8 * b + 16),
-                acc[2],
-            );
-            acc[3] = q8_0_block(
-                wp.add(34 * b + 102),
-                qp.add(32 * b + 96),
-                dp.add(8 * b + 24),
-                acc[3],
-            );
+            acc[1] = q8_0_block(wp.add(34 * b + 34), qp.add(32 * b + 32), dp.add(8 * b + 8), acc[1]);
+            acc[2] = q8_0_block(wp.add(34 * b + 68), qp.add(32 * b + 64), dp.add(8 * b + 16), acc[2]);
+            acc[3] = q8_0_block(wp.add(34 * b + 102), qp.add(32 * b + 96), dp.add(8 * b + 24), acc[3]);
             b += 4;
         }
         while b < nb {
@@ -241,19 +207,39 @@ fn row_q8_0(r: &[u8], a: &Q8Activations) -> f32 {
     ))
 }
 
-/// Q4_0 (`MIN = false`) / Q4_1 (`MIN = true`): two blocks per 512-bit step. One masked load
-/// covers both blocks; `vpermb` places block A's quants in 128-bit lanes 0–1 and block B's in
-/// lanes 2–3, a per-lane variable shift selects low/high nibbles, so the register lines up
-/// with 64 consecutive activations for `vpdpbusd`.
+/// Q4_0 (`MIN = false`) / Q4_1 (`MIN = true`) for `rows`, dispatching pairs of rows to the
+/// two-row kernel (shared activation loads, two independent weight streams).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-fn row_q4_x<const MIN: bool>(r: &[u8], a: &Q8Activations) -> f32 {
+fn rows_q4_x<const MIN: bool>(chunk: &[u8], row_bytes: usize, a: &Q8Activations, out: &mut [f32]) {
+    let mut pairs = chunk.chunks_exact(2 * row_bytes);
+    let mut outs = out.chunks_exact_mut(2);
+    for (c, o) in (&mut pairs).zip(&mut outs) {
+        let (r0, r1) = c.split_at(row_bytes);
+        let [y0, y1] = row_q4_x::<MIN, 2>([r0, r1], a);
+        o[0] = y0;
+        o[1] = y1;
+    }
+    for (r, o) in pairs.remainder().chunks_exact(row_bytes).zip(outs.into_remainder()) {
+        *o = row_q4_x::<MIN, 1>([r], a)[0];
+    }
+}
+
+/// Q4_0 (`MIN = false`) / Q4_1 (`MIN = true`) dot products of `R` rows (equal length) with the
+/// same activations: two blocks per 512-bit step. One masked load covers both blocks; `vpermb`
+/// places block A's quants in 128-bit lanes 0–1 and block B's in lanes 2–3, a per-lane variable
+/// shift selects low/high nibbles, so the register lines up with 64 consecutive activations for
+/// `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+fn row_q4_x<const MIN: bool, const R: usize>(rs: [&[u8]; R], a: &Q8Activations) -> [f32; R] {
     let pf = super::prefetch_distance();
     let (bb, qoff): (usize, usize) = if MIN { (20, 4) } else { (18, 2) };
-    let nb = r.len() / bb;
+    let nb = rs[0].len() / bb;
+    assert!(rs.iter().all(|r| r.len() == nb * bb));
     assert!(a.qs.len() >= 32 * nb && a.lane_d.len() >= 8 * nb);
     assert!(MIN || a.lane_bias.len() >= 8 * nb);
     assert!(!MIN || a.lane_s.len() >= 8 * nb);
-    let (wp, qp) = (r.as_ptr(), a.qs.as_ptr());
+    let wp: [*const u8; R] = rs.map(|r| r.as_ptr());
+    let qp = a.qs.as_ptr();
     let (dp, bp, sp) = (a.lane_d.as_ptr(), a.lane_bias.as_ptr(), a.lane_s.as_ptr());
 
     let mut idx_q = [0u8; 64];
@@ -272,7 +258,7 @@ fn row_q4_x<const MIN: bool>(r: &[u8], a: &Q8Activations) -> f32 {
     for (i, v) in shifts.iter_mut().enumerate() {
         *v = if (i / 8) % 2 == 1 { 4 } else { 0 };
     }
-    // SAFETY: the index/shift tables are local arrays of exactly 64 / 32 / 32 bytes.
+    // SAFETY: the index/shift tables are local arrays of exactly 64 / 32 / 32 / 64 bytes.
     let (idx_q, idx_d, idx_m, shifts) = unsafe {
         (
             _mm512_loadu_si512(idx_q.as_ptr() as *const _),
@@ -283,36 +269,38 @@ fn row_q4_x<const MIN: bool>(r: &[u8], a: &Q8Activations) -> f32 {
     };
     let m4 = _mm512_set1_epi8(0x0F);
     let pair_mask: __mmask64 = (1u64 << (2 * bb)) - 1;
-    // One step = blocks 2p and 2p+1.
-    let step = |p: usize, acc: __m512| -> __m512 {
-        // SAFETY: the masked load touches only bytes [2p·bb, 2p·bb + 2bb) of `r` (blocks 2p, 2p+1);
-        // activations [64p, 64p+64) and lanes [16p, 16p+16) are in bounds since 2p+2 <= nb.
+    // One step = blocks 2p and 2p+1 of every row.
+    let step = |p: usize, mut acc: [__m512; R]| -> [__m512; R] {
+        // SAFETY: the masked loads touch only bytes [2p·bb, 2p·bb + 2bb) of each row (blocks 2p,
+        // 2p+1); activations [64p, 64p+64) and lanes [16p, 16p+16) are in bounds since 2p+2 <= nb.
         unsafe {
-            let blk = wp.add(2 * bb * p);
-            prefetch(blk, pf);
-            let raw = _mm512_maskz_loadu_epi8(pair_mask, blk as *const i8);
-            let q = _mm512_permutexvar_epi8(idx_q, raw);
-            let q = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), m4);
             let x = _mm512_loadu_si512(qp.add(64 * p) as *const _);
+            let ld = _mm512_loadu_ps(dp.add(16 * p));
             let init = if MIN {
                 _mm512_setzero_si512()
             } else {
                 _mm512_loadu_si512(bp.add(16 * p) as *const _)
             };
-            let dot = _mm512_dpbusd_epi32(init, q, x);
-            let raw256 = _mm512_castsi512_si256(raw);
-            let dw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_d, raw256));
-            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(dp.add(16 * p)));
-            let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
-            if MIN {
-                let mw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_m, raw256));
-                _mm512_fmadd_ps(mw, _mm512_loadu_ps(sp.add(16 * p)), acc)
-            } else {
-                acc
+            for k in 0..R {
+                let blk = wp[k].add(2 * bb * p);
+                prefetch(blk, pf);
+                let raw = _mm512_maskz_loadu_epi8(pair_mask, blk as *const i8);
+                let q = _mm512_permutexvar_epi8(idx_q, raw);
+                let q = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), m4);
+                let dot = _mm512_dpbusd_epi32(init, q, x);
+                let raw256 = _mm512_castsi512_si256(raw);
+                let dw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_d, raw256));
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, ld), acc[k]);
+                if MIN {
+                    let mw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_m, raw256));
+                    acc[k] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(sp.add(16 * p)), acc[k]);
+                }
             }
+            acc
         }
     };
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
     let pairs = nb / 2;
     let mut p = 0;
     while p + 2 <= pairs {
@@ -323,32 +311,33 @@ fn row_q4_x<const MIN: bool>(r: &[u8], a: &Q8Activations) -> f32 {
     if p < pairs {
         acc0 = step(p, acc0);
     }
-    let acc = [acc0, acc1];
-    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    let mut total = [0.0f32; R];
+    for k in 0..R {
+        total[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[k], acc1[k]));
+    }
     if nb % 2 == 1 {
         let b = nb - 1;
-        // SAFETY: last block b occupies bytes [bb·b, bb·b+bb) of `r`; activations [32b, 32b+32)
-        // and lanes [8b, 8b+8) are in bounds.
-        unsafe {
-            let blk = wp.add(bb * b);
-            let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
-            let q = _mm256_and_si256(
-                _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-                _mm256_set1_epi8(0x0F),
-            );
-            let x = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
-            let init = if MIN {
-                _mm256_setzero_si256()
-            } else {
-                _mm256_loadu_si256(bp.add(8 * b) as *const __m256i)
-            };
-            let dot = _mm256_dpbusd_epi32(init, q, x);
-            let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(dp.add(8 * b)));
-            let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), s);
-            if MIN {
-                v = _mm256_fmadd_ps(bcast_f16(blk.add(2)), _mm256_loadu_ps(sp.add(8 * b)), v);
+        for k in 0..R {
+            // SAFETY: last block b occupies bytes [bb·b, bb·b+bb) of row k; activations
+            // [32b, 32b+32) and lanes [8b, 8b+8) are in bounds.
+            unsafe {
+                let blk = wp[k].add(bb * b);
+                let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F));
+                let x = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
+                let init = if MIN {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_loadu_si256(bp.add(8 * b) as *const __m256i)
+                };
+                let dot = _mm256_dpbusd_epi32(init, q, x);
+                let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(dp.add(8 * b)));
+                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), s);
+                if MIN {
+                    v = _mm256_fmadd_ps(bcast_f16(blk.add(2)), _mm256_loadu_ps(sp.add(8 * b)), v);
+                }
+                total[k] += hsum(v);
             }
-            total += hsum(v);
         }
     }
     total

@@ -127,7 +127,7 @@ impl WeightFormat {
     /// ```
     pub fn row_bytes(self, cols: usize) -> Result<usize, KernelError> {
         let bs = self.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(KernelError::ColsNotMultipleOfBlock {
                 format: self,
                 cols,
@@ -181,7 +181,7 @@ impl fmt::Display for Buffer {
 ///
 /// ```
 /// use hearth_quant::kernels::{matvec, Buffer, KernelError, WeightFormat};
-/// let w = vec![0u8; 4 * 8];
+/// let w = vec![0u8; 4 * 8 * 4]; // 4 rows × 8 f32
 /// let mut y = vec![0.0f32; 4];
 /// let err = matvec(WeightFormat::F32, &w, 4, 8, &[0.0; 7], &mut y).unwrap_err();
 /// assert_eq!(err, KernelError::LengthMismatch { buffer: Buffer::Input, expected: 8, actual: 7 });
@@ -265,9 +265,7 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -330,9 +328,7 @@ pub(crate) struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     fn new(isa: Isa, fmt: WeightFormat, x: &'a [f32]) -> Self {
-        let q8 = fmt
-            .activation_block()
-            .map(|b| Q8Activations::quantize(x, b));
+        let q8 = fmt.activation_block().map(|b| Q8Activations::quantize(x, b));
         let group = match (isa, fmt) {
             (Isa::Avx2, WeightFormat::Bf16) => 16,
             (Isa::Avx512, WeightFormat::Bf16) => 32,
@@ -392,13 +388,7 @@ fn chunk_rows(rows: usize, row_bytes: usize) -> usize {
     by_bytes.min(by_balance).max(4.min(rows.max(1)))
 }
 
-fn validate(
-    isa: Isa,
-    fmt: WeightFormat,
-    weight: &[u8],
-    rows: usize,
-    cols: usize,
-) -> Result<usize, KernelError> {
+fn validate(isa: Isa, fmt: WeightFormat, weight: &[u8], rows: usize, cols: usize) -> Result<usize, KernelError> {
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));
     }
@@ -557,13 +547,9 @@ pub fn matmul_with_isa(
         return Ok(());
     }
     let preps: Vec<Prepared<'_>> = if n >= 4 {
-        x.par_chunks(cols)
-            .map(|xr| Prepared::new(isa, fmt, xr))
-            .collect()
+        x.par_chunks(cols).map(|xr| Prepared::new(isa, fmt, xr)).collect()
     } else {
-        x.chunks(cols)
-            .map(|xr| Prepared::new(isa, fmt, xr))
-            .collect()
+        x.chunks(cols).map(|xr| Prepared::new(isa, fmt, xr)).collect()
     };
     let cr = chunk_rows(rows, rb);
     // Scratch laid out chunk by chunk, each chunk as [n][rows_in_chunk].
@@ -615,11 +601,7 @@ pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
     let mut best = 0.0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        let s = pool.install(|| {
-            buf.par_chunks(CHUNK)
-                .map(xor_reduce)
-                .reduce(|| 0, |a, b| a ^ b)
-        });
+        let s = pool.install(|| buf.par_chunks(CHUNK).map(xor_reduce).reduce(|| 0, |a, b| a ^ b));
         let dt = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((words * 8) as f64 / dt);

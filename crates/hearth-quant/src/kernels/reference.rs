@@ -17,9 +17,7 @@ use super::{Buffer, KernelError, Q8Activations, WeightFormat, f16_at, q4k_scales
 /// assert_eq!(out[3], 1.5);
 /// ```
 pub fn dequantize_row(fmt: WeightFormat, row: &[u8], cols: usize, out: &mut [f32]) {
-    let rb = fmt
-        .row_bytes(cols)
-        .expect("cols must be a multiple of the block size");
+    let rb = fmt.row_bytes(cols).expect("cols must be a multiple of the block size");
     assert_eq!(row.len(), rb, "row byte length");
     assert_eq!(out.len(), cols, "output length");
     let bs = fmt.block_size();
@@ -27,9 +25,7 @@ pub fn dequantize_row(fmt: WeightFormat, row: &[u8], cols: usize, out: &mut [f32
     for (b, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(bs)) {
         match fmt {
             WeightFormat::F32 => o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            WeightFormat::Bf16 => {
-                o[0] = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
-            }
+            WeightFormat::Bf16 => o[0] = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
             WeightFormat::F16 => o[0] = f16_at(b, 0),
             WeightFormat::Q8_0 => {
                 let d = f16_at(b, 0);
@@ -73,7 +69,7 @@ pub fn dequantize_row(fmt: WeightFormat, row: &[u8], cols: usize, out: &mut [f32
 /// Raw 4-bit quant of element `e` (0..256) of a Q4_K super-block.
 fn q4k_quant(b: &[u8], e: usize) -> u8 {
     let byte = b[16 + 32 * (e / 64) + e % 32];
-    if (e / 32) % 2 == 0 {
+    if (e / 32).is_multiple_of(2) {
         byte & 0x0F
     } else {
         byte >> 4
@@ -137,11 +133,7 @@ pub fn matvec(
     let mut tmp = vec![0.0f32; cols];
     for (r, yr) in y.iter_mut().enumerate() {
         dequantize_row(fmt, &weight[r * rb..(r + 1) * rb], cols, &mut tmp);
-        *yr = tmp
-            .iter()
-            .zip(x)
-            .map(|(&w, &v)| w as f64 * v as f64)
-            .sum::<f64>() as f32;
+        *yr = tmp.iter().zip(x).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>() as f32;
     }
     Ok(())
 }
@@ -197,10 +189,7 @@ pub fn matvec_quantized(
                 }
                 WeightFormat::Q4_1 => {
                     let dot: i32 = (0..16)
-                        .map(|i| {
-                            (b[4 + i] & 0x0F) as i32 * a[i] as i32
-                                + (b[4 + i] >> 4) as i32 * a[i + 16] as i32
-                        })
+                        .map(|i| (b[4 + i] & 0x0F) as i32 * a[i] as i32 + (b[4 + i] >> 4) as i32 * a[i + 16] as i32)
                         .sum();
                     let asum: i32 = a.iter().map(|&v| v as i32).sum();
                     f16_at(b, 0) as f64 * da * dot as f64 + f16_at(b, 2) as f64 * da * asum as f64

@@ -43,21 +43,14 @@ pub(super) fn row_bf16(r: &[u8], x: &[f32]) -> f32 {
 }
 
 pub(super) fn row_f16(r: &[u8], x: &[f32]) -> f32 {
-    r.chunks_exact(2)
-        .zip(x)
-        .map(|(b, &v)| f16_at(b, 0) * v)
-        .sum()
+    r.chunks_exact(2).zip(x).map(|(b, &v)| f16_at(b, 0) * v).sum()
 }
 
 fn row_q8_0(r: &[u8], a: &Q8Activations) -> f32 {
     let mut acc = 0.0f32;
     for (j, b) in r.chunks_exact(34).enumerate() {
         let q = &a.qs[32 * j..32 * j + 32];
-        let dot: i32 = b[2..34]
-            .iter()
-            .zip(q)
-            .map(|(&w, &v)| (w as i8) as i32 * v as i32)
-            .sum();
+        let dot: i32 = b[2..34].iter().zip(q).map(|(&w, &v)| (w as i8) as i32 * v as i32).sum();
         acc += f16_at(b, 0) * a.d[j] * dot as f32;
     }
     acc
@@ -69,8 +62,7 @@ fn row_q4_0(r: &[u8], a: &Q8Activations) -> f32 {
         let q = &a.qs[32 * j..32 * j + 32];
         let mut dot = 0i32;
         for i in 0..16 {
-            dot +=
-                (b[2 + i] & 0x0F) as i32 * q[i] as i32 + (b[2 + i] >> 4) as i32 * q[16 + i] as i32;
+            dot += (b[2 + i] & 0x0F) as i32 * q[i] as i32 + (b[2 + i] >> 4) as i32 * q[16 + i] as i32;
         }
         dot -= 8 * (a.sum16[2 * j] + a.sum16[2 * j + 1]);
         acc += f16_at(b, 0) * a.d[j] * dot as f32;
@@ -84,8 +76,7 @@ fn row_q4_1(r: &[u8], a: &Q8Activations) -> f32 {
         let q = &a.qs[32 * j..32 * j + 32];
         let mut dot = 0i32;
         for i in 0..16 {
-            dot +=
-                (b[4 + i] & 0x0F) as i32 * q[i] as i32 + (b[4 + i] >> 4) as i32 * q[16 + i] as i32;
+            dot += (b[4 + i] & 0x0F) as i32 * q[i] as i32 + (b[4 + i] >> 4) as i32 * q[16 + i] as i32;
         }
         let asum = a.sum16[2 * j] + a.sum16[2 * j + 1];
         acc += a.d[j] * (f16_at(b, 0) * dot as f32 + f16_at(b, 2) * asum as f32);
