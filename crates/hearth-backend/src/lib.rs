@@ -269,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn gpu_backends_compute_in_f32_only() {
+        for k in [BackendKind::Wgpu, BackendKind::Cuda] {
+            assert_eq!(k.check_dtype(DType::F32), Ok(()));
+            for dtype in [DType::F16, DType::Bf16] {
+                assert_eq!(
+                    k.check_dtype(dtype),
+                    Err(BackendError::DTypeUnsupported {
+                        dtype,
+                        backend: k.name()
+                    })
+                );
+            }
+        }
+        assert_eq!(
+            BackendKind::Cuda.check_dtype(DType::Bf16).unwrap_err().to_string(),
+            "dtype Bf16 is not supported for compute on backend `cuda`"
+        );
+    }
+
+    #[test]
     fn not_compiled_backend_is_an_error() {
         for k in [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda] {
             assert_eq!(k.ensure_compiled().is_ok(), k.is_compiled());

@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use hearth_backend::{BackendKind, HearthBackend};
 use hearth_engine::generate::Finish;
 use hearth_engine::{ChatMessage, Engine, Event, GenerateRequest, Prompt, SamplingParams};
-use hearth_models::ForwardOptions;
+use hearth_models::{CausalLm, ForwardOptions, LoadOptions};
+use hearth_quant::kernels::WeightFormat;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,19 +28,89 @@ enum Cmd {
     Logits(LogitsArgs),
     /// Measure prefill and decode speed; prints one JSON line.
     Bench(BenchArgs),
+    /// Convert a GGUF file to the HuggingFace layout.
+    Convert(ConvertArgs),
+    /// Quantize a HF checkpoint into a GGUF file.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConvertArgs {
+    /// Input GGUF file.
+    #[arg(long)]
+    gguf: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight dtype of model.safetensors: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+#[derive(Args, Clone)]
+struct QuantizeArgs {
+    /// HF checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// GGUF tensor type of the matrices (e.g. q8_0, q4_0, q4_k, q6_k, f16, f32).
+    #[arg(long)]
+    quant: String,
+    /// Output `.gguf` file.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// HF checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// HF checkpoint directory (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// CPU threads for hearth's kernels.
     #[arg(long)]
     threads: Option<usize>,
+    /// Quantize f32/bf16 weights while loading: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
+    #[arg(long)]
+    quant: Option<String>,
+}
+
+impl ModelArgs {
+    fn path(&self) -> Result<&Path> {
+        self.model.as_deref().context("--model DIR|FILE.gguf is required")
+    }
+
+    fn load_options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions { quant: self.quant.as_deref().map(parse_quant).transpose()? })
+    }
+}
+
+fn parse_quant(s: &str) -> Result<WeightFormat> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => WeightFormat::F32,
+        "bf16" => WeightFormat::Bf16,
+        "f16" => WeightFormat::F16,
+        "q8_0" => WeightFormat::Q8_0,
+        "q4_0" => WeightFormat::Q4_0,
+        "q4_1" => WeightFormat::Q4_1,
+        "q4_k" => WeightFormat::Q4_K,
+        "q6_k" => WeightFormat::Q6_K,
+        other => bail!("unknown --quant `{other}` (f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k)"),
+    })
+}
+
+/// Loads only the model (no tokenizer) from a directory or a `.gguf` file.
+fn load_model<B: HearthBackend>(path: &Path, dev: &B::Device, opts: &LoadOptions) -> Result<CausalLm<B>> {
+    let ctx = || format!("loading {}", path.display());
+    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let src = hearth_models::gguf::GgufSource::open(path).with_context(ctx)?;
+        let cfg = src.config().with_context(ctx)?;
+        return CausalLm::load_with(cfg, &src, dev, opts).with_context(ctx);
+    }
+    let cfg = hearth_models::ModelConfig::from_dir(path).with_context(ctx)?;
+    let store = hearth_models::WeightStore::open(path).with_context(ctx)?;
+    CausalLm::load_with(cfg, &store, dev, opts).with_context(ctx)
 }
 
 #[derive(Args, Clone)]
@@ -128,6 +199,10 @@ struct LogitsArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Instead of --model, a random-weight model of a real shape: llama-3.2-1b, llama-3.1-8b,
+    /// qwen3-30b-a3b, mixtral-8x7b, olmoe-1b-7b.
+    #[arg(long)]
+    synthetic: Option<String>,
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 128)]
     prompt_len: usize,
@@ -144,17 +219,24 @@ fn main() {
     }
 }
 
-fn model_args(cmd: &Cmd) -> &ModelArgs {
+fn model_args(cmd: &Cmd) -> Option<&ModelArgs> {
     match cmd {
-        Cmd::Generate(a) => &a.model,
-        Cmd::Chat(a) => &a.model,
-        Cmd::Logits(a) => &a.model,
-        Cmd::Bench(a) => &a.model,
+        Cmd::Generate(a) => Some(&a.model),
+        Cmd::Chat(a) => Some(&a.model),
+        Cmd::Logits(a) => Some(&a.model),
+        Cmd::Bench(a) => Some(&a.model),
+        Cmd::Convert(_) | Cmd::Quantize(_) => None,
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let margs = model_args(&cli.cmd);
+    let Some(margs) = model_args(&cli.cmd) else {
+        return match cli.cmd {
+            Cmd::Convert(a) => convert(&a),
+            Cmd::Quantize(a) => quantize(&a),
+            _ => unreachable!("commands with model args are handled below"),
+        };
+    };
     if let Some(t) = margs.threads {
         hearth_backend::set_cpu_threads(t);
     }
@@ -172,8 +254,30 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_engine<B: HearthBackend>(dir: &Path, dev: &B::Device) -> Result<Engine<B>> {
-    Engine::<B>::from_dir(dir, dev).with_context(|| format!("loading {}", dir.display()))
+fn convert(a: &ConvertArgs) -> Result<()> {
+    let dtype = match a.dtype.as_str() {
+        "f32" => hearth_models::convert::HfDtype::F32,
+        "bf16" => hearth_models::convert::HfDtype::Bf16,
+        other => bail!("--dtype must be f32 or bf16, not {other}"),
+    };
+    hearth_models::convert::gguf_to_hf(&a.gguf, &a.out, dtype)?;
+    let file = hearth_quant::gguf::GgufFile::open(&a.gguf).with_context(|| format!("reading {}", a.gguf.display()))?;
+    hearth_engine::gguf_tokenizer::write_hf_tokenizer(&file, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn quantize(a: &QuantizeArgs) -> Result<()> {
+    let ty = hearth_quant::GgmlType::from_name(&a.quant.to_ascii_uppercase())
+        .with_context(|| format!("unknown GGUF type `{}`", a.quant))?;
+    hearth_models::convert::hf_to_gguf(&a.model, &a.out, ty)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn load_engine<B: HearthBackend>(m: &ModelArgs, dev: &B::Device) -> Result<Engine<B>> {
+    let path = m.path()?;
+    Engine::<B>::from_path(path, dev, &m.load_options()?).with_context(|| format!("loading {}", path.display()))
 }
 
 fn run_on<B: HearthBackend>(dev: B::Device, cmd: Cmd) -> Result<()> {
@@ -182,6 +286,7 @@ fn run_on<B: HearthBackend>(dev: B::Device, cmd: Cmd) -> Result<()> {
         Cmd::Chat(a) => chat::<B>(&dev, &a),
         Cmd::Logits(a) => logits::<B>(&dev, &a),
         Cmd::Bench(a) => bench::<B>(&dev, &a),
+        Cmd::Convert(_) | Cmd::Quantize(_) => unreachable!("handled without a backend"),
     }
 }
 
@@ -204,7 +309,7 @@ fn stream<B: HearthBackend>(engine: &Engine<B>, req: GenerateRequest, out: &mut 
 }
 
 fn generate<B: HearthBackend>(dev: &B::Device, a: &GenerateArgs) -> Result<()> {
-    let engine = load_engine::<B>(&a.model.model, dev)?;
+    let engine = load_engine::<B>(&a.model, dev)?;
     let req = GenerateRequest {
         prompt: Prompt::Text(a.prompt.clone()),
         params: a.sampling.params(),
@@ -233,12 +338,9 @@ fn generate<B: HearthBackend>(dev: &B::Device, a: &GenerateArgs) -> Result<()> {
 }
 
 fn chat<B: HearthBackend>(dev: &B::Device, a: &ChatArgs) -> Result<()> {
-    let engine = load_engine::<B>(&a.model.model, dev)?;
+    let engine = load_engine::<B>(&a.model, dev)?;
     if engine.tokenizer.chat_template.is_none() {
-        bail!(
-            "{} has no chat_template in tokenizer_config.json",
-            a.model.model.display()
-        );
+        bail!("{} has no chat template", a.model.path()?.display());
     }
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
@@ -316,7 +418,7 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     if a.tokens.is_empty() {
         bail!("--tokens needs at least one id");
     }
-    let model = hearth_models::CausalLm::<B>::from_dir(&a.model.model, dev)?;
+    let model = load_model::<B>(a.model.path()?, dev, &a.model.load_options()?)?;
     let vocab = model.config().vocab_size;
     let steps = a.greedy.unwrap_or(0);
     let mut cache = model.new_cache(1, Some(a.tokens.len() + steps + 1));
@@ -376,45 +478,66 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Peak resident set size of this process (VmHWM), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
-    let model = hearth_models::CausalLm::<B>::from_dir(&a.model.model, dev)?;
+    let opts = a.model.load_options()?;
+    let t_load = Instant::now();
+    let (model, name) = match (&a.synthetic, &a.model.model) {
+        (Some(name), None) => {
+            let (cfg, src) = hearth_models::synthetic::SyntheticSource::new(name, 0)?;
+            (CausalLm::<B>::load_with(cfg, &src, dev, &opts)?, format!("synthetic:{name}"))
+        }
+        (None, Some(path)) => (load_model::<B>(path, dev, &opts)?, path.display().to_string()),
+        _ => bail!("bench needs exactly one of --model or --synthetic"),
+    };
+    let load_s = t_load.elapsed().as_secs_f64();
     let cfg = model.config();
     let vocab = cfg.vocab_size as u32;
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache(1, Some(a.prompt_len + a.decode + 1));
     let t0 = Instant::now();
-    let out = model.forward(
-        &[prompt],
-        &mut cache,
-        ForwardOptions {
-            hidden_states: false,
-            last_only: true,
-        },
-    )?;
+    let out = model.forward(&[prompt], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
     let mut last = host(out.logits);
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..a.decode {
         let tok = argmax(&last)?;
-        let o = model.forward(
-            &[vec![tok]],
-            &mut cache,
-            ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
-        )?;
+        let o = model.forward(&[vec![tok]], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
         last = host(o.logits);
     }
     let decode_s = t1.elapsed().as_secs_f64();
+    let rss = peak_rss();
+    let bytes = model.decode_weight_bytes();
+    let decode_tok_s = a.decode as f64 / decode_s;
+    // bandwidth of this machine, measured now, after the model's peak RSS was recorded
+    let bw = if B::HOST_KERNELS {
+        Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, rayon::current_num_threads()))
+    } else {
+        None
+    };
     let line = serde_json::json!({
-        "model": a.model.model.display().to_string(),
+        "model": name,
         "arch": cfg.arch.model_type(),
         "backend": a.model.backend,
+        "quant": a.model.quant,
+        "threads": rayon::current_num_threads(),
+        "load_s": load_s,
         "prompt_tokens": a.prompt_len,
         "decode_tokens": a.decode,
         "prefill_tok_s": a.prompt_len as f64 / prefill_s,
-        "decode_tok_s": a.decode as f64 / decode_s,
+        "decode_tok_s": decode_tok_s,
+        "weight_bytes_per_token": bytes,
+        "read_bandwidth_gb_s": bw.map(|b| b / 1e9),
+        "floor_tok_s": bw.map(|b| b / bytes as f64),
+        "pct_of_floor": bw.map(|b| 100.0 * decode_tok_s * bytes as f64 / b),
+        "peak_rss_bytes": rss,
     });
     println!("{line}");
     Ok(())

@@ -10,7 +10,7 @@ use crate::tokenizer::{DecodeStream, Tokenizer};
 use burn::tensor::Tensor;
 use hearth_attention::ContiguousKvCache;
 use hearth_backend::HearthBackend;
-use hearth_models::{CausalLm, ForwardOptions};
+use hearth_models::{CausalLm, ForwardOptions, LoadOptions};
 use hearth_sample::{Sampler, SamplingParams, StopStrings};
 use std::path::Path;
 
@@ -119,6 +119,17 @@ impl<B: HearthBackend> Engine<B> {
         let model = CausalLm::from_dir(dir, device)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         Self::new(model, tokenizer)
+    }
+
+    /// Loads a HF checkpoint directory or a `.gguf` file, with load options.
+    pub fn from_path(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self, EngineError> {
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Self::from_gguf_with(path, device, opts);
+        }
+        let cfg = hearth_models::ModelConfig::from_dir(path)?;
+        let store = hearth_models::WeightStore::open(path)?;
+        let model = CausalLm::load_with(cfg, &store, device, opts)?;
+        Self::new(model, Tokenizer::from_dir(path)?)
     }
 
     /// Pairs a model with a tokenizer, checking that their vocabularies fit.

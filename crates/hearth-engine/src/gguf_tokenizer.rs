@@ -17,6 +17,7 @@ use crate::error::EngineError;
 use crate::generate::Engine;
 use crate::tokenizer::Tokenizer;
 use hearth_backend::HearthBackend;
+use hearth_models::LoadOptions;
 use hearth_models::CausalLm;
 use hearth_models::gguf::GgufSource;
 use hearth_quant::gguf::{GgufFile, MetadataArray, MetadataValue};
@@ -264,8 +265,9 @@ pub fn write_hf_tokenizer(f: &GgufFile, out_dir: &Path) -> Result<(), EngineErro
 }
 
 impl<B: HearthBackend> Engine<B> {
-    /// Loads model, tokenizer and chat template from one GGUF file (weights are dequantized
-    /// to f32 on load).
+    /// Loads model, tokenizer and chat template from one GGUF file. On the CPU backend,
+    /// matrices in a kernel format (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K) stay packed; other
+    /// block types and GPU backends dequantize to f32.
     ///
     /// ```no_run
     /// use hearth_engine::Engine;
@@ -273,10 +275,15 @@ impl<B: HearthBackend> Engine<B> {
     /// let engine = Engine::<hearth_backend::Cpu>::from_gguf(&path, &Default::default()).unwrap();
     /// ```
     pub fn from_gguf(path: &Path, device: &B::Device) -> Result<Self, EngineError> {
+        Self::from_gguf_with(path, device, &LoadOptions::default())
+    }
+
+    /// [`Self::from_gguf`] with load options.
+    pub fn from_gguf_with(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self, EngineError> {
         let src = GgufSource::open(path)?;
         let cfg = src.config()?;
         let tokenizer = tokenizer_from_gguf(src.file())?;
-        let model = CausalLm::load(cfg, &src, device)?;
+        let model = CausalLm::load_with(cfg, &src, device, opts)?;
         Self::new(model, tokenizer)
     }
 }

@@ -72,6 +72,11 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         })
     }
 
+    /// Bytes of projection weights one forward reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.q.weight_bytes() + self.k.weight_bytes() + self.v.weight_bytes() + self.o.weight_bytes()
+    }
+
     fn rope(&self, x: Tensor<B, 4>, ctx: &AttnContext<B>) -> Tensor<B, 4> {
         if self.rope_dim == self.head_dim {
             return apply_rope(x, ctx.cos, ctx.sin, self.rope_layout);

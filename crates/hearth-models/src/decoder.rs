@@ -40,6 +40,14 @@ struct DecoderLayer<B: HearthBackend> {
     window: Option<usize>,
 }
 
+/// How to load weights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Quantize f32/bf16/f16 matrices to this kernel format while loading (CPU backend;
+    /// embeddings and norms stay f32). Matrices whose rows are not whole blocks stay f32.
+    pub quant: Option<hearth_quant::kernels::WeightFormat>,
+}
+
 /// What a forward pass should return besides logits.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardOptions {
@@ -78,10 +86,17 @@ impl<B: HearthBackend> CausalLm<B> {
 
     /// Builds the model from a parsed config and an open checkpoint.
     pub fn load(cfg: ModelConfig, store: &dyn TensorSource, device: &B::Device) -> Result<Self, ModelError> {
-        let l = Loader::<B> {
-            store,
-            device: device.clone(),
-        };
+        Self::load_with(cfg, store, device, &LoadOptions::default())
+    }
+
+    /// [`Self::load`] with options (in-situ quantization).
+    pub fn load_with(
+        cfg: ModelConfig,
+        store: &dyn TensorSource,
+        device: &B::Device,
+        opts: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let l = Loader::<B> { store, device: device.clone(), quant: opts.quant };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -119,6 +134,24 @@ impl<B: HearthBackend> CausalLm<B> {
             lm_head,
             device: device.clone(),
         })
+    }
+
+    /// Bytes of weights one decode step reads: every dense matrix, the top-k routed experts of
+    /// each MoE layer (assuming average expert size), one embedding row. The bandwidth floor of
+    /// decode is this ÷ memory bandwidth.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let mut total = self.lm_head.weight_bytes() + self.cfg.hidden_size * 4;
+        for l in &self.layers {
+            total += match &l.attn {
+                Attention::Mha(m) => m.weight_bytes(),
+                Attention::Mla(m) => m.weight_bytes(),
+            };
+            total += match &l.ffn {
+                Ffn::Dense(m) => m.weight_bytes(),
+                Ffn::Moe(m) => m.decode_weight_bytes(),
+            };
+        }
+        total
     }
 
     /// The model's configuration.

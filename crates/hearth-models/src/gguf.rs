@@ -19,7 +19,8 @@
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::weights::TensorSource;
+use crate::weights::{PackedTensor, TensorSource};
+use hearth_quant::kernels::WeightFormat;
 use hearth_quant::gguf::{GgufFile, MetadataArray, MetadataValue, TensorView};
 use serde_json::{Map, Value, json};
 use std::path::Path;
@@ -209,14 +210,14 @@ pub fn permute_rows(x: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     reorder_rows(x, n_head, cols, true)
 }
 
-fn reorder_rows(x: &[f32], n_head: usize, cols: usize, forward: bool) -> Vec<f32> {
+fn reorder_rows<T: Copy + Default>(x: &[T], n_head: usize, cols: usize, forward: bool) -> Vec<T> {
     let rows = x.len() / cols.max(1);
     if n_head == 0 || cols == 0 || !rows.is_multiple_of(2 * n_head) || rows * cols != x.len() {
         return x.to_vec();
     }
     let d = rows / n_head;
     let half = d / 2;
-    let mut out = vec![0f32; x.len()];
+    let mut out = vec![T::default(); x.len()];
     for h in 0..n_head {
         for s in 0..2 {
             for i in 0..half {
@@ -517,6 +518,43 @@ impl GgufSource {
 impl TensorSource for GgufSource {
     fn contains(&self, name: &str) -> bool {
         self.locate(name).is_some()
+    }
+
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedTensor>, ModelError> {
+        let Some(loc) = self.locate(name) else {
+            return Ok(None);
+        };
+        let (g, expert, heads) = match &loc {
+            Loc::Whole { name, heads } => (name, None, *heads),
+            Loc::Expert { name, expert } => (name, Some(*expert), None),
+        };
+        let t = self.file.tensor(g).expect("located tensor exists");
+        let Some(format) = WeightFormat::from_ggml(t.info.ty) else {
+            return Ok(None);
+        };
+        let dims = &t.info.dims;
+        if dims.len() < 2 || dims[0] as usize != cols || dims[1] as usize != rows {
+            return Ok(None); // shape problems are reported by the f32 path
+        }
+        let row_bytes = match format.row_bytes(cols) {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let bytes = match expert {
+            Some(e) => &t.data[e * rows * row_bytes..(e + 1) * rows * row_bytes],
+            None => t.data,
+        };
+        if bytes.len() != rows * row_bytes {
+            return Ok(None);
+        }
+        let bytes = match heads {
+            Some(h) => {
+                let n = if h == Head::Q { self.n_head } else { self.n_head_kv };
+                reorder_rows(bytes, n, row_bytes, false)
+            }
+            None => bytes.to_vec(),
+        };
+        Ok(Some(PackedTensor { format, bytes, rows, cols }))
     }
 
     fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {

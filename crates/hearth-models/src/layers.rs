@@ -122,6 +122,11 @@ pub struct Mlp<B: HearthBackend> {
 }
 
 impl<B: HearthBackend> Mlp<B> {
+    /// Bytes of weight one forward reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()
+    }
+
     /// Applies the MLP to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.down
@@ -135,6 +140,8 @@ pub struct Loader<'a, B: HearthBackend> {
     pub store: &'a dyn TensorSource,
     /// Target device.
     pub device: B::Device,
+    /// Quantize f32/bf16 matrices to this format while loading (host backends).
+    pub quant: Option<WeightFormat>,
 }
 
 impl<B: HearthBackend> Loader<'_, B> {
@@ -175,13 +182,7 @@ impl<B: HearthBackend> Loader<'_, B> {
     pub fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
         let weight = if B::HOST_KERNELS {
-            let (w, _) = self.store.f32(&name, Some(&[out, inp]))?;
-            LinearWeight::Host(Arc::new(HostWeight {
-                format: WeightFormat::F32,
-                bytes: bytemuck::cast_slice(&w).to_vec(),
-                rows: out,
-                cols: inp,
-            }))
+            LinearWeight::Host(Arc::new(self.host_weight(&name, out, inp)?))
         } else {
             let w = self.transposed(&name, out, inp)?;
             LinearWeight::Device(Tensor::from_data(TensorData::new(w, [inp, out]), &self.device))
@@ -192,6 +193,27 @@ impl<B: HearthBackend> Loader<'_, B> {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// A packed host matrix: the source's own packing if it has one, else f32 quantized to
+    /// `self.quant` when the row length allows, else plain f32.
+    pub fn host_weight(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight, ModelError> {
+        if let Some(p) = self.store.packed(name, rows, cols)? {
+            return Ok(HostWeight { format: p.format, bytes: p.bytes, rows, cols });
+        }
+        let (w, _) = self.store.f32(name, Some(&[rows, cols]))?;
+        if let Some(q) = self.quant
+            && q != WeightFormat::F32
+            && cols % q.block_size() == 0
+        {
+            let bytes = hearth_quant::quantize_to_vec(q.ggml(), &w).map_err(|e| ModelError::Dtype {
+                file: "<in-situ quantization>".into(),
+                tensor: name.into(),
+                dtype: format!("{q:?}: {e}"),
+            })?;
+            return Ok(HostWeight { format: q, bytes, rows, cols });
+        }
+        Ok(HostWeight { format: WeightFormat::F32, bytes: bytemuck::cast_slice(&w).to_vec(), rows, cols })
     }
 
     /// A gated MLP with projections named `gate`, `up`, `down` under `prefix`.

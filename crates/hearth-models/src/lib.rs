@@ -19,10 +19,11 @@ pub mod error;
 pub mod gguf;
 pub mod layers;
 pub mod mla;
+pub mod synthetic;
 pub mod moe;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{CausalLm, ForwardOptions, ForwardOutput};
+pub use decoder::{CausalLm, ForwardOptions, ForwardOutput, LoadOptions};
 pub use error::ModelError;
-pub use weights::{TensorSource, WeightStore};
+pub use weights::{PackedTensor, TensorSource, WeightStore};

@@ -89,6 +89,17 @@ impl<B: HearthBackend> MlaAttention<B> {
         })
     }
 
+    /// Bytes of weights one forward reads.
+    pub fn weight_bytes(&self) -> usize {
+        let q = match &self.q {
+            QueryProj::Direct(p) => p.weight_bytes(),
+            QueryProj::LowRank { a, b, .. } => a.weight_bytes() + b.weight_bytes(),
+        };
+        q + self.kv_a.weight_bytes()
+            + self.o.weight_bytes()
+            + (self.w_uk.shape().num_elements() + self.w_uv.shape().num_elements()) * 4
+    }
+
     /// `x: [B, T, hidden]` → `[B, T, hidden]`; caches the latent and the RoPE key.
     pub fn forward<C: KvCache<B>>(
         &self,

@@ -94,6 +94,15 @@ impl<B: HearthBackend> MoeBlock<B> {
         })
     }
 
+    /// Bytes one token's decode reads: router, shared expert, and top-k routed experts.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let per_expert = self.experts.first().map_or(0, Mlp::weight_bytes);
+        self.gate.weight_bytes()
+            + self.spec.top_k * per_expert
+            + self.shared.as_ref().map_or(0, Mlp::weight_bytes)
+            + self.shared_gate.as_ref().map_or(0, Linear::weight_bytes)
+    }
+
     /// Expert load statistics of this layer since the last reset.
     pub fn stats(&self) -> LoadStats {
         self.stats.lock().expect("stats lock").clone()

@@ -210,6 +210,27 @@ pub trait TensorSource {
     /// A tensor converted to f32, with its shape checked against `expected` when given
     /// (shapes in HF order: `[out, in]` for linear weights).
     fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError>;
+
+    /// The `[rows, cols]` matrix `name` as packed rows the CPU kernels compute on directly
+    /// (GGUF Q4_0/Q8_0/Q4_K/..., bf16), when the source stores it that way. `Ok(None)` means
+    /// "use [`TensorSource::f32`]".
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedTensor>, ModelError> {
+        let _ = (name, rows, cols);
+        Ok(None)
+    }
+}
+
+/// A matrix in a kernel format: `rows` rows of `cols` weights, row-major, packed.
+#[derive(Debug, Clone)]
+pub struct PackedTensor {
+    /// Block format of the rows.
+    pub format: hearth_quant::kernels::WeightFormat,
+    /// The packed rows.
+    pub bytes: Vec<u8>,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
 }
 
 impl TensorSource for WeightStore {

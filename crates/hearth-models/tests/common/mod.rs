@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use burn::tensor::{Tensor, backend::Backend};
+use hearth_backend::HearthBackend;
+use hearth_models::{CausalLm, ForwardOptions};
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -81,4 +83,129 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Runs fixture model `name` on backend `B` (default device) against its float64 transformers
+/// reference: prefill logits and every hidden state, greedy ids (exact) with each step's logits,
+/// and both prompts batched (logits as alone, same greedy ids). Every comparison is
+/// `rel_err ≤ tol`; panics (fails the test) on the first mismatch. Returns the largest errors
+/// seen, for reporting.
+pub fn check_model<B: HearthBackend>(name: &str, tol: f64) -> MaxErrors {
+    let dev = B::Device::default();
+    let mut worst = MaxErrors::default();
+    let model = CausalLm::<B>::from_dir(&model_dir(name), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let r = Reference::open(name);
+    let vocab = model.config().vocab_size;
+    let mut prompts = Vec::new();
+    for p in 0..2 {
+        let ids = r.ids(&format!("prompt{p}.input_ids"));
+        // prefill with hidden states
+        let mut cache = model.new_cache(1, None);
+        let out = model
+            .forward(
+                std::slice::from_ref(&ids),
+                &mut cache,
+                ForwardOptions {
+                    hidden_states: true,
+                    last_only: false,
+                },
+            )
+            .unwrap();
+        let (ref_logits, _) = r.f32(&format!("prompt{p}.prefill_logits"));
+        let e = rel_err(&host(out.logits), &ref_logits);
+        assert!(e <= tol, "{name} prompt{p}: prefill logits rel err {e:e}");
+        worst.prefill_logits = worst.prefill_logits.max(e);
+        let (ref_h, shape) = r.f32(&format!("prompt{p}.hidden_states"));
+        assert_eq!(shape[0], out.hidden_states.len(), "{name}: number of hidden states");
+        let per = shape[1] * shape[2];
+        for (l, h) in out.hidden_states.into_iter().enumerate() {
+            let e = rel_err(&host(h), &ref_h[l * per..(l + 1) * per]);
+            assert!(e <= tol, "{name} prompt{p}: hidden state {l} rel err {e:e}");
+            worst.hidden_states = worst.hidden_states.max(e);
+        }
+        // greedy decode through the cache, one token at a time
+        let mut cache = model.new_cache(1, None);
+        let ref_ids = r.ids(&format!("prompt{p}.greedy_ids"));
+        let (ref_steps, _) = r.f32(&format!("prompt{p}.greedy_step_logits"));
+        let mut next = ids.clone();
+        let mut got = Vec::new();
+        for step in 0..ref_ids.len() {
+            let out = model
+                .forward(
+                    &[next.clone()],
+                    &mut cache,
+                    ForwardOptions {
+                        hidden_states: false,
+                        last_only: true,
+                    },
+                )
+                .unwrap();
+            let logits = host(out.logits);
+            let e = rel_err(&logits, &ref_steps[step * vocab..(step + 1) * vocab]);
+            assert!(e <= tol, "{name} prompt{p}: greedy step {step} logits rel err {e:e}");
+            worst.step_logits = worst.step_logits.max(e);
+            let tok = argmax(&logits);
+            got.push(tok);
+            next = vec![tok];
+        }
+        assert_eq!(got, ref_ids, "{name} prompt{p}: greedy ids");
+        prompts.push((ids, ref_logits, ref_ids));
+    }
+
+    // both prompts in one ragged batch: same logits as alone
+    let mut cache = model.new_cache(2, None);
+    let batch = vec![prompts[0].0.clone(), prompts[1].0.clone()];
+    let out = model.forward(&batch, &mut cache, ForwardOptions::default()).unwrap();
+    let [_, t, v] = out.logits.dims();
+    let all = host(out.logits);
+    for (row, (ids, ref_logits, _)) in prompts.iter().enumerate() {
+        let n = ids.len();
+        let got = &all[row * t * v..row * t * v + n * v];
+        let e = rel_err(got, ref_logits);
+        assert!(e <= tol, "{name}: batched row {row} rel err {e:e}");
+        worst.batched_logits = worst.batched_logits.max(e);
+    }
+    // and batched greedy decode with rows at different positions gives the same ids
+    let mut next: Vec<Vec<u32>> = (0..2)
+        .map(|row| {
+            vec![argmax(
+                &all[(row * t + prompts[row].0.len() - 1) * v..(row * t + prompts[row].0.len()) * v],
+            )]
+        })
+        .collect();
+    let mut got = [vec![next[0][0]], vec![next[1][0]]];
+    for _ in 1..prompts[0].2.len() {
+        let out = model
+            .forward(
+                &next,
+                &mut cache,
+                ForwardOptions {
+                    hidden_states: false,
+                    last_only: true,
+                },
+            )
+            .unwrap();
+        let l = host(out.logits);
+        next = (0..2).map(|row| vec![argmax(&l[row * v..(row + 1) * v])]).collect();
+        for row in 0..2 {
+            got[row].push(next[row][0]);
+        }
+    }
+    for row in 0..2 {
+        assert_eq!(got[row], prompts[row].2, "{name}: batched greedy ids row {row}");
+    }
+    worst
+}
+
+/// The largest relative errors [`check_model`] saw, each against the float64 reference.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MaxErrors {
+    /// Prefill logits, both prompts.
+    pub prefill_logits: f64,
+    /// Embeddings and every layer's output.
+    pub hidden_states: f64,
+    /// Logits of each greedy decode step through the KV cache.
+    pub step_logits: f64,
+    /// Prefill logits of the two prompts as one ragged batch.
+    pub batched_logits: f64,
 }

@@ -69,6 +69,50 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// The kernel format of a GGUF tensor type, if the kernels compute on it directly.
+    ///
+    /// ```
+    /// use hearth_quant::{GgmlType, kernels::WeightFormat};
+    /// assert_eq!(WeightFormat::from_ggml(GgmlType::Q4_K), Some(WeightFormat::Q4_K));
+    /// assert_eq!(WeightFormat::from_ggml(GgmlType::Q5_0), None);
+    /// ```
+    pub fn from_ggml(ty: crate::GgmlType) -> Option<Self> {
+        use crate::GgmlType as G;
+        Some(match ty {
+            G::F32 => WeightFormat::F32,
+            G::BF16 => WeightFormat::Bf16,
+            G::F16 => WeightFormat::F16,
+            G::Q8_0 => WeightFormat::Q8_0,
+            G::Q4_0 => WeightFormat::Q4_0,
+            G::Q4_1 => WeightFormat::Q4_1,
+            G::Q4_K => WeightFormat::Q4_K,
+            G::Q6_K => WeightFormat::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// The GGUF tensor type with this layout.
+    ///
+    /// ```
+    /// use hearth_quant::{GgmlType, kernels::WeightFormat};
+    /// assert_eq!(WeightFormat::Q8_0.ggml(), GgmlType::Q8_0);
+    /// ```
+    pub fn ggml(self) -> crate::GgmlType {
+        use crate::GgmlType as G;
+        match self {
+            WeightFormat::F32 => G::F32,
+            WeightFormat::Bf16 => G::BF16,
+            WeightFormat::F16 => G::F16,
+            WeightFormat::Q8_0 => G::Q8_0,
+            WeightFormat::Q4_0 => G::Q4_0,
+            WeightFormat::Q4_1 => G::Q4_1,
+            WeightFormat::Q4_K => G::Q4_K,
+            WeightFormat::Q6_K => G::Q6_K,
+        }
+    }
+}
+
+impl WeightFormat {
     /// Every supported format.
     ///
     /// ```

@@ -1,0 +1,80 @@
+//! Every fixture model on the wgpu backend (f32) against HuggingFace transformers (float64
+//! reference): the same checks as `fixtures.rs` — prefill logits and hidden states, greedy ids
+//! (exact) with per-step logits, batched == alone — at rel ≤ 1e-3.
+//!
+//! Run with `cargo test -p hearth-models --features wgpu --test wgpu_fixtures`. On a machine
+//! without a GPU, Mesa's llvmpipe Vulkan driver (`mesa-vulkan-drivers`) provides the adapter. When
+//! no adapter exists at all, burn-wgpu panics ("No possible adapter available for backend") and
+//! every test here fails: nothing falls back to the CPU backend.
+//!
+//! `HearthBackend for Wgpu` overrides none of the trait's methods, so the burn-op fallbacks are
+//! the wgpu path and there is no kernel to test against them yet; linear layers run burn's
+//! matmul on the device (`LinearWeight::Device`), not hearth's host kernels.
+#![cfg(feature = "wgpu")]
+
+mod common;
+use burn::tensor::Tensor;
+use hearth_backend::{HearthBackend, Wgpu};
+
+const TOL: f64 = 1e-3;
+
+fn check_model(name: &str) {
+    let e = common::check_model::<Wgpu>(name, TOL);
+    println!(
+        "wgpu {name}: max rel err prefill {:.2e}, hidden {:.2e}, decode steps {:.2e}, batched {:.2e}",
+        e.prefill_logits, e.hidden_states, e.step_logits, e.batched_logits
+    );
+}
+
+/// The wgpu backend must compute on the device: no host kernels, and an adapter must exist
+/// (this panics, failing the test, when burn-wgpu finds none).
+#[test]
+fn adapter_present_and_no_host_kernels() {
+    assert!(!<Wgpu as HearthBackend>::HOST_KERNELS);
+    let dev = Default::default();
+    let a = Tensor::<Wgpu, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev);
+    let b = Tensor::<Wgpu, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev);
+    let c = a.matmul(b).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(c, vec![19.0, 22.0, 43.0, 50.0]);
+}
+
+#[test]
+fn llama() {
+    check_model("llama");
+}
+#[test]
+fn llama_tied_bf16() {
+    check_model("llama_tied_bf16");
+}
+#[test]
+fn mistral_sliding_window() {
+    check_model("mistral");
+}
+#[test]
+fn qwen2() {
+    check_model("qwen2");
+}
+#[test]
+fn qwen3() {
+    check_model("qwen3");
+}
+#[test]
+fn mixtral() {
+    check_model("mixtral");
+}
+#[test]
+fn qwen2_moe() {
+    check_model("qwen2_moe");
+}
+#[test]
+fn qwen3_moe() {
+    check_model("qwen3_moe");
+}
+#[test]
+fn olmoe() {
+    check_model("olmoe");
+}
+#[test]
+fn deepseek_v3() {
+    check_model("deepseek_v3");
+}
