@@ -82,7 +82,9 @@ impl ModelArgs {
     }
 
     fn load_options(&self) -> Result<LoadOptions> {
-        Ok(LoadOptions { quant: self.quant.as_deref().map(parse_quant).transpose()? })
+        Ok(LoadOptions {
+            quant: self.quant.as_deref().map(parse_quant).transpose()?,
+        })
     }
 }
 
@@ -492,7 +494,10 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let (model, name) = match (&a.synthetic, &a.model.model) {
         (Some(name), None) => {
             let (cfg, src) = hearth_models::synthetic::SyntheticSource::new(name, 0)?;
-            (CausalLm::<B>::load_with(cfg, &src, dev, &opts)?, format!("synthetic:{name}"))
+            (
+                CausalLm::<B>::load_with(cfg, &src, dev, &opts)?,
+                format!("synthetic:{name}"),
+            )
         }
         (None, Some(path)) => (load_model::<B>(path, dev, &opts)?, path.display().to_string()),
         _ => bail!("bench needs exactly one of --model or --synthetic"),
@@ -503,13 +508,27 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache(1, Some(a.prompt_len + a.decode + 1));
     let t0 = Instant::now();
-    let out = model.forward(&[prompt], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
+    let out = model.forward(
+        &[prompt],
+        &mut cache,
+        ForwardOptions {
+            hidden_states: false,
+            last_only: true,
+        },
+    )?;
     let mut last = host(out.logits);
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..a.decode {
         let tok = argmax(&last)?;
-        let o = model.forward(&[vec![tok]], &mut cache, ForwardOptions { hidden_states: false, last_only: true })?;
+        let o = model.forward(
+            &[vec![tok]],
+            &mut cache,
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        )?;
         last = host(o.logits);
     }
     let decode_s = t1.elapsed().as_secs_f64();
@@ -518,7 +537,10 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let decode_tok_s = a.decode as f64 / decode_s;
     // bandwidth of this machine, measured now, after the model's peak RSS was recorded
     let bw = if B::HOST_KERNELS {
-        Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, rayon::current_num_threads()))
+        Some(hearth_quant::kernels::measure_read_bandwidth(
+            1 << 30,
+            rayon::current_num_threads(),
+        ))
     } else {
         None
     };

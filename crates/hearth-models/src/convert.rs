@@ -367,3 +367,100 @@ fn add_tokenizer_metadata(
     }
     Ok(())
 }
+
+/// Builds a Mixtral checkpoint from a dense Llama-family one: every layer's MLP becomes
+/// `n_experts` identical experts (`w1`/`w3`/`w2` = `gate_proj`/`up_proj`/`down_proj`) behind a
+/// random router with top-`top_k` and renormalised weights. Because the kept weights sum to one
+/// and the experts are equal, its outputs equal the dense model's — a test of the MoE path on
+/// real weights. Writes `config.json` and `model.safetensors` (f32) to `out`; copy the tokenizer
+/// files yourself.
+///
+/// ```no_run
+/// use std::path::Path;
+/// hearth_models::convert::dense_to_moe(Path::new("smollm2_hf"), Path::new("smollm2_moe"), 4, 2, 7).unwrap();
+/// ```
+pub fn dense_to_moe(dir: &Path, out: &Path, n_experts: usize, top_k: usize, seed: u64) -> Result<(), ModelError> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let mut v: Value = serde_json::from_str(&text).map_err(|e| write_err(&cfg_path, e))?;
+    let cfg = ModelConfig::from_json(&v, &cfg_path.display().to_string())?;
+    if !matches!(cfg.arch, Architecture::Llama | Architecture::Mistral) || top_k == 0 || top_k > n_experts {
+        return Err(ModelError::Config {
+            file: cfg_path.display().to_string(),
+            field: "model_type".into(),
+            reason: format!(
+                "dense_to_moe needs a llama/mistral checkpoint and 1 ≤ top_k ≤ n_experts (got {:?}, k={top_k}, n={n_experts})",
+                cfg.arch
+            ),
+        });
+    }
+    let store = WeightStore::open(dir)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut rng = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ((rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+    };
+    let mut names: Vec<&str> = store.names().collect();
+    names.sort();
+    for name in names {
+        let (vals, shape) = store.f32(name, None)?;
+        let Some((layer, proj)) = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once(".mlp."))
+            .map(|(l, p)| (l.to_string(), p.to_string()))
+        else {
+            tensors.push((name.to_string(), shape, f32_bytes(&vals)));
+            continue;
+        };
+        let w = match proj.as_str() {
+            "gate_proj.weight" => "w1",
+            "up_proj.weight" => "w3",
+            "down_proj.weight" => "w2",
+            _ => {
+                return Err(ModelError::Config {
+                    file: dir.display().to_string(),
+                    field: name.to_string(),
+                    reason: "unexpected MLP tensor".into(),
+                });
+            }
+        };
+        let bytes = f32_bytes(&vals);
+        for e in 0..n_experts {
+            let n = format!("model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight");
+            tensors.push((n, shape.clone(), bytes.clone()));
+        }
+        if w == "w1" {
+            let router: Vec<f32> = (0..n_experts * cfg.hidden_size).map(|_| next()).collect();
+            tensors.push((
+                format!("model.layers.{layer}.block_sparse_moe.gate.weight"),
+                vec![n_experts, cfg.hidden_size],
+                f32_bytes(&router),
+            ));
+        }
+    }
+    if let Value::Object(o) = &mut v {
+        o.insert("model_type".into(), Value::from("mixtral"));
+        o.insert("architectures".into(), serde_json::json!(["MixtralForCausalLM"]));
+        o.insert("num_local_experts".into(), Value::from(n_experts));
+        o.insert("num_experts_per_tok".into(), Value::from(top_k));
+        o.insert("torch_dtype".into(), Value::from("float32"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|t| (n.clone(), t))
+                .map_err(|e| write_err(out, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let st = out.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &st).map_err(|e| write_err(&st, e))?;
+    let cp = out.join("config.json");
+    std::fs::write(&cp, serde_json::to_string_pretty(&v).map_err(|e| write_err(&cp, e))?)
+        .map_err(|e| ModelError::io(&cp, e))?;
+    Ok(())
+}

@@ -11,7 +11,13 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 /// Names accepted by [`synthetic_config`].
-pub const SYNTHETIC_MODELS: [&str; 5] = ["llama-3.2-1b", "llama-3.1-8b", "qwen3-30b-a3b", "mixtral-8x7b", "olmoe-1b-7b"];
+pub const SYNTHETIC_MODELS: [&str; 5] = [
+    "llama-3.2-1b",
+    "llama-3.1-8b",
+    "qwen3-30b-a3b",
+    "mixtral-8x7b",
+    "olmoe-1b-7b",
+];
 
 /// The HF `config.json` of a named real model shape.
 ///
@@ -63,10 +69,19 @@ impl SyntheticSource {
         let v = synthetic_config(name).ok_or_else(|| ModelError::Config {
             file: "--synthetic".into(),
             field: "name".into(),
-            reason: format!("unknown synthetic model `{name}` (known: {})", SYNTHETIC_MODELS.join(", ")),
+            reason: format!(
+                "unknown synthetic model `{name}` (known: {})",
+                SYNTHETIC_MODELS.join(", ")
+            ),
         })?;
         let cfg = ModelConfig::from_json(&v, &format!("synthetic:{name}"))?;
-        Ok((cfg.clone(), Self { tied: cfg.tie_word_embeddings, seed }))
+        Ok((
+            cfg.clone(),
+            Self {
+                tied: cfg.tie_word_embeddings,
+                seed,
+            },
+        ))
     }
 }
 
@@ -84,7 +99,10 @@ impl TensorSource for SyntheticSource {
 
     fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         let shape = expected
-            .ok_or_else(|| ModelError::MissingTensor { tensor: name.into(), files: "synthetic (shape unknown)".into() })?
+            .ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.into(),
+                files: "synthetic (shape unknown)".into(),
+            })?
             .to_vec();
         let n: usize = shape.iter().product();
         if name.contains("norm") {
