@@ -505,6 +505,30 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let load_s = t_load.elapsed().as_secs_f64();
     let cfg = model.config();
     let vocab = cfg.vocab_size as u32;
+    // warm-up (GPU kernels are compiled on first use): a short prefill and two decode steps
+    {
+        let mut warm = model.new_cache(1, Some(16));
+        let o = model.forward(
+            &[vec![1, 2, 3, 4]],
+            &mut warm,
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        )?;
+        let mut tok = argmax(&host(o.logits))?;
+        for _ in 0..2 {
+            let o = model.forward(
+                &[vec![tok]],
+                &mut warm,
+                ForwardOptions {
+                    hidden_states: false,
+                    last_only: true,
+                },
+            )?;
+            tok = argmax(&host(o.logits))?;
+        }
+    }
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache(1, Some(a.prompt_len + a.decode + 1));
     let t0 = Instant::now();

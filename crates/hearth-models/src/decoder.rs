@@ -96,7 +96,22 @@ impl<B: HearthBackend> CausalLm<B> {
         device: &B::Device,
         opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let l = Loader::<B> { store, device: device.clone(), quant: opts.quant };
+        if opts
+            .quant
+            .is_some_and(|q| q != hearth_quant::kernels::WeightFormat::F32)
+            && !B::HOST_KERNELS
+        {
+            return Err(ModelError::Config {
+                file: "--quant".into(),
+                field: "quant".into(),
+                reason: "in-situ quantization runs on the CPU kernels; this backend computes in f32".into(),
+            });
+        }
+        let l = Loader::<B> {
+            store,
+            device: device.clone(),
+            quant: opts.quant,
+        };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);

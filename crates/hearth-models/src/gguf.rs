@@ -20,8 +20,8 @@
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::weights::{PackedTensor, TensorSource};
-use hearth_quant::kernels::WeightFormat;
 use hearth_quant::gguf::{GgufFile, MetadataArray, MetadataValue, TensorView};
+use hearth_quant::kernels::WeightFormat;
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
@@ -554,7 +554,12 @@ impl TensorSource for GgufSource {
             }
             None => bytes.to_vec(),
         };
-        Ok(Some(PackedTensor { format, bytes, rows, cols }))
+        Ok(Some(PackedTensor {
+            format,
+            bytes,
+            rows,
+            cols,
+        }))
     }
 
     fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {

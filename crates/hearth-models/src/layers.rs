@@ -199,21 +199,36 @@ impl<B: HearthBackend> Loader<'_, B> {
     /// `self.quant` when the row length allows, else plain f32.
     pub fn host_weight(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight, ModelError> {
         if let Some(p) = self.store.packed(name, rows, cols)? {
-            return Ok(HostWeight { format: p.format, bytes: p.bytes, rows, cols });
+            return Ok(HostWeight {
+                format: p.format,
+                bytes: p.bytes,
+                rows,
+                cols,
+            });
         }
         let (w, _) = self.store.f32(name, Some(&[rows, cols]))?;
         if let Some(q) = self.quant
             && q != WeightFormat::F32
-            && cols % q.block_size() == 0
+            && cols.is_multiple_of(q.block_size())
         {
             let bytes = hearth_quant::quantize_to_vec(q.ggml(), &w).map_err(|e| ModelError::Dtype {
                 file: "<in-situ quantization>".into(),
                 tensor: name.into(),
                 dtype: format!("{q:?}: {e}"),
             })?;
-            return Ok(HostWeight { format: q, bytes, rows, cols });
+            return Ok(HostWeight {
+                format: q,
+                bytes,
+                rows,
+                cols,
+            });
         }
-        Ok(HostWeight { format: WeightFormat::F32, bytes: bytemuck::cast_slice(&w).to_vec(), rows, cols })
+        Ok(HostWeight {
+            format: WeightFormat::F32,
+            bytes: bytemuck::cast_slice(&w).to_vec(),
+            rows,
+            cols,
+        })
     }
 
     /// A gated MLP with projections named `gate`, `up`, `down` under `prefix`.

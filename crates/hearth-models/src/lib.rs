@@ -19,8 +19,8 @@ pub mod error;
 pub mod gguf;
 pub mod layers;
 pub mod mla;
-pub mod synthetic;
 pub mod moe;
+pub mod synthetic;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};

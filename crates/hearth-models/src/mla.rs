@@ -24,6 +24,10 @@ enum QueryProj<B: HearthBackend> {
     },
 }
 
+/// `q_a_layernorm` / `kv_a_layernorm` epsilon: DeepSeek's reference code and transformers build
+/// these norms with `DeepseekV3RMSNorm(rank)`, i.e. the default eps 1e-6, not `rms_norm_eps`.
+const LORA_NORM_EPS: f64 = 1e-6;
+
 /// DeepSeek MLA attention layer.
 pub struct MlaAttention<B: HearthBackend> {
     q: QueryProj<B>,
@@ -49,7 +53,7 @@ impl<B: HearthBackend> MlaAttention<B> {
         let q = match m.q_lora_rank {
             Some(r) => QueryProj::LowRank {
                 a: l.linear(&format!("{prefix}.q_a_proj"), hid, r, false)?,
-                norm: l.rms_norm(&format!("{prefix}.q_a_layernorm.weight"), r, cfg.rms_norm_eps)?,
+                norm: l.rms_norm(&format!("{prefix}.q_a_layernorm.weight"), r, LORA_NORM_EPS)?,
                 b: l.linear(&format!("{prefix}.q_b_proj"), r, h * qk, false)?,
             },
             None => QueryProj::Direct(l.linear(&format!("{prefix}.q_proj"), hid, h * qk, false)?),
@@ -78,7 +82,7 @@ impl<B: HearthBackend> MlaAttention<B> {
                 r + m.qk_rope_head_dim,
                 false,
             )?,
-            kv_norm: l.rms_norm(&format!("{prefix}.kv_a_layernorm.weight"), r, cfg.rms_norm_eps)?,
+            kv_norm: l.rms_norm(&format!("{prefix}.kv_a_layernorm.weight"), r, LORA_NORM_EPS)?,
             w_uk: Tensor::from_data(TensorData::new(uk, [h, nope, r]), &l.device),
             w_uv: Tensor::from_data(TensorData::new(uv, [h, r, vd]), &l.device),
             o: l.linear(&format!("{prefix}.o_proj"), h * vd, hid, false)?,

@@ -3,7 +3,6 @@
 //! batched == alone.
 
 mod common;
-use common::*;
 
 type B = hearth_backend::Cpu;
 const TOL: f64 = 1e-4;

@@ -30,7 +30,7 @@ fn check_model(name: &str) {
 /// (this panics, failing the test, when burn-wgpu finds none).
 #[test]
 fn adapter_present_and_no_host_kernels() {
-    assert!(!<Wgpu as HearthBackend>::HOST_KERNELS);
+    const { assert!(!<Wgpu as HearthBackend>::HOST_KERNELS) };
     let dev = Default::default();
     let a = Tensor::<Wgpu, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev);
     let b = Tensor::<Wgpu, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev);

@@ -10,7 +10,7 @@ make_fixtures.py's helpers (`reinit`, `legacy_rope`, `tokenizer_config`, `TINY`)
   `decoder_sparse_step` / `mlp_only_layers`, DeepSeek-V3 without `q_lora_rank`, with 8 groups,
   `first_k_dense_replace=2`, a non-zero `e_score_correction_bias` (make_fixtures' `reinit` only
   touches parameters, so the shared fixture's bias — a buffer — is all zeros) and
-  `rope_interleave=false`; Mixtral with a sliding window shorter than the prompts;
+  `rope_interleave=false`, `rms_norm_eps` ≠ the low-rank norms' fixed 1e-6; Mixtral with a sliding window shorter than the prompts;
 * longer prompts (40 and 64 tokens) and 16 greedy tokens;
 * weights are rounded to f32 before the float64 reference runs, so the reference is exactly the
   checkpoint on disk;
@@ -79,7 +79,9 @@ UNSEEN = {
         first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16,
         n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2, routed_scaling_factor=1.0,
         norm_topk_prob=False, kv_lora_rank=24, q_lora_rank=40, qk_rope_head_dim=8, qk_nope_head_dim=16,
-        v_head_dim=24, rope_interleave=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0)), 108),
+        v_head_dim=24, rope_interleave=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        # q_a/kv_a_layernorm keep eps 1e-6 whatever rms_norm_eps says: a large one tells them apart
+        rms_norm_eps=1e-3), 108),
 }
 
 
