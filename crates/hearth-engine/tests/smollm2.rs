@@ -83,6 +83,15 @@ fn smollm2_gguf_golden() {
     eprintln!("GGUF load: {:.2?}", t.elapsed());
     let text = greedy_text(&engine, 4);
     assert!(text.starts_with(" Paris."), "{text:?}");
+    drop(engine);
+    // The packed path quantizes activations to 8 bits (as llama.cpp does); the exactness check
+    // against the converted checkpoint uses the same dequantized weights in f32.
+    let opts = hearth_models::LoadOptions {
+        unpacked: true,
+        ..Default::default()
+    };
+    let engine = Engine::<B>::from_gguf_with(&path, &dev, &opts).unwrap();
+    assert_eq!(greedy_text(&engine, 4), text, "packed and dequantized paths disagree");
     let logits_gguf = prefill_logits(&engine.model);
     drop(engine);
     drop(src);

@@ -46,6 +46,9 @@ pub struct LoadOptions {
     /// Quantize f32/bf16/f16 matrices to this kernel format while loading (CPU backend;
     /// embeddings and norms stay f32). Matrices whose rows are not whole blocks stay f32.
     pub quant: Option<hearth_quant::kernels::WeightFormat>,
+    /// Dequantize packed source tensors (GGUF blocks) to f32 instead of keeping them packed:
+    /// the exact reference path, at 4–8× the memory.
+    pub unpacked: bool,
 }
 
 /// What a forward pass should return besides logits.
@@ -111,6 +114,7 @@ impl<B: HearthBackend> CausalLm<B> {
             store,
             device: device.clone(),
             quant: opts.quant,
+            unpacked: opts.unpacked,
         };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;

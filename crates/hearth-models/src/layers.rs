@@ -142,6 +142,8 @@ pub struct Loader<'a, B: HearthBackend> {
     pub device: B::Device,
     /// Quantize f32/bf16 matrices to this format while loading (host backends).
     pub quant: Option<WeightFormat>,
+    /// Ignore the source's packed form and dequantize to f32.
+    pub unpacked: bool,
 }
 
 impl<B: HearthBackend> Loader<'_, B> {
@@ -198,7 +200,9 @@ impl<B: HearthBackend> Loader<'_, B> {
     /// A packed host matrix: the source's own packing if it has one, else f32 quantized to
     /// `self.quant` when the row length allows, else plain f32.
     pub fn host_weight(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight, ModelError> {
-        if let Some(p) = self.store.packed(name, rows, cols)? {
+        if !self.unpacked
+            && let Some(p) = self.store.packed(name, rows, cols)?
+        {
             return Ok(HostWeight {
                 format: p.format,
                 bytes: p.bytes,
