@@ -74,6 +74,9 @@ struct ModelArgs {
     /// Quantize f32/bf16 weights while loading: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
     #[arg(long)]
     quant: Option<String>,
+    /// Dequantize GGUF blocks to f32 on load instead of computing on them packed (reference path).
+    #[arg(long)]
+    unpacked: bool,
 }
 
 impl ModelArgs {
@@ -84,6 +87,7 @@ impl ModelArgs {
     fn load_options(&self) -> Result<LoadOptions> {
         Ok(LoadOptions {
             quant: self.quant.as_deref().map(parse_quant).transpose()?,
+            unpacked: self.unpacked,
         })
     }
 }

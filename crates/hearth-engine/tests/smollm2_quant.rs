@@ -60,7 +60,16 @@ fn quantized_kl_divergence_is_within_documented_bounds() {
         504, 3575, 282, 4649, 314, 7042, 30, 378, 1345, 282, 9165, 314, 3903, 30, 378, 3575,
     ];
     let run = |src: &dyn hearth_models::TensorSource, quant: Option<WeightFormat>| {
-        let m = CausalLm::<B>::load_with(cfg.clone(), src, &dev, &LoadOptions { quant }).unwrap();
+        let m = CausalLm::<B>::load_with(
+            cfg.clone(),
+            src,
+            &dev,
+            &LoadOptions {
+                quant,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut cache = m.new_cache(1, Some(32));
         let out = m
             .forward(std::slice::from_ref(&prompt), &mut cache, ForwardOptions::default())
