@@ -24,19 +24,19 @@ pub struct AttnContext<'a, B: HearthBackend> {
 /// Standard (grouped-query) attention.
 #[derive(Clone, Debug)]
 pub struct MultiHeadAttention<B: HearthBackend> {
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
-    o: Linear<B>,
-    q_norm: Option<RmsNorm<B>>,
-    k_norm: Option<RmsNorm<B>>,
-    qk_norm: QkNorm,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    rope_dim: usize,
-    rope_layout: RopeLayout,
-    scale: f64,
+    pub(crate) q: Linear<B>,
+    pub(crate) k: Linear<B>,
+    pub(crate) v: Linear<B>,
+    pub(crate) o: Linear<B>,
+    pub(crate) q_norm: Option<RmsNorm<B>>,
+    pub(crate) k_norm: Option<RmsNorm<B>>,
+    pub(crate) qk_norm: QkNorm,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) rope_dim: usize,
+    pub(crate) rope_layout: RopeLayout,
+    pub(crate) scale: f64,
 }
 
 impl<B: HearthBackend> MultiHeadAttention<B> {

@@ -21,23 +21,31 @@ use hearth_backend::HearthBackend;
 use hearth_moe::LoadStats;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-enum Attention<B: HearthBackend> {
+pub(crate) enum Attention<B: HearthBackend> {
     Mha(MultiHeadAttention<B>),
     Mla(MlaAttention<B>),
 }
 
-enum Ffn<B: HearthBackend> {
+pub(crate) enum Ffn<B: HearthBackend> {
     Dense(Mlp<B>),
     Moe(Box<MoeBlock<B>>),
 }
 
-struct DecoderLayer<B: HearthBackend> {
-    input_norm: RmsNorm<B>,
-    attn: Attention<B>,
-    post_norm: RmsNorm<B>,
-    ffn: Ffn<B>,
-    window: Option<usize>,
+pub(crate) struct DecoderLayer<B: HearthBackend> {
+    pub(crate) input_norm: RmsNorm<B>,
+    pub(crate) attn: Attention<B>,
+    pub(crate) post_norm: RmsNorm<B>,
+    pub(crate) ffn: Ffn<B>,
+    pub(crate) window: Option<usize>,
+}
+
+/// The token embedding: a device tensor, or (host backends) plain rows shared with the host
+/// forward ([`crate::host::HostModel`]) and gathered on the host.
+pub(crate) enum Embedding<B: HearthBackend> {
+    Device(Tensor<B, 2>),
+    Host(Arc<Vec<f32>>),
 }
 
 /// How to load weights.
@@ -71,11 +79,11 @@ pub struct ForwardOutput<B: HearthBackend> {
 
 /// A decoder-only causal language model.
 pub struct CausalLm<B: HearthBackend> {
-    cfg: ModelConfig,
-    embed: Tensor<B, 2>,
-    layers: Vec<DecoderLayer<B>>,
-    norm: RmsNorm<B>,
-    lm_head: Linear<B>,
+    pub(crate) cfg: ModelConfig,
+    pub(crate) embed: Embedding<B>,
+    pub(crate) layers: Vec<DecoderLayer<B>>,
+    pub(crate) norm: RmsNorm<B>,
+    pub(crate) lm_head: Linear<B>,
     device: B::Device,
 }
 
@@ -117,7 +125,12 @@ impl<B: HearthBackend> CausalLm<B> {
             unpacked: opts.unpacked,
         };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let embed = l.tensor("model.embed_tokens.weight", [cfg.vocab_size, hid])?;
+        let embed_name = "model.embed_tokens.weight";
+        let embed = if B::HOST_KERNELS {
+            Embedding::Host(Arc::new(store.f32(embed_name, Some(&[cfg.vocab_size, hid]))?.0))
+        } else {
+            Embedding::Device(l.tensor(embed_name, [cfg.vocab_size, hid])?)
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
@@ -247,8 +260,19 @@ impl<B: HearthBackend> CausalLm<B> {
                 valid.push(i < row.len());
             }
         }
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
-        let mut x = self.embed.clone().select(0, ids).reshape([b, t, hid]);
+        let mut x = match &self.embed {
+            Embedding::Device(e) => {
+                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
+                e.clone().select(0, ids).reshape([b, t, hid])
+            }
+            Embedding::Host(e) => {
+                let mut rows = Vec::with_capacity(b * t * hid);
+                for id in ids {
+                    rows.extend_from_slice(&e[id as usize * hid..(id as usize + 1) * hid]);
+                }
+                Tensor::from_data(TensorData::new(rows, [b, t, hid]), &self.device)
+            }
+        };
 
         let table = self.cfg.rope.table(pos.key_len()).map_err(|e| ModelError::Config {
             file: "config.json".into(),

@@ -15,7 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 use hearth_attention::{KvCache, RopeLayout, apply_rope};
 use hearth_backend::HearthBackend;
 
-enum QueryProj<B: HearthBackend> {
+pub(crate) enum QueryProj<B: HearthBackend> {
     Direct(Linear<B>),
     LowRank {
         a: Linear<B>,
@@ -30,18 +30,18 @@ const LORA_NORM_EPS: f64 = 1e-6;
 
 /// DeepSeek MLA attention layer.
 pub struct MlaAttention<B: HearthBackend> {
-    q: QueryProj<B>,
-    kv_a: Linear<B>,
-    kv_norm: RmsNorm<B>,
+    pub(crate) q: QueryProj<B>,
+    pub(crate) kv_a: Linear<B>,
+    pub(crate) kv_norm: RmsNorm<B>,
     /// `[H, nope, rank]`: key up-projection per head.
-    w_uk: Tensor<B, 3>,
+    pub(crate) w_uk: Tensor<B, 3>,
     /// `[H, rank, v]`: value up-projection per head, transposed.
-    w_uv: Tensor<B, 3>,
-    o: Linear<B>,
-    dims: MlaConfig,
-    heads: usize,
-    rope_layout: RopeLayout,
-    scale: f64,
+    pub(crate) w_uv: Tensor<B, 3>,
+    pub(crate) o: Linear<B>,
+    pub(crate) dims: MlaConfig,
+    pub(crate) heads: usize,
+    pub(crate) rope_layout: RopeLayout,
+    pub(crate) scale: f64,
 }
 
 impl<B: HearthBackend> MlaAttention<B> {

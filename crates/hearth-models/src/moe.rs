@@ -11,17 +11,17 @@ use crate::layers::{Linear, Loader, Mlp, sigmoid};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use hearth_backend::HearthBackend;
 use hearth_moe::{LoadStats, RouterSpec, ScoringFunc};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One MoE layer.
 pub struct MoeBlock<B: HearthBackend> {
-    gate: Linear<B>,
-    correction_bias: Option<Vec<f32>>,
-    spec: RouterSpec,
-    experts: Vec<Mlp<B>>,
-    shared: Option<Mlp<B>>,
-    shared_gate: Option<Linear<B>>,
-    stats: Mutex<LoadStats>,
+    pub(crate) gate: Linear<B>,
+    pub(crate) correction_bias: Option<Vec<f32>>,
+    pub(crate) spec: RouterSpec,
+    pub(crate) experts: Vec<Mlp<B>>,
+    pub(crate) shared: Option<Mlp<B>>,
+    pub(crate) shared_gate: Option<Linear<B>>,
+    pub(crate) stats: Arc<Mutex<LoadStats>>,
 }
 
 impl<B: HearthBackend> MoeBlock<B> {
@@ -90,7 +90,7 @@ impl<B: HearthBackend> MoeBlock<B> {
             experts,
             shared,
             shared_gate,
-            stats: Mutex::new(LoadStats::new(m.num_experts)),
+            stats: Arc::new(Mutex::new(LoadStats::new(m.num_experts))),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Every fixture model against HuggingFace transformers (float64 reference): prefill logits and
 //! each layer's hidden states (rel ≤ 1e-4), greedy ids (exact) with per-step logits, and
-//! batched == alone.
+//! batched == alone; each through burn's forward and through the host forward.
 
 mod common;
 
@@ -8,7 +8,10 @@ type B = hearth_backend::Cpu;
 const TOL: f64 = 1e-4;
 
 fn check_model(name: &str) {
-    common::check_model::<B>(name, TOL);
+    let burn = common::check_model::<B>(name, TOL);
+    // the host forward (what the CPU backend runs) against the same reference
+    let host = common::check_host_model(name, TOL);
+    eprintln!("{name}: burn {burn:?}\n{name}: host {host:?}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 use hearth_backend::HearthBackend;
-use hearth_models::{CausalLm, ForwardOptions};
+use hearth_models::{CausalLm, ForwardOptions, HostModel, HostSession};
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -85,62 +85,131 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-/// Runs fixture model `name` on backend `B` (default device) against its float64 transformers
-/// reference: prefill logits and every hidden state, greedy ids (exact) with each step's logits,
+/// A forward the fixture checks can drive: burn's [`CausalLm`] or the host [`HostModel`].
+pub trait FixtureForward {
+    /// Its KV cache / session.
+    type Session;
+    /// Vocabulary size.
+    fn vocab(&self) -> usize;
+    /// A fresh session for `rows` sequences of the model's full context.
+    fn session(&self, rows: usize) -> Self::Session;
+    /// Logits (`[B, T, V]` or `[B, 1, V]`, flattened, with their dims) and hidden states.
+    fn run(&self, tokens: &[Vec<u32>], s: &mut Self::Session, opts: ForwardOptions) -> Run;
+}
+
+/// Host copies of one forward's outputs.
+pub struct Run {
+    pub logits: Vec<f32>,
+    pub dims: [usize; 3],
+    pub hidden: Vec<Vec<f32>>,
+}
+
+impl<B: HearthBackend> FixtureForward for CausalLm<B> {
+    type Session = hearth_attention::ContiguousKvCache<B>;
+    fn vocab(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn session(&self, rows: usize) -> Self::Session {
+        self.new_cache(rows, None)
+    }
+    fn run(&self, tokens: &[Vec<u32>], s: &mut Self::Session, opts: ForwardOptions) -> Run {
+        let out = self.forward(tokens, s, opts).unwrap();
+        Run {
+            dims: out.logits.dims(),
+            logits: host(out.logits),
+            hidden: out.hidden_states.into_iter().map(host).collect(),
+        }
+    }
+}
+
+impl FixtureForward for HostModel {
+    type Session = HostSession;
+    fn vocab(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn session(&self, rows: usize) -> Self::Session {
+        self.new_session(rows, None)
+    }
+    fn run(&self, tokens: &[Vec<u32>], s: &mut Self::Session, opts: ForwardOptions) -> Run {
+        let out = self.forward(tokens, s, opts).unwrap();
+        Run {
+            dims: out.dims,
+            logits: out.logits.to_vec(),
+            hidden: (0..out.num_hidden_states())
+                .map(|l| out.hidden_state(l).unwrap().to_vec())
+                .collect(),
+        }
+    }
+}
+
+/// Runs fixture model `name` on backend `B` (default device) through burn's forward; see
+/// [`check_forward`].
+pub fn check_model<B: HearthBackend>(name: &str, tol: f64) -> MaxErrors {
+    let dev = B::Device::default();
+    let model = CausalLm::<B>::from_dir(&model_dir(name), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_forward(name, &model, tol)
+}
+
+/// Runs fixture model `name` through the host forward ([`HostModel`], CPU); see
+/// [`check_forward`].
+pub fn check_host_model(name: &str, tol: f64) -> MaxErrors {
+    let dev = Default::default();
+    let model =
+        CausalLm::<hearth_backend::Cpu>::from_dir(&model_dir(name), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let host = HostModel::from_model(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_forward(name, &host, tol)
+}
+
+/// Checks a forward of fixture model `name` against its float64 transformers reference:
+/// prefill logits and every hidden state, greedy ids (exact) with each step's logits,
 /// and both prompts batched (logits as alone, same greedy ids). Every comparison is
 /// `rel_err ≤ tol`; panics (fails the test) on the first mismatch. Returns the largest errors
 /// seen, for reporting.
-pub fn check_model<B: HearthBackend>(name: &str, tol: f64) -> MaxErrors {
-    let dev = B::Device::default();
+pub fn check_forward<M: FixtureForward>(name: &str, model: &M, tol: f64) -> MaxErrors {
     let mut worst = MaxErrors::default();
-    let model = CausalLm::<B>::from_dir(&model_dir(name), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
     let r = Reference::open(name);
-    let vocab = model.config().vocab_size;
+    let vocab = model.vocab();
     let mut prompts = Vec::new();
     for p in 0..2 {
         let ids = r.ids(&format!("prompt{p}.input_ids"));
         // prefill with hidden states
-        let mut cache = model.new_cache(1, None);
-        let out = model
-            .forward(
-                std::slice::from_ref(&ids),
-                &mut cache,
-                ForwardOptions {
-                    hidden_states: true,
-                    last_only: false,
-                },
-            )
-            .unwrap();
+        let mut cache = model.session(1);
+        let out = model.run(
+            std::slice::from_ref(&ids),
+            &mut cache,
+            ForwardOptions {
+                hidden_states: true,
+                last_only: false,
+            },
+        );
         let (ref_logits, _) = r.f32(&format!("prompt{p}.prefill_logits"));
-        let e = rel_err(&host(out.logits), &ref_logits);
+        let e = rel_err(&out.logits, &ref_logits);
         assert!(e <= tol, "{name} prompt{p}: prefill logits rel err {e:e}");
         worst.prefill_logits = worst.prefill_logits.max(e);
         let (ref_h, shape) = r.f32(&format!("prompt{p}.hidden_states"));
-        assert_eq!(shape[0], out.hidden_states.len(), "{name}: number of hidden states");
+        assert_eq!(shape[0], out.hidden.len(), "{name}: number of hidden states");
         let per = shape[1] * shape[2];
-        for (l, h) in out.hidden_states.into_iter().enumerate() {
-            let e = rel_err(&host(h), &ref_h[l * per..(l + 1) * per]);
+        for (l, h) in out.hidden.iter().enumerate() {
+            let e = rel_err(h, &ref_h[l * per..(l + 1) * per]);
             assert!(e <= tol, "{name} prompt{p}: hidden state {l} rel err {e:e}");
             worst.hidden_states = worst.hidden_states.max(e);
         }
         // greedy decode through the cache, one token at a time
-        let mut cache = model.new_cache(1, None);
+        let mut cache = model.session(1);
         let ref_ids = r.ids(&format!("prompt{p}.greedy_ids"));
         let (ref_steps, _) = r.f32(&format!("prompt{p}.greedy_step_logits"));
         let mut next = ids.clone();
         let mut got = Vec::new();
         for step in 0..ref_ids.len() {
-            let out = model
-                .forward(
-                    &[next.clone()],
-                    &mut cache,
-                    ForwardOptions {
-                        hidden_states: false,
-                        last_only: true,
-                    },
-                )
-                .unwrap();
-            let logits = host(out.logits);
+            let out = model.run(
+                &[next.clone()],
+                &mut cache,
+                ForwardOptions {
+                    hidden_states: false,
+                    last_only: true,
+                },
+            );
+            let logits = out.logits;
             let e = rel_err(&logits, &ref_steps[step * vocab..(step + 1) * vocab]);
             assert!(e <= tol, "{name} prompt{p}: greedy step {step} logits rel err {e:e}");
             worst.step_logits = worst.step_logits.max(e);
@@ -153,11 +222,11 @@ pub fn check_model<B: HearthBackend>(name: &str, tol: f64) -> MaxErrors {
     }
 
     // both prompts in one ragged batch: same logits as alone
-    let mut cache = model.new_cache(2, None);
+    let mut cache = model.session(2);
     let batch = vec![prompts[0].0.clone(), prompts[1].0.clone()];
-    let out = model.forward(&batch, &mut cache, ForwardOptions::default()).unwrap();
-    let [_, t, v] = out.logits.dims();
-    let all = host(out.logits);
+    let out = model.run(&batch, &mut cache, ForwardOptions::default());
+    let [_, t, v] = out.dims;
+    let all = out.logits;
     for (row, (ids, ref_logits, _)) in prompts.iter().enumerate() {
         let n = ids.len();
         let got = &all[row * t * v..row * t * v + n * v];
@@ -175,17 +244,15 @@ pub fn check_model<B: HearthBackend>(name: &str, tol: f64) -> MaxErrors {
         .collect();
     let mut got = [vec![next[0][0]], vec![next[1][0]]];
     for _ in 1..prompts[0].2.len() {
-        let out = model
-            .forward(
-                &next,
-                &mut cache,
-                ForwardOptions {
-                    hidden_states: false,
-                    last_only: true,
-                },
-            )
-            .unwrap();
-        let l = host(out.logits);
+        let out = model.run(
+            &next,
+            &mut cache,
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        );
+        let l = out.logits;
         next = (0..2).map(|row| vec![argmax(&l[row * v..(row + 1) * v])]).collect();
         for row in 0..2 {
             got[row].push(next[row][0]);

@@ -1,0 +1,169 @@
+//! One interface over both forwards: burn's tensor ops ([`CausalLm::forward`], every backend,
+//! the reference) and the host forward ([`HostModel`], CPU). Generation loops and benchmarks
+//! hold a [`Decoder`] and a [`DecodeSession`] and never care which one runs.
+
+use super::{HostModel, HostSession, host_err};
+use crate::config::ModelConfig;
+use crate::decoder::{CausalLm, ForwardOptions};
+use crate::error::ModelError;
+use hearth_attention::{ContiguousKvCache, KvCache};
+use hearth_backend::HearthBackend;
+
+/// Which forward runs a model.
+///
+/// ```no_run
+/// use hearth_models::{CausalLm, ForwardOptions, host::{Decoder, HostModel}};
+/// type B = hearth_backend::Cpu;
+/// let model = CausalLm::<B>::from_dir("ckpt".as_ref(), &Default::default()).unwrap();
+/// let host = HostModel::from_model(&model).unwrap();
+/// for dec in [Decoder::Burn(&model), Decoder::Host(&host)] {
+///     let mut s = dec.new_session(1, Some(32));
+///     let logits = dec.forward(&[vec![1, 2]], &mut s, ForwardOptions { last_only: true, ..Default::default() }).unwrap();
+///     assert_eq!(logits.data.len(), logits.vocab);
+/// }
+/// ```
+pub enum Decoder<'m, B: HearthBackend> {
+    /// burn tensor ops on `B`'s device.
+    Burn(&'m CausalLm<B>),
+    /// The fused host forward.
+    Host(&'m HostModel),
+}
+
+impl<B: HearthBackend> Clone for Decoder<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: HearthBackend> Copy for Decoder<'_, B> {}
+
+/// The KV cache and buffers of one [`Decoder`].
+pub enum DecodeSession<B: HearthBackend> {
+    /// burn path: a device KV cache and the last logits copied to the host.
+    Burn {
+        /// The cache.
+        cache: ContiguousKvCache<B>,
+        /// Logits of the last forward.
+        logits: Vec<f32>,
+    },
+    /// Host path.
+    Host(Box<HostSession>),
+}
+
+/// Logits of one forward, `[rows, len, vocab]` row-major, in a buffer the session reuses.
+pub struct Logits<'s> {
+    /// The values (writable, so samplers can process them in place).
+    pub data: &'s mut [f32],
+    /// Batch rows.
+    pub rows: usize,
+    /// Positions per row (1 with `last_only`).
+    pub len: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+impl<B: HearthBackend> Decoder<'_, B> {
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Decoder::Burn(m) => m.config(),
+            Decoder::Host(m) => m.config(),
+        }
+    }
+
+    /// Bytes of weights one decode step reads.
+    pub fn decode_weight_bytes(&self) -> usize {
+        match self {
+            Decoder::Burn(m) => m.decode_weight_bytes(),
+            Decoder::Host(m) => m.decode_weight_bytes(),
+        }
+    }
+
+    /// Whether this is the host forward.
+    pub fn is_host(&self) -> bool {
+        matches!(self, Decoder::Host(_))
+    }
+
+    /// A fresh session for `rows` sequences of up to `capacity` tokens (`None` = the model's
+    /// `max_position_embeddings`).
+    pub fn new_session(&self, rows: usize, capacity: Option<usize>) -> DecodeSession<B> {
+        match self {
+            Decoder::Burn(m) => DecodeSession::Burn {
+                cache: m.new_cache(rows, capacity),
+                logits: Vec::new(),
+            },
+            Decoder::Host(m) => DecodeSession::Host(Box::new(m.new_session(rows, capacity))),
+        }
+    }
+
+    /// Runs one chunk (as [`CausalLm::forward`]) and returns its logits. `opts.hidden_states`
+    /// is ignored: use the model's own `forward` for hidden states.
+    pub fn forward<'s>(
+        &self,
+        tokens: &[Vec<u32>],
+        session: &'s mut DecodeSession<B>,
+        opts: ForwardOptions,
+    ) -> Result<Logits<'s>, ModelError> {
+        let opts = ForwardOptions {
+            hidden_states: false,
+            ..opts
+        };
+        match (self, session) {
+            (Decoder::Burn(m), DecodeSession::Burn { cache, logits }) => {
+                let out = m.forward(tokens, cache, opts)?;
+                let [rows, len, vocab] = out.logits.dims();
+                *logits = out
+                    .logits
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| host_err("logits", format!("{e:?}")))?;
+                Ok(Logits {
+                    data: logits,
+                    rows,
+                    len,
+                    vocab,
+                })
+            }
+            (Decoder::Host(m), DecodeSession::Host(s)) => {
+                let out = m.forward(tokens, s, opts)?;
+                let [rows, len, vocab] = out.dims;
+                Ok(Logits {
+                    data: out.logits,
+                    rows,
+                    len,
+                    vocab,
+                })
+            }
+            _ => Err(host_err("session", "the session was created by the other forward")),
+        }
+    }
+}
+
+impl<B: HearthBackend> DecodeSession<B> {
+    /// Positions each row can hold.
+    pub fn capacity(&self) -> usize {
+        match self {
+            DecodeSession::Burn { cache, .. } => cache.capacity(),
+            DecodeSession::Host(s) => s.capacity(),
+        }
+    }
+
+    /// Tokens cached for `row`.
+    pub fn seq_len(&self, row: usize) -> usize {
+        match self {
+            DecodeSession::Burn { cache, .. } if row < cache.rows() => cache.seq_len(row),
+            DecodeSession::Burn { .. } => 0,
+            DecodeSession::Host(s) => s.seq_len(row),
+        }
+    }
+
+    /// Forgets a row's tokens so it can serve a new sequence.
+    pub fn reset_row(&mut self, row: usize) {
+        match self {
+            DecodeSession::Burn { cache, .. } if row < cache.rows() => cache.reset_row(row),
+            DecodeSession::Burn { .. } => {}
+            DecodeSession::Host(s) => s.reset_row(row),
+        }
+    }
+}
