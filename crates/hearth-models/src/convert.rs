@@ -96,7 +96,10 @@ fn gguf_arch(arch: Architecture) -> Option<(&'static str, bool)> {
         Architecture::Llama | Architecture::Mistral | Architecture::Mixtral => Some(("llama", true)),
         Architecture::Qwen2 => Some(("qwen2", false)),
         Architecture::Qwen3 => Some(("qwen3", false)),
-        _ => None,
+        Architecture::Qwen2Moe => Some(("qwen2moe", false)),
+        Architecture::Qwen3Moe => Some(("qwen3moe", false)),
+        Architecture::Olmoe => Some(("olmoe", false)),
+        Architecture::DeepseekV3 => Some(("deepseek2", false)),
     }
 }
 
@@ -122,7 +125,7 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
     let (arch, permute) = gguf_arch(cfg.arch).ok_or_else(|| ModelError::UnknownModelType {
         file: cfg_file.clone(),
         model_type: format!(
-            "{} (GGUF export supports llama, mistral, mixtral, qwen2, qwen3)",
+            "{} (GGUF export supports llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)",
             cfg.arch.model_type()
         ),
     })?;
@@ -148,19 +151,47 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
         .map_err(gerr)?;
     w.add_metadata(k("embedding_length"), u(cfg.hidden_size))
         .map_err(gerr)?;
-    let ff = cfg
-        .moe
-        .as_ref()
-        .map_or(cfg.intermediate_size, |m| m.expert_intermediate);
+    let ff = match (&cfg.moe, cfg.arch) {
+        (Some(m), Architecture::Mixtral | Architecture::Olmoe) => m.expert_intermediate,
+        _ => cfg.intermediate_size,
+    };
     w.add_metadata(k("feed_forward_length"), u(ff)).map_err(gerr)?;
     w.add_metadata(k("attention.head_count"), u(cfg.num_heads))
         .map_err(gerr)?;
-    w.add_metadata(k("attention.head_count_kv"), u(cfg.num_kv_heads))
-        .map_err(gerr)?;
-    w.add_metadata(k("attention.key_length"), u(cfg.head_dim))
-        .map_err(gerr)?;
-    w.add_metadata(k("attention.value_length"), u(cfg.head_dim))
-        .map_err(gerr)?;
+    match &cfg.mla {
+        None => {
+            w.add_metadata(k("attention.head_count_kv"), u(cfg.num_kv_heads))
+                .map_err(gerr)?;
+            w.add_metadata(k("attention.key_length"), u(cfg.head_dim))
+                .map_err(gerr)?;
+            w.add_metadata(k("attention.value_length"), u(cfg.head_dim))
+                .map_err(gerr)?;
+        }
+        Some(m) => {
+            // llama.cpp's MLA layout: MQA over the latent (key = latent + rope, value = latent)
+            if cfg.rope_layout != hearth_attention::RopeLayout::Interleaved {
+                return Err(ModelError::Config {
+                    file: cfg_file,
+                    field: "rope_interleave".into(),
+                    reason: "llama.cpp's deepseek2 applies interleaved RoPE; rope_interleave=false cannot be written"
+                        .into(),
+                });
+            }
+            for (key, v) in [
+                ("attention.head_count_kv", 1),
+                ("attention.key_length", m.kv_lora_rank + m.qk_rope_head_dim),
+                ("attention.value_length", m.kv_lora_rank),
+                ("attention.key_length_mla", m.qk_nope_head_dim + m.qk_rope_head_dim),
+                ("attention.value_length_mla", m.v_head_dim),
+                ("attention.kv_lora_rank", m.kv_lora_rank),
+            ] {
+                w.add_metadata(k(key), u(v)).map_err(gerr)?;
+            }
+            if let Some(r) = m.q_lora_rank {
+                w.add_metadata(k("attention.q_lora_rank"), u(r)).map_err(gerr)?;
+            }
+        }
+    }
     w.add_metadata(k("attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32)
         .map_err(gerr)?;
     w.add_metadata(k("rope.freq_base"), cfg.rope.theta as f32)
@@ -171,6 +202,7 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
     if let Some(m) = &cfg.moe {
         w.add_metadata(k("expert_count"), u(m.num_experts)).map_err(gerr)?;
         w.add_metadata(k("expert_used_count"), u(m.top_k)).map_err(gerr)?;
+        add_moe_metadata(&cfg, m, &cfg_file, &mut w, &k, out)?;
     }
     match cfg.rope.scaling {
         RopeScaling::Default => {}
@@ -196,6 +228,49 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
                 .map_err(gerr)?;
             w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64], f32_bytes(&f))
                 .map_err(gerr)?;
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max,
+            beta_fast,
+            beta_slow,
+            mscale,
+            mscale_all_dim,
+            attention_factor,
+            truncate,
+        } => {
+            // DeepSeek's mscale pair is stored as one log multiplier (llama.cpp requires them equal)
+            let log_mul = match (cfg.mla.is_some(), mscale, mscale_all_dim) {
+                (true, Some(a), Some(b)) if a == b => Some(0.1 * b),
+                (_, None, None) => None,
+                _ => {
+                    return Err(ModelError::Config {
+                        file: cfg_file,
+                        field: "rope_scaling.mscale".into(),
+                        reason: "GGUF stores one YaRN log multiplier: mscale must equal mscale_all_dim (DeepSeek only)"
+                            .into(),
+                    });
+                }
+            };
+            if attention_factor.is_some() || !truncate {
+                return Err(ModelError::Config {
+                    file: cfg_file,
+                    field: "rope_scaling".into(),
+                    reason: "YaRN attention_factor / truncate=false cannot be written to GGUF".into(),
+                });
+            }
+            w.add_metadata(k("rope.scaling.type"), "yarn").map_err(gerr)?;
+            w.add_metadata(k("rope.scaling.factor"), factor as f32).map_err(gerr)?;
+            w.add_metadata(k("rope.scaling.original_context_length"), u(original_max))
+                .map_err(gerr)?;
+            w.add_metadata(k("rope.scaling.yarn_beta_fast"), beta_fast as f32)
+                .map_err(gerr)?;
+            w.add_metadata(k("rope.scaling.yarn_beta_slow"), beta_slow as f32)
+                .map_err(gerr)?;
+            if let Some(m) = log_mul {
+                w.add_metadata(k("rope.scaling.yarn_log_multiplier"), m as f32)
+                    .map_err(gerr)?;
+            }
         }
         ref other => {
             return Err(ModelError::Config {
@@ -229,6 +304,42 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
             });
         };
         let (mut v, shape) = store.f32(hf, None)?;
+        if let Some(m) = &cfg.mla
+            && hf.ends_with("self_attn.kv_b_proj.weight")
+        {
+            // current llama.cpp wants kv_b split per head into k_b (transposed) and v_b
+            let stem = g.strip_suffix(".attn_kv_b.weight").unwrap_or(&g);
+            let (h, nope, vd, r) = (cfg.num_heads, m.qk_nope_head_dim, m.v_head_dim, m.kv_lora_rank);
+            if shape != [h * (nope + vd), r] {
+                return Err(ModelError::Shape {
+                    file: cfg_file,
+                    tensor: hf.to_string(),
+                    expected: vec![h * (nope + vd), r],
+                    actual: shape,
+                });
+            }
+            let (mut k_b, mut v_b) = (Vec::with_capacity(h * nope * r), Vec::with_capacity(h * vd * r));
+            for head in 0..h {
+                let base = head * (nope + vd);
+                for c in 0..r {
+                    k_b.extend((0..nope).map(|i| v[(base + i) * r + c]));
+                }
+                v_b.extend_from_slice(&v[(base + nope) * r..(base + nope + vd) * r]);
+            }
+            add_tensor(&mut w, &format!("{stem}.attn_k_b.weight"), &[h, r, nope], &k_b, ty, out)?;
+            add_tensor(&mut w, &format!("{stem}.attn_v_b.weight"), &[h, vd, r], &v_b, ty, out)?;
+            continue;
+        }
+        if hf.ends_with("shared_expert_gate.weight") {
+            // llama.cpp: `ffn_gate_inp_shexp` is `{n_embd}`
+            add_tensor(&mut w, &g, &[v.len()], &v, GgmlType::F32, out)?;
+            continue;
+        }
+        if g.ends_with("ffn_gate_inp.weight") {
+            // routers stay F32, as llama-quantize keeps them
+            add_tensor(&mut w, &g, &shape, &v, GgmlType::F32, out)?;
+            continue;
+        }
         if let Some(e) = expert {
             let entry = merged.entry(g).or_insert_with(|| (shape.clone(), Vec::new()));
             if entry.1.len() != e || entry.0 != shape {
@@ -258,6 +369,56 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
         add_tensor(&mut w, &g, &full_shape, &v, ty, out)?;
     }
     w.write_file(out).map_err(gerr)?;
+    Ok(())
+}
+
+/// MoE metadata beyond `expert_count`/`expert_used_count`, as llama.cpp's converters write
+/// it. Layer patterns llama.cpp cannot express (Qwen's `mlp_only_layers`, DeepSeek's
+/// `moe_layer_freq`) are errors.
+fn add_moe_metadata(
+    cfg: &ModelConfig,
+    m: &crate::config::MoeConfig,
+    cfg_file: &str,
+    w: &mut GgufWriter<'_>,
+    k: &dyn Fn(&str) -> String,
+    out: &Path,
+) -> Result<(), ModelError> {
+    let u = |x: usize| MetadataValue::U32(x as u32);
+    let leading_dense = m.sparse_layers.iter().take_while(|s| !**s).count();
+    let pattern_ok = match cfg.arch {
+        Architecture::DeepseekV3 => m.sparse_layers[leading_dense..].iter().all(|s| *s),
+        _ => m.sparse_layers.iter().all(|s| *s),
+    };
+    if !pattern_ok {
+        return Err(ModelError::Config {
+            file: cfg_file.to_string(),
+            field: "mlp_only_layers".into(),
+            reason: "llama.cpp expects every layer (after DeepSeek's leading dense ones) to be sparse".into(),
+        });
+    }
+    let add =
+        |w: &mut GgufWriter<'_>, key: &str, v: MetadataValue| w.add_metadata(k(key), v).map_err(|e| write_err(out, e));
+    if cfg.arch == Architecture::Mixtral {
+        return Ok(());
+    }
+    add(w, "expert_feed_forward_length", u(m.expert_intermediate))?;
+    add(w, "expert_weights_norm", MetadataValue::Bool(m.norm_topk_prob))?;
+    if let (Architecture::Qwen2Moe, Some(s)) = (cfg.arch, m.shared_intermediate) {
+        add(w, "expert_shared_feed_forward_length", u(s))?;
+    }
+    if cfg.arch == Architecture::DeepseekV3 {
+        let shared = m.shared_intermediate.map_or(0, |s| s / m.expert_intermediate.max(1));
+        add(w, "leading_dense_block_count", u(leading_dense))?;
+        add(w, "expert_shared_count", u(shared))?;
+        add(
+            w,
+            "expert_weights_scale",
+            MetadataValue::F32(m.routed_scaling_factor as f32),
+        )?;
+        add(w, "expert_gating_func", u(2))?;
+        add(w, "expert_group_count", u(m.n_group))?;
+        add(w, "expert_group_used_count", u(m.topk_group))?;
+    }
     Ok(())
 }
 

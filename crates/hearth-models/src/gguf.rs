@@ -45,6 +45,7 @@ enum QkLayout {
 pub struct GgufSource {
     file: GgufFile,
     name: String,
+    arch: String,
     layout: QkLayout,
     n_head: usize,
     n_head_kv: usize,
@@ -57,6 +58,9 @@ enum Loc {
     Whole { name: String, heads: Option<Head> },
     /// Expert `expert` of a merged 3-D `*_exps` tensor.
     Expert { name: String, expert: usize },
+    /// DeepSeek `kv_b_proj` rebuilt from llama.cpp's split `attn_k_b` (per head
+    /// `[kv_lora, nope]`, transposed) and `attn_v_b` (per head `[v, kv_lora]`).
+    KvB { k_b: String, v_b: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +71,17 @@ enum Head {
 
 /// Maps a HuggingFace tensor name to its llama.cpp GGUF name (the name of a merged
 /// expert tensor for MoE experts is given with its expert index). Returns `None` for names
-/// GGUF has no equivalent for.
+/// GGUF has no equivalent for. HF names are distinct across families, so one table serves
+/// Llama/Mistral/Mixtral, Qwen2/3(-MoE), OLMoE and DeepSeek-V3.
 ///
 /// ```
 /// use hearth_models::gguf::gguf_name;
 /// assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.weight").unwrap(), ("blk.3.attn_q.weight".to_string(), None));
 /// assert_eq!(gguf_name("model.layers.0.block_sparse_moe.experts.5.w2.weight").unwrap(),
 ///     ("blk.0.ffn_down_exps.weight".to_string(), Some(5)));
+/// assert_eq!(gguf_name("model.layers.1.mlp.experts.2.up_proj.weight").unwrap(),
+///     ("blk.1.ffn_up_exps.weight".to_string(), Some(2)));
+/// assert_eq!(gguf_name("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().0, "blk.1.exp_probs_b.bias");
 /// assert_eq!(gguf_name("lm_head.weight").unwrap().0, "output.weight");
 /// assert!(gguf_name("nope").is_none());
 /// ```
@@ -87,6 +95,9 @@ pub fn gguf_name(hf: &str) -> Option<(String, Option<usize>)> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    if rest == "mlp.gate.e_score_correction_bias" {
+        return Some((format!("blk.{layer}.exp_probs_b.bias"), None));
+    }
     let (stem, suffix) = rest.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
@@ -101,18 +112,31 @@ pub fn gguf_name(hf: &str) -> Option<(String, Option<usize>)> {
         "self_attn.o_proj" => blk("attn_output"),
         "self_attn.q_norm" => blk("attn_q_norm"),
         "self_attn.k_norm" => blk("attn_k_norm"),
+        "self_attn.q_a_proj" => blk("attn_q_a"),
+        "self_attn.q_a_layernorm" => blk("attn_q_a_norm"),
+        "self_attn.q_b_proj" => blk("attn_q_b"),
+        "self_attn.kv_a_proj_with_mqa" => blk("attn_kv_a_mqa"),
+        "self_attn.kv_a_layernorm" => blk("attn_kv_a_norm"),
+        "self_attn.kv_b_proj" => blk("attn_kv_b"),
         "mlp.gate_proj" => blk("ffn_gate"),
         "mlp.up_proj" => blk("ffn_up"),
         "mlp.down_proj" => blk("ffn_down"),
-        "block_sparse_moe.gate" => blk("ffn_gate_inp"),
+        "block_sparse_moe.gate" | "mlp.gate" => blk("ffn_gate_inp"),
+        "mlp.shared_expert_gate" => blk("ffn_gate_inp_shexp"),
+        "mlp.shared_expert.gate_proj" | "mlp.shared_experts.gate_proj" => blk("ffn_gate_shexp"),
+        "mlp.shared_expert.up_proj" | "mlp.shared_experts.up_proj" => blk("ffn_up_shexp"),
+        "mlp.shared_expert.down_proj" | "mlp.shared_experts.down_proj" => blk("ffn_down_shexp"),
         _ => {
-            let r = stem.strip_prefix("block_sparse_moe.experts.")?;
-            let (e, w) = r.split_once('.')?;
+            let (e, w) = if let Some(r) = stem.strip_prefix("block_sparse_moe.experts.") {
+                r.split_once('.')?
+            } else {
+                stem.strip_prefix("mlp.experts.")?.split_once('.')?
+            };
             let e: usize = e.parse().ok()?;
             let kind = match w {
-                "w1" => "ffn_gate_exps",
-                "w3" => "ffn_up_exps",
-                "w2" => "ffn_down_exps",
+                "w1" | "gate_proj" => "ffn_gate_exps",
+                "w3" | "up_proj" => "ffn_up_exps",
+                "w2" | "down_proj" => "ffn_down_exps",
                 _ => return None,
             };
             Some((format!("blk.{layer}.{kind}.{suffix}"), Some(e)))
@@ -120,8 +144,8 @@ pub fn gguf_name(hf: &str) -> Option<(String, Option<usize>)> {
     }
 }
 
-/// Maps a llama.cpp GGUF tensor name back to HF names: one name, or one per expert for a
-/// merged `*_exps` tensor with `n_experts` experts (`n_experts` is its outermost dim).
+/// Maps a llama.cpp GGUF tensor name of a `llama`-architecture file back to HF names (see
+/// [`hf_names_for`]).
 ///
 /// ```
 /// use hearth_models::gguf::hf_names;
@@ -131,6 +155,21 @@ pub fn gguf_name(hf: &str) -> Option<(String, Option<usize>)> {
 /// assert!(hf_names("rope_freqs.weight", 0).is_empty());
 /// ```
 pub fn hf_names(gguf: &str, n_experts: usize) -> Vec<String> {
+    hf_names_for("llama", gguf, n_experts)
+}
+
+/// Maps a llama.cpp GGUF tensor name back to HF names for architecture `arch`
+/// (`general.architecture`): one name, or one per expert for a merged `*_exps` tensor with
+/// `n_experts` experts (its outermost dim). DeepSeek's split `attn_k_b` maps to
+/// `kv_b_proj` (rebuilt together with `attn_v_b`, which maps to nothing).
+///
+/// ```
+/// use hearth_models::gguf::hf_names_for;
+/// assert_eq!(hf_names_for("qwen2moe", "blk.0.ffn_gate_inp_shexp.weight", 0), vec!["model.layers.0.mlp.shared_expert_gate.weight"]);
+/// assert_eq!(hf_names_for("deepseek2", "blk.3.ffn_up_shexp.weight", 0), vec!["model.layers.3.mlp.shared_experts.up_proj.weight"]);
+/// assert_eq!(hf_names_for("qwen3moe", "blk.1.ffn_down_exps.weight", 4)[3], "model.layers.1.mlp.experts.3.down_proj.weight");
+/// ```
+pub fn hf_names_for(arch: &str, gguf: &str, n_experts: usize) -> Vec<String> {
     match gguf {
         "token_embd.weight" => return vec!["model.embed_tokens.weight".into()],
         "output_norm.weight" => return vec!["model.norm.weight".into()],
@@ -151,11 +190,22 @@ pub fn hf_names(gguf: &str, n_experts: usize) -> Vec<String> {
     };
     let p = format!("model.layers.{layer}");
     let one = |n: &str| vec![format!("{p}.{n}.{suffix}")];
+    let mixtral = arch == "llama";
+    let (moe_block, names) = if mixtral {
+        ("block_sparse_moe", ["w1", "w3", "w2"])
+    } else {
+        ("mlp", ["gate_proj", "up_proj", "down_proj"])
+    };
     let expert_w = |kind: &str| match kind {
-        "ffn_gate" => Some("w1"),
-        "ffn_up" => Some("w3"),
-        "ffn_down" => Some("w2"),
+        "ffn_gate" => Some(names[0]),
+        "ffn_up" => Some(names[1]),
+        "ffn_down" => Some(names[2]),
         _ => None,
+    };
+    let shared = if arch == "qwen2moe" {
+        "shared_expert"
+    } else {
+        "shared_experts"
     };
     match stem {
         "attn_norm" => one("input_layernorm"),
@@ -166,23 +216,35 @@ pub fn hf_names(gguf: &str, n_experts: usize) -> Vec<String> {
         "attn_output" => one("self_attn.o_proj"),
         "attn_q_norm" => one("self_attn.q_norm"),
         "attn_k_norm" => one("self_attn.k_norm"),
+        "attn_q_a" => one("self_attn.q_a_proj"),
+        "attn_q_a_norm" => one("self_attn.q_a_layernorm"),
+        "attn_q_b" => one("self_attn.q_b_proj"),
+        "attn_kv_a_mqa" => one("self_attn.kv_a_proj_with_mqa"),
+        "attn_kv_a_norm" => one("self_attn.kv_a_layernorm"),
+        "attn_kv_b" | "attn_k_b" => vec![format!("{p}.self_attn.kv_b_proj.weight")],
+        "attn_v_b" => vec![],
+        "exp_probs_b" => vec![format!("{p}.mlp.gate.e_score_correction_bias")],
         "ffn_gate" => one("mlp.gate_proj"),
         "ffn_up" => one("mlp.up_proj"),
         "ffn_down" => one("mlp.down_proj"),
-        "ffn_gate_inp" => one("block_sparse_moe.gate"),
+        "ffn_gate_inp" => one(&format!("{moe_block}.gate")),
+        "ffn_gate_inp_shexp" => one("mlp.shared_expert_gate"),
+        "ffn_gate_shexp" => one(&format!("mlp.{shared}.gate_proj")),
+        "ffn_up_shexp" => one(&format!("mlp.{shared}.up_proj")),
+        "ffn_down_shexp" => one(&format!("mlp.{shared}.down_proj")),
         s => {
             if let Some(kind) = s.strip_suffix("_exps")
                 && let Some(w) = expert_w(kind)
             {
                 return (0..n_experts)
-                    .map(|e| format!("{p}.block_sparse_moe.experts.{e}.{w}.{suffix}"))
+                    .map(|e| format!("{p}.{moe_block}.experts.{e}.{w}.{suffix}"))
                     .collect();
             }
             // legacy split experts: blk.N.ffn_gate.E.weight
             if let Some((kind, e)) = s.rsplit_once('.')
                 && let (Some(w), Ok(e)) = (expert_w(kind), e.parse::<usize>())
             {
-                return vec![format!("{p}.block_sparse_moe.experts.{e}.{w}.{suffix}")];
+                return vec![format!("{p}.{moe_block}.experts.{e}.{w}.{suffix}")];
             }
             vec![]
         }
@@ -266,10 +328,34 @@ fn architecture<'a>(f: &'a GgufFile, file: &str) -> Result<&'a str, ModelError> 
         .ok_or_else(|| cfg_err(file, "general.architecture", "missing or not a string"))
 }
 
+/// llama.cpp architectures hearth reads, and the HF `model_type` each becomes.
+const ARCHS: &[(&str, &str)] = &[
+    ("llama", "llama"),
+    ("qwen2", "qwen2"),
+    ("qwen3", "qwen3"),
+    ("qwen2moe", "qwen2_moe"),
+    ("qwen3moe", "qwen3_moe"),
+    ("olmoe", "olmoe"),
+    ("deepseek2", "deepseek_v3"),
+];
+
+fn meta_f64(f: &GgufFile, key: &str) -> Option<f64> {
+    f.get(key).and_then(MetadataValue::as_f64)
+}
+
+fn meta_bool(f: &GgufFile, key: &str) -> Option<bool> {
+    match f.get(key)? {
+        MetadataValue::Bool(b) => Some(*b),
+        v => v.as_u64().map(|x| x != 0),
+    }
+}
+
 /// Builds the HF `config.json` object equivalent to a GGUF file's metadata.
 ///
 /// `file` names the GGUF file in errors. Supported architectures: `llama` (becomes
-/// `mixtral` when `llama.expert_count > 0`), `qwen2`, `qwen3`.
+/// `mixtral` when `llama.expert_count > 0`), `qwen2`, `qwen3`, `qwen2moe`, `qwen3moe`,
+/// `olmoe` and `deepseek2` (DeepSeek-V3: sigmoid gating, MLA; both the split
+/// `attn_k_b`/`attn_v_b` and the legacy `attn_kv_b` layouts).
 ///
 /// ```
 /// use hearth_quant::gguf::{GgufFile, GgufWriter};
@@ -286,12 +372,13 @@ fn architecture<'a>(f: &'a GgufFile, file: &str) -> Result<&'a str, ModelError> 
 /// ```
 pub fn config_json_from_gguf(f: &GgufFile, file: &str) -> Result<Value, ModelError> {
     let arch = architecture(f, file)?;
-    if !matches!(arch, "llama" | "qwen2" | "qwen3") {
+    let Some(&(_, hf_type)) = ARCHS.iter().find(|(a, _)| *a == arch) else {
+        let names: Vec<&str> = ARCHS.iter().map(|a| a.0).collect();
         return Err(ModelError::UnknownModelType {
             file: file.to_string(),
-            model_type: format!("{arch} (GGUF general.architecture; supported: llama, qwen2, qwen3)"),
+            model_type: format!("{arch} (GGUF general.architecture; supported: {})", names.join(", ")),
         });
-    }
+    };
     let k = |s: &str| format!("{arch}.{s}");
     let heads = req_u64(f, file, &k("attention.head_count"))?;
     let hidden = req_u64(f, file, &k("embedding_length"))?;
@@ -299,15 +386,13 @@ pub fn config_json_from_gguf(f: &GgufFile, file: &str) -> Result<Value, ModelErr
     let experts = meta_u64(f, &k("expert_count")).unwrap_or(0);
     let model_type = match arch {
         "llama" if experts > 0 => "mixtral",
-        a => a,
+        _ => hf_type,
     };
     o.insert("model_type".into(), json!(model_type));
     o.insert("num_hidden_layers".into(), json!(req_u64(f, file, &k("block_count"))?));
     o.insert("hidden_size".into(), json!(hidden));
-    o.insert(
-        "intermediate_size".into(),
-        json!(req_u64(f, file, &k("feed_forward_length"))?),
-    );
+    let ff = req_u64(f, file, &k("feed_forward_length"))?;
+    o.insert("intermediate_size".into(), json!(ff));
     o.insert("num_attention_heads".into(), json!(heads));
     o.insert(
         "num_key_value_heads".into(),
@@ -316,40 +401,68 @@ pub fn config_json_from_gguf(f: &GgufFile, file: &str) -> Result<Value, ModelErr
     if let Some(hd) = meta_u64(f, &k("attention.key_length")) {
         o.insert("head_dim".into(), json!(hd));
     }
-    let eps = f
-        .get(&k("attention.layer_norm_rms_epsilon"))
-        .and_then(MetadataValue::as_f64)
-        .unwrap_or(1e-5);
+    let eps = meta_f64(f, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
     o.insert("rms_norm_eps".into(), json!(eps));
-    let theta = f
-        .get(&k("rope.freq_base"))
-        .and_then(MetadataValue::as_f64)
-        .unwrap_or(10000.0);
+    let theta = meta_f64(f, &k("rope.freq_base")).unwrap_or(10000.0);
     o.insert("rope_theta".into(), json!(theta));
     if let Some(ctx) = meta_u64(f, &k("context_length")) {
         o.insert("max_position_embeddings".into(), json!(ctx));
     }
-    if experts > 0 {
-        o.insert("num_local_experts".into(), json!(experts));
-        o.insert(
-            "num_experts_per_tok".into(),
-            json!(req_u64(f, file, &k("expert_used_count"))?),
-        );
+    let top_k = || req_u64(f, file, &k("expert_used_count"));
+    let norm = |default: bool| meta_bool(f, &k("expert_weights_norm")).unwrap_or(default);
+    match arch {
+        "llama" if experts > 0 => {
+            o.insert("num_local_experts".into(), json!(experts));
+            o.insert("num_experts_per_tok".into(), json!(top_k()?));
+        }
+        "qwen2moe" | "qwen3moe" | "olmoe" => {
+            if experts == 0 {
+                return Err(cfg_err(file, &k("expert_count"), "a MoE architecture needs experts"));
+            }
+            o.insert("num_experts".into(), json!(experts));
+            o.insert("num_experts_per_tok".into(), json!(top_k()?));
+            o.insert("norm_topk_prob".into(), json!(norm(arch == "qwen3moe")));
+            let expert_ff = meta_u64(f, &k("expert_feed_forward_length")).unwrap_or(ff);
+            if arch == "olmoe" {
+                o.insert("intermediate_size".into(), json!(expert_ff));
+            } else {
+                o.insert("moe_intermediate_size".into(), json!(expert_ff));
+            }
+            if arch == "qwen2moe" {
+                let shared = meta_u64(f, &k("expert_shared_feed_forward_length")).unwrap_or(0);
+                o.insert("shared_expert_intermediate_size".into(), json!(shared));
+                o.insert("qkv_bias".into(), json!(f.tensor("blk.0.attn_q.bias").is_some()));
+            }
+        }
+        "deepseek2" => deepseek2_fields(f, file, &mut o, heads, experts)?,
+        _ => {}
     }
     // rope scaling
     let scaling_type = f.get(&k("rope.scaling.type")).and_then(MetadataValue::as_str);
     match scaling_type {
         None | Some("none") => {}
         Some(t @ ("linear" | "yarn")) => {
-            let factor = f
-                .get(&k("rope.scaling.factor"))
-                .and_then(MetadataValue::as_f64)
+            let factor = meta_f64(f, &k("rope.scaling.factor"))
                 .ok_or_else(|| cfg_err(file, &k("rope.scaling.factor"), "missing"))?;
             let mut rs = Map::new();
             rs.insert("rope_type".into(), json!(t));
             rs.insert("factor".into(), json!(factor));
             if let Some(orig) = meta_u64(f, &k("rope.scaling.original_context_length")) {
                 rs.insert("original_max_position_embeddings".into(), json!(orig));
+            }
+            if t == "yarn" {
+                for (key, hf) in [("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")] {
+                    if let Some(x) = meta_f64(f, &k(&format!("rope.scaling.{key}"))) {
+                        rs.insert(hf.into(), json!(x));
+                    }
+                }
+                // DeepSeek: llama.cpp stores 0.1·mscale_all_dim (mscale == mscale_all_dim)
+                if let Some(mul) = meta_f64(f, &k("rope.scaling.yarn_log_multiplier")) {
+                    // f32 metadata: round away the f32 noise of 0.1·m
+                    let m = ((mul / 0.1) * 1e6).round() / 1e6;
+                    rs.insert("mscale".into(), json!(m));
+                    rs.insert("mscale_all_dim".into(), json!(m));
+                }
             }
             o.insert("rope_scaling".into(), Value::Object(rs));
         }
@@ -398,11 +511,95 @@ pub fn config_json_from_gguf(f: &GgufFile, file: &str) -> Result<Value, ModelErr
             o.insert(hf.into(), json!(id));
         }
     }
-    if arch == "qwen2" {
+    if matches!(arch, "qwen2" | "qwen2moe") {
         // llama.cpp does not store the window; Qwen2 checkpoints do not use it by default
         o.insert("use_sliding_window".into(), json!(false));
     }
     Ok(Value::Object(o))
+}
+
+/// DeepSeek-V3 (`deepseek2`) MLA and routing fields. Files written since llama.cpp's MLA
+/// support store `key_length = kv_lora_rank + rope` and the per-head widths in
+/// `key_length_mla`/`value_length_mla`; older files store the per-head widths directly.
+fn deepseek2_fields(
+    f: &GgufFile,
+    file: &str,
+    o: &mut Map<String, Value>,
+    heads: u64,
+    experts: u64,
+) -> Result<(), ModelError> {
+    let k = |s: &str| format!("deepseek2.{s}");
+    let gating = meta_u64(f, &k("expert_gating_func")).unwrap_or(1);
+    if gating != 2 {
+        return Err(ModelError::UnknownModelType {
+            file: file.to_string(),
+            model_type: format!(
+                "deepseek2 with expert_gating_func {gating} (softmax: DeepSeek-V2 routing; only DeepSeek-V3's sigmoid gating is supported)"
+            ),
+        });
+    }
+    let rope = req_u64(f, file, &k("rope.dimension_count"))?;
+    let kv_lora = req_u64(f, file, &k("attention.kv_lora_rank"))?;
+    let (key, value) = match meta_u64(f, &k("attention.key_length_mla")) {
+        Some(kl) => (kl, req_u64(f, file, &k("attention.value_length_mla"))?),
+        None => (
+            req_u64(f, file, &k("attention.key_length"))?,
+            req_u64(f, file, &k("attention.value_length"))?,
+        ),
+    };
+    if key <= rope {
+        return Err(cfg_err(
+            file,
+            &k("attention.key_length_mla"),
+            format!("key width {key} must exceed the RoPE width {rope}"),
+        ));
+    }
+    o.insert("head_dim".into(), json!(rope));
+    o.insert("num_key_value_heads".into(), json!(heads));
+    o.insert("qk_rope_head_dim".into(), json!(rope));
+    o.insert("qk_nope_head_dim".into(), json!(key - rope));
+    o.insert("v_head_dim".into(), json!(value));
+    o.insert("kv_lora_rank".into(), json!(kv_lora));
+    o.insert(
+        "q_lora_rank".into(),
+        meta_u64(f, &k("attention.q_lora_rank")).map_or(Value::Null, |r| json!(r)),
+    );
+    o.insert("rope_interleave".into(), json!(true));
+    o.insert("n_routed_experts".into(), json!(experts));
+    o.insert(
+        "num_experts_per_tok".into(),
+        json!(req_u64(f, file, &k("expert_used_count"))?),
+    );
+    let ff = req_u64(f, file, &k("feed_forward_length"))?;
+    o.insert(
+        "moe_intermediate_size".into(),
+        json!(meta_u64(f, &k("expert_feed_forward_length")).unwrap_or(ff)),
+    );
+    o.insert(
+        "first_k_dense_replace".into(),
+        json!(meta_u64(f, &k("leading_dense_block_count")).unwrap_or(0)),
+    );
+    o.insert(
+        "n_shared_experts".into(),
+        json!(meta_u64(f, &k("expert_shared_count")).unwrap_or(0)),
+    );
+    o.insert(
+        "routed_scaling_factor".into(),
+        json!(meta_f64(f, &k("expert_weights_scale")).unwrap_or(1.0)),
+    );
+    o.insert(
+        "norm_topk_prob".into(),
+        json!(meta_bool(f, &k("expert_weights_norm")).unwrap_or(false)),
+    );
+    o.insert(
+        "n_group".into(),
+        json!(meta_u64(f, &k("expert_group_count")).unwrap_or(1)),
+    );
+    o.insert(
+        "topk_group".into(),
+        json!(meta_u64(f, &k("expert_group_used_count")).unwrap_or(1)),
+    );
+    Ok(())
 }
 
 /// Parses a GGUF file's metadata into a [`ModelConfig`] (see [`config_json_from_gguf`]).
@@ -441,6 +638,7 @@ impl GgufSource {
         Ok(Self {
             file,
             name: name.to_string(),
+            arch,
             layout,
             n_head,
             n_head_kv,
@@ -466,6 +664,7 @@ impl GgufSource {
     /// HF names of every tensor the file holds (merged expert tensors expand to one name
     /// per expert), in file order.
     pub fn hf_tensor_names(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
         self.file
             .tensors()
             .flat_map(|t| {
@@ -474,8 +673,9 @@ impl GgufSource {
                 } else {
                     0
                 };
-                hf_names(&t.info.name, n_exp)
+                hf_names_for(&self.arch, &t.info.name, n_exp)
             })
+            .filter(|n| seen.insert(n.clone()))
             .collect()
     }
 
@@ -487,7 +687,12 @@ impl GgufSource {
             _ => None,
         };
         match expert {
-            None => self.file.tensor(&name).map(|_| Loc::Whole { name, heads }),
+            None if self.file.tensor(&name).is_some() => Some(Loc::Whole { name, heads }),
+            None => {
+                let stem = name.strip_suffix(".attn_kv_b.weight")?;
+                let (k_b, v_b) = (format!("{stem}.attn_k_b.weight"), format!("{stem}.attn_v_b.weight"));
+                (self.file.tensor(&k_b).is_some() && self.file.tensor(&v_b).is_some()).then_some(Loc::KvB { k_b, v_b })
+            }
             Some(e) => {
                 if let Some(t) = self.file.tensor(&name)
                     && t.info.dims.len() == 3
@@ -504,6 +709,52 @@ impl GgufSource {
                 })
             }
         }
+    }
+
+    /// `kv_b_proj` `[heads·(nope+v), kv_lora]` from `attn_k_b` (dims `[nope, kv_lora, heads]`)
+    /// and `attn_v_b` (dims `[kv_lora, v, heads]`).
+    fn kv_b(&self, k_b: &str, v_b: &str) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        let (kt, vt) = (
+            self.file.tensor(k_b).expect("located tensor exists"),
+            self.file.tensor(v_b).expect("located tensor exists"),
+        );
+        let dims3 = |t: &TensorView<'_>| -> Result<[usize; 3], ModelError> {
+            match t.info.dims.as_slice() {
+                &[a, b, c] => Ok([a as usize, b as usize, c as usize]),
+                d => Err(ModelError::Shape {
+                    file: self.name.clone(),
+                    tensor: t.info.name.clone(),
+                    expected: vec![0, 0, 0],
+                    actual: d.iter().map(|&x| x as usize).collect(),
+                }),
+            }
+        };
+        let ([nope, r, h], [r2, vd, h2]) = (dims3(&kt)?, dims3(&vt)?);
+        if r2 != r || h2 != h {
+            return Err(ModelError::Shape {
+                file: self.name.clone(),
+                tensor: vt.info.name.clone(),
+                expected: vec![h, vd, r],
+                actual: vec![h2, vd, r2],
+            });
+        }
+        let (k, v) = (self.dequant(&kt, kt.data)?, self.dequant(&vt, vt.data)?);
+        let per = nope + vd;
+        let mut out = vec![0.0f32; h * per * r];
+        for head in 0..h {
+            for i in 0..nope {
+                for c in 0..r {
+                    // k_b (torch order) [head, c, i]
+                    out[(head * per + i) * r + c] = k[(head * r + c) * nope + i];
+                }
+            }
+            for i in 0..vd {
+                let dst = (head * per + nope + i) * r;
+                let src = (head * vd + i) * r;
+                out[dst..dst + r].copy_from_slice(&v[src..src + r]);
+            }
+        }
+        Ok((out, vec![h * per, r]))
     }
 
     fn dequant(&self, t: &TensorView<'_>, data: &[u8]) -> Result<Vec<f32>, ModelError> {
@@ -527,6 +778,7 @@ impl TensorSource for GgufSource {
         let (g, expert, heads) = match &loc {
             Loc::Whole { name, heads } => (name, None, *heads),
             Loc::Expert { name, expert } => (name, Some(*expert), None),
+            Loc::KvB { .. } => return Ok(None),
         };
         let t = self.file.tensor(g).expect("located tensor exists");
         let Some(format) = WeightFormat::from_ggml(t.info.ty) else {
@@ -590,6 +842,15 @@ impl TensorSource for GgufSource {
                 let shape = vec![t.info.dims[1] as usize, t.info.dims[0] as usize];
                 (self.dequant(&t, bytes)?, shape)
             }
+            Loc::KvB { k_b, v_b } => self.kv_b(k_b, v_b)?,
+        };
+        // llama.cpp drops unit dims some HF tensors have (Qwen2-MoE's `[1, hidden]` shared
+        // expert gate is stored as `[hidden]`)
+        let squeezed = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        let shape = match expected {
+            Some(exp) if exp != shape.as_slice() && squeezed(exp) == squeezed(&shape) => exp.to_vec(),
+            None if name.ends_with("shared_expert_gate.weight") && shape.len() == 1 => vec![1, shape[0]],
+            _ => shape,
         };
         if let Some(exp) = expected
             && exp != shape.as_slice()
