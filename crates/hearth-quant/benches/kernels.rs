@@ -10,9 +10,18 @@
 //! adds the 128256×2048 (vocab projection) shape for Q4_0/Q8_0/BF16;
 //! `KERNELS_ISA=avx2` forces an ISA path;
 //! `KERNELS_PF_SWEEP=0,1024,2048` skips criterion and times each software-prefetch distance.
+//! `KERNELS_QUICK=1` skips criterion: per shape, the cold median and a cache-hot median (a
+//! slice of at most 1 MiB of rows, re-read), in GB/s and % of the bandwidth measured before
+//! and after. `KERNELS_MATMUL=128` (with `KERNELS_QUICK`) also times `matmul` with that many
+//! activation rows (prefill) and prints GFLOP/s. `KERNELS_SHAPES=2048x2048,512x2048` replaces
+//! the shape list in that mode. `KERNELS_CPUTIME=1` (quick mode) runs on one thread and times
+//! with that thread's CPU time (averages over batches): compute throughput on a busy machine
+//! (bandwidth figures are still wall-clock).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hearth_quant::kernels::{Isa, WeightFormat, matvec_with_isa, measure_read_bandwidth, set_prefetch_distance};
+use hearth_quant::kernels::{
+    Isa, WeightFormat, matmul_with_isa, matvec_with_isa, measure_read_bandwidth, set_prefetch_distance,
+};
 use std::time::{Duration, Instant};
 
 const COLD_SET_BYTES: usize = 640 << 20;
@@ -74,22 +83,151 @@ fn matvec(fmt: WeightFormat, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &
 
 fn time_cold(fmt: WeightFormat, set: &[Vec<u8>], rows: usize, cols: usize, x: &[f32]) -> f64 {
     let mut y = vec![0.0f32; rows];
+    median_secs(15, Duration::from_millis(600), |i| {
+        matvec(fmt, &set[i % set.len()], rows, cols, x, &mut y)
+    })
+}
+
+fn cpu_time_mode() -> bool {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| std::env::var("KERNELS_CPUTIME").is_ok())
+}
+
+/// Seconds on a clock: wall time, or with `KERNELS_CPUTIME=1` (quick mode, one thread) the
+/// calling thread's on-CPU time from `/proc/thread-self/schedstat`, which ignores the time other
+/// processes hold the core (a busy shared machine).
+fn clock() -> f64 {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if cpu_time_mode() {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        let ns: u64 = s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("schedstat ns");
+        ns as f64 * 1e-9
+    } else {
+        T0.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
+/// Seconds per call of `f` (given the call index): the median of single calls on the wall
+/// clock, or on the CPU clock (whose tick granularity is coarse) the best of 3 averages over
+/// ≥ 150 ms batches.
+fn median_secs(min_iters: usize, min_time: Duration, mut f: impl FnMut(usize)) -> f64 {
+    let mut i = 0;
+    if cpu_time_mode() {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let (t0, i0) = (clock(), i);
+            while clock() - t0 < 0.15 || i - i0 < 2 {
+                f(i);
+                i += 1;
+            }
+            best = best.min((clock() - t0) / (i - i0) as f64);
+        }
+        return best;
+    }
     let mut ts = Vec::new();
     let start = Instant::now();
-    let mut i = 0;
-    while ts.len() < 15 || start.elapsed() < Duration::from_millis(600) {
-        let w = &set[i % set.len()];
+    while ts.len() < min_iters || start.elapsed() < min_time {
+        let t = clock();
+        f(i);
         i += 1;
-        let t = Instant::now();
-        matvec(fmt, w, rows, cols, x, &mut y);
-        ts.push(t.elapsed().as_secs_f64());
+        ts.push(clock() - t);
     }
     ts.sort_by(f64::total_cmp);
     ts[ts.len() / 2]
 }
 
+/// `KERNELS_QUICK` mode: our own timing loops only (cold, hot, optional matmul).
+fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
+    let bw0 = measure_read_bandwidth(BW_BYTES, threads);
+    let n_mm: Option<usize> = std::env::var("KERNELS_MATMUL").ok().and_then(|v| v.parse().ok());
+    let mut lines = Vec::new();
+    for &(fmt, rows, cols) in shapes {
+        let rb = fmt.row_bytes(cols).unwrap();
+        let bytes = rows * rb;
+        let base = random_matrix(fmt, rows, cols, 0x1234_5678 ^ rows as u64);
+        let copies = COLD_SET_BYTES.div_ceil(bytes).max(1);
+        let set: Vec<Vec<u8>> = (0..copies).map(|_| base.clone()).collect();
+        let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut y = vec![0.0f32; rows];
+        let id = format!("{fmt:?}/{rows}x{cols}");
+        let cold = time_cold(fmt, &set, rows, cols, &x);
+        let hr = ((1usize << 20) / rb).clamp(1, rows);
+        let hot_w = &base[..hr * rb];
+        let hot = median_secs(50, Duration::from_millis(300), |_| {
+            matvec(fmt, hot_w, hr, cols, &x, &mut y[..hr])
+        });
+        lines.push((id.clone(), bytes as f64 / cold, (hr * rb) as f64 / hot));
+        if let Some(n) = n_mm {
+            let xs: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let mut ys = vec![0.0f32; n * rows];
+            let t = median_secs(3, Duration::from_millis(1500), |i| {
+                matmul_with_isa(bench_isa(), fmt, &set[i % set.len()], rows, cols, &xs, n, &mut ys).unwrap()
+            });
+            let gflops = 2.0 * (rows * cols * n) as f64 / t / 1e9;
+            eprintln!(
+                "{id:<20} matmul n={n}: {:>8.2} ms {gflops:>7.1} GFLOP/s {:>8.1} rows/s",
+                t * 1e3,
+                n as f64 / t
+            );
+        }
+    }
+    let bw1 = measure_read_bandwidth(BW_BYTES, threads);
+    let bw = bw0.max(bw1) / 1e9;
+    eprintln!(
+        "isa={:?} threads={threads} bandwidth start {:.2} end {:.2} GB/s (using max)",
+        bench_isa(),
+        bw0 / 1e9,
+        bw1 / 1e9
+    );
+    for (id, cold, hot) in lines {
+        eprintln!(
+            "{id:<20} cold {:>7.2} GB/s {:>5.1}% of BW  hot {:>7.2} GB/s",
+            cold / 1e9,
+            100.0 * cold / 1e9 / bw,
+            hot / 1e9
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let threads = rayon::current_num_threads();
+    if std::env::var("KERNELS_QUICK").is_ok() {
+        let mut shapes = Vec::new();
+        let only: Vec<(usize, usize)> = std::env::var("KERNELS_SHAPES")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|s| s.split_once('x'))
+            .filter_map(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+            .collect();
+        for fmt in formats() {
+            for (r, cc) in SHAPES {
+                shapes.push((fmt, r, cc));
+            }
+            if std::env::var("KERNELS_BENCH_BIG").is_ok() {
+                shapes.push((fmt, 128_256, 2048));
+            }
+        }
+        if !only.is_empty() {
+            shapes = formats()
+                .into_iter()
+                .flat_map(|f| only.iter().map(move |&(r, c)| (f, r, c)))
+                .collect();
+        }
+        if std::env::var("KERNELS_CPUTIME").is_ok() {
+            // Everything on one pool thread, so the thread-CPU clock sees all the work.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            pool.install(|| quick(&shapes, 1));
+        } else {
+            quick(&shapes, threads);
+        }
+        return;
+    }
     let bw0 = measure_read_bandwidth(BW_BYTES, threads);
     eprintln!(
         "isa={:?} threads={threads} measured read bandwidth: {:.2} GB/s",

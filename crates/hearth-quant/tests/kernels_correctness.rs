@@ -127,7 +127,12 @@ fn col_counts(fmt: WeightFormat) -> Vec<usize> {
     if bs == 1 {
         vec![1, 3, 15, 16, 17, 31, 33, 64, 100, 255, 257, 1029]
     } else {
-        [1, 2, 3, 4, 5, 7, 9, 33].iter().map(|k| k * bs).collect()
+        // 32-block formats: AVX-512 "windows" are 32 (Q4_0, Q8_0) or 16 (Q4_1) blocks, so
+        // cover partial, exact and ragged multiples of both.
+        [1, 2, 3, 4, 5, 7, 9, 15, 16, 17, 31, 32, 33, 64, 65]
+            .iter()
+            .map(|k| k * bs)
+            .collect()
     }
 }
 
@@ -225,6 +230,71 @@ fn matmul_all_formats_all_isas_match_reference() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_blocked_paths_match_reference() {
+    // Window formats: the small-batch tile path (n < 16) and the token-parallel path (n ≥ 16),
+    // with partial token groups and ragged windows.
+    let mut rng = Rng(6);
+    for isa in Isa::available() {
+        for fmt in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            for (rows, blocks) in [(5usize, 33usize), (6, 64), (7, 65), (9, 17)] {
+                let cols = 32 * blocks;
+                for n in [2usize, 4, 15, 16, 17, 35] {
+                    let w = random_weights(fmt, rows, cols, &mut rng);
+                    let x: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
+                    let mut y = vec![f32::NAN; n * rows];
+                    matmul_with_isa(isa, fmt, &w, rows, cols, &x, n, &mut y).unwrap();
+                    for j in 0..n {
+                        check_against_references(
+                            fmt,
+                            &w,
+                            rows,
+                            cols,
+                            &x[j * cols..(j + 1) * cols],
+                            &y[j * rows..(j + 1) * rows],
+                            &format!("matmul {isa:?} n={n} j={j}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_large_batch_close_to_matvec() {
+    // n ≥ 16 may take a token-parallel kernel that sums in another order than matvec.
+    let mut rng = Rng(8);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for fmt in WeightFormat::ALL {
+        let bs = fmt.block_size();
+        let cols = if bs == 1 { 515 } else { 33 * 32.max(bs) };
+        let (rows, n) = (203, 37);
+        let w = random_weights(fmt, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
+        let mut y = vec![0.0f32; n * rows];
+        pool.install(|| matmul(fmt, &w, rows, cols, &x, n, &mut y).unwrap());
+        let wd = dequant(fmt, &w, rows, cols);
+        for j in 0..n {
+            let xj = &x[j * cols..(j + 1) * cols];
+            let mut yj = vec![0.0f32; rows];
+            matvec(fmt, &w, rows, cols, xj, &mut yj).unwrap();
+            for r in 0..rows {
+                let mag: f32 = wd[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(xj)
+                    .map(|(a, b)| (a * b).abs())
+                    .sum();
+                let (a, b) = (y[j * rows + r], yj[r]);
+                assert!(
+                    (a - b).abs() <= 1e-5 * mag + 1e-6,
+                    "{fmt:?} batch row {j} row {r}: matmul {a} vs matvec {b}"
+                );
             }
         }
     }

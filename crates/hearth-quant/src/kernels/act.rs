@@ -66,6 +66,12 @@ impl Q8Activations {
     /// assert_eq!(q.sums16()[0], 16 * 127);
     /// ```
     pub fn quantize(x: &[f32], block_size: usize) -> Self {
+        Self::quantize_with(x, block_size, true)
+    }
+
+    /// [`Q8Activations::quantize`]; `lanes = false` skips the per-4-element lane helpers
+    /// (only the AVX2 kernels read them).
+    pub(crate) fn quantize_with(x: &[f32], block_size: usize, lanes: bool) -> Self {
         assert!(
             block_size > 0 && block_size.is_multiple_of(16),
             "activation block size must be a positive multiple of 16"
@@ -92,7 +98,7 @@ impl Q8Activations {
         }
         let sum16: Vec<i32> = qs.chunks_exact(16).map(|c| c.iter().map(|&v| v as i32).sum()).collect();
         let (mut lane_d, mut lane_bias, mut lane_s) = (Vec::new(), Vec::new(), Vec::new());
-        if block_size == 32 {
+        if lanes && block_size == 32 {
             let lanes = x.len() / 4;
             lane_d.reserve_exact(lanes);
             lane_bias.reserve_exact(lanes);
@@ -170,6 +176,159 @@ impl Q8Activations {
             .map(|(i, &q)| q as f32 * self.d[i / self.block])
             .collect()
     }
+}
+
+/// Layout of a 32-element block format for the AVX-512 "window" kernels.
+///
+/// A window is `wb` consecutive blocks whose bytes (`wb · bb`) are exactly `nreg` 64-byte
+/// registers, so every register of every window has the same block/byte geometry. The kernels
+/// load the weight bytes as they are (scale bytes included) and the activations are laid out
+/// once per call to line up byte for byte with those registers (zero under scale bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WinFmt {
+    /// Bytes per block.
+    pub bb: usize,
+    /// Offset of the quants inside a block.
+    pub qoff: usize,
+    /// 4-bit quants (low nibble = element `i`, high nibble = element `i + 16`) or 8-bit.
+    pub nibbles: bool,
+    /// Blocks per window.
+    pub wb: usize,
+    /// 64-byte registers per window (`wb · bb / 64`).
+    pub nreg: usize,
+    /// 64-byte activation lines per register (`XL, XH, DA, BIAS|S` or `X, DA, BIAS`).
+    pub lpr: usize,
+}
+
+pub(crate) const WIN_Q4_0: WinFmt = WinFmt {
+    bb: 18,
+    qoff: 2,
+    nibbles: true,
+    wb: 32,
+    nreg: 9,
+    lpr: 4,
+};
+pub(crate) const WIN_Q4_1: WinFmt = WinFmt {
+    bb: 20,
+    qoff: 4,
+    nibbles: true,
+    wb: 16,
+    nreg: 5,
+    lpr: 4,
+};
+pub(crate) const WIN_Q8_0: WinFmt = WinFmt {
+    bb: 34,
+    qoff: 2,
+    nibbles: false,
+    wb: 32,
+    nreg: 17,
+    lpr: 3,
+};
+
+/// Static geometry of register `j` of a window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegTable {
+    /// Window-relative offset of the 128 activation quants the register draws from (the
+    /// high nibbles draw from the 128 starting at `base + 16`).
+    pub base: usize,
+    /// Per weight byte: index (0..128, relative to `base`) of the activation under the low
+    /// nibble (or under the byte for 8-bit formats); the same index relative to `base + 16`
+    /// for the high nibble.
+    pub src: [u8; 64],
+    /// Bit `i` set when weight byte `i` is a quant (not a scale byte, not past the window).
+    pub valid: u64,
+    /// Per i32 lane: window-relative block of its quants.
+    pub lane_blk: [u32; 16],
+    /// Bit `l` set when lane `l` holds quants.
+    pub lane_valid: u16,
+    /// Per lane: word index of its block's `d` in `[previous register, this register]`
+    /// (0..32 previous, 32..64 this one); entries 16..32 unused.
+    pub d_idx: [u16; 32],
+}
+
+const fn reg_table(f: WinFmt, j: usize) -> RegTable {
+    let mut t = RegTable {
+        base: usize::MAX,
+        src: [0; 64],
+        valid: 0,
+        lane_blk: [0; 16],
+        lane_valid: 0,
+        d_idx: [0; 32],
+    };
+    // First pass: the smallest activation index used by the register.
+    let mut i = 0;
+    while i < 64 {
+        let gb = 64 * j + i;
+        let (k, p) = (gb / f.bb, gb % f.bb);
+        if k < f.wb && p >= f.qoff {
+            let src = 32 * k + p - f.qoff;
+            if src < t.base {
+                t.base = src;
+            }
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 64 {
+        let gb = 64 * j + i;
+        let (k, p) = (gb / f.bb, gb % f.bb);
+        if k < f.wb && p >= f.qoff {
+            let q = p - f.qoff;
+            let src = 32 * k + q - t.base;
+            assert!(src < 128, "window register draws from more than 128 activations");
+            t.src[i] = src as u8;
+            t.valid |= 1 << i;
+            let l = i / 4;
+            if t.lane_valid & (1 << l) != 0 {
+                assert!(t.lane_blk[l] as usize == k, "a lane mixes the quants of two blocks");
+            }
+            t.lane_blk[l] = k as u32;
+            t.lane_valid |= 1 << l;
+            let d_byte = k * f.bb;
+            assert!(d_byte + 64 >= 64 * j, "block scale before the previous register");
+            t.d_idx[l] = ((d_byte + 64 - 64 * j) / 2) as u16;
+        }
+        i += 1;
+    }
+    t
+}
+
+const fn reg_tables<const N: usize>(f: WinFmt) -> [RegTable; N] {
+    assert!(f.bb * f.wb == 64 * N && f.nreg == N);
+    let mut out = [reg_table(f, 0); N];
+    let mut j = 1;
+    while j < N {
+        out[j] = reg_table(f, j);
+        j += 1;
+    }
+    // The Q4_0/Q8_0 kernels rely on every lane of a full register holding quants.
+    j = 0;
+    while j < N {
+        assert!(f.qoff > 2 || out[j].lane_valid == u16::MAX);
+        j += 1;
+    }
+    out
+}
+
+pub(crate) static TABLES_Q4_0: [RegTable; 9] = reg_tables(WIN_Q4_0);
+pub(crate) static TABLES_Q4_1: [RegTable; 5] = reg_tables(WIN_Q4_1);
+pub(crate) static TABLES_Q8_0: [RegTable; 17] = reg_tables(WIN_Q8_0);
+
+/// One 64-byte, 64-byte-aligned line of prepared activations.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Line(pub [u8; 64]);
+
+/// Activations of one input vector laid out for the window kernels of one format: for window
+/// `w` and register `j`, lines `(w · nreg + j) · lpr ..` hold the i8 activations under the low
+/// and high nibbles (or the bytes), the per-lane activation scale (f32) and the per-lane
+/// integer bias (Q4_0: `−8 Σq`, Q8_0: `−128 Σq`) or, for Q4_1, the per-lane `d · Σq` (f32).
+#[derive(Clone, Debug)]
+pub(crate) struct WinAct {
+    pub fmt: WinFmt,
+    /// Blocks of 32 per row.
+    pub nb: usize,
+    pub lines: Vec<Line>,
 }
 
 #[cfg(test)]

@@ -1,14 +1,322 @@
-//! AVX-512 kernels (F/BW/VL/VNNI/VBMI). K-quants reuse the AVX2 kernels.
+//! AVX-512 kernels (F/BW/VL/VNNI/VBMI + GFNI).
+//!
+//! Q4_0, Q4_1 and Q8_0 use "window" kernels: the weight rows are read as plain 64-byte
+//! registers (scale bytes included) and the activations are laid out once per call to match
+//! them byte for byte (see [`WinFmt`]), so a register costs one `vpdpbusd` per 64 quant bytes
+//! (two for nibbles) plus one `vpermt2w` + `vcvtph2ps` for the per-lane weight scales. The same
+//! inner step serves matvec (several rows, one activation vector) and the small-batch matmul
+//! (a tile of rows × a tile of activation vectors, each weight register unpacked once).
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bcast_f16, hsum, prefetch, row_q4_k, row_q6_k};
-use super::{Prepared, Q8Activations, WeightFormat, scalar};
+use super::act::{Line, RegTable, TABLES_Q4_0, TABLES_Q4_1, TABLES_Q8_0, WIN_Q4_0, WIN_Q4_1, WIN_Q8_0, WinAct, WinFmt};
+use super::avx2::{prefetch, row_q4_k, row_q6_k};
+use super::{Prepared, WeightFormat, scalar};
+
+/// Window-kernel format selectors (const generic `F`).
+pub(super) const F_Q4_0: u8 = 0;
+pub(super) const F_Q4_1: u8 = 1;
+pub(super) const F_Q8_0: u8 = 2;
+
+/// The window format and register tables of selector `F`.
+pub(super) fn win_fmt(f: u8) -> (WinFmt, &'static [RegTable]) {
+    match f {
+        F_Q4_0 => (WIN_Q4_0, &TABLES_Q4_0),
+        F_Q4_1 => (WIN_Q4_1, &TABLES_Q4_1),
+        _ => (WIN_Q8_0, &TABLES_Q8_0),
+    }
+}
+
+/// Selector of a window-kernel format.
+pub(super) fn win_selector(fmt: WeightFormat) -> Option<u8> {
+    match fmt {
+        WeightFormat::Q4_0 => Some(F_Q4_0),
+        WeightFormat::Q4_1 => Some(F_Q4_1),
+        WeightFormat::Q8_0 => Some(F_Q8_0),
+        _ => None,
+    }
+}
+
+/// Quantizes `x` (blocks of 32, as [`super::Q8Activations`]) and lays it out for the window
+/// kernels of format selector `f`.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set. `x.len()` must be a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub(super) unsafe fn build_win(x: &[f32], f: u8) -> WinAct {
+    let (wf, tables) = win_fmt(f);
+    assert!(x.len().is_multiple_of(32));
+    let nb = x.len() / 32;
+    let nw = nb.div_ceil(wf.wb);
+    // Zero padding: a register's 128-quant source window and the 32-scale table may run past
+    // the last block; padded quants and scales are zero, so they contribute nothing.
+    let mut qs = vec![0i8; nw * wf.wb * 32 + 160];
+    let mut d = vec![0.0f32; nw * wf.wb + 32];
+    // SAFETY: AVX2 and FMA are enabled for this function.
+    unsafe { super::avx2::quantize_blocks(x, 32, &mut qs[..x.len()], &mut d[..nb]) };
+    let mut lines = vec![Line([0; 64]); nw * wf.nreg * wf.lpr];
+    let ones = _mm512_set1_epi8(1);
+    let zero = _mm512_setzero_si512();
+    for (w, out) in lines.chunks_exact_mut(wf.nreg * wf.lpr).enumerate() {
+        let qb = &qs[w * wf.wb * 32..];
+        let db = &d[w * wf.wb..];
+        assert!(db.len() >= 32 && qb.len() >= 144 + tables.iter().map(|t| t.base).max().unwrap_or(0));
+        // SAFETY: `db` has at least 32 floats (asserted); every table read is a 64-byte array.
+        unsafe {
+            let (d0, d1) = (_mm512_loadu_ps(db.as_ptr()), _mm512_loadu_ps(db.as_ptr().add(16)));
+            for (t, o) in tables.iter().zip(out.chunks_exact_mut(wf.lpr)) {
+                // SAFETY (loads): t.base + 144 <= qb.len() by the assertion above.
+                let src = |o: usize| _mm512_loadu_si512(qb.as_ptr().add(t.base + o) as *const _);
+                let il = _mm512_loadu_si512(t.src.as_ptr() as *const _);
+                let xl = _mm512_maskz_permutex2var_epi8(t.valid, src(0), il, src(64));
+                let lb = _mm512_loadu_si512(t.lane_blk.as_ptr() as *const _);
+                let da = _mm512_maskz_permutex2var_ps(t.lane_valid, d0, lb, d1);
+                let mut sum = _mm512_dpbusd_epi32(zero, ones, xl);
+                // SAFETY (stores): `o` is `lpr` aligned 64-byte lines, `i < lpr`.
+                let ob = o.as_mut_ptr() as *mut u8;
+                let op = |i: usize| ob.add(64 * i) as *mut _;
+                _mm512_store_si512(op(0), xl);
+                if wf.nibbles {
+                    let xh = _mm512_maskz_permutex2var_epi8(t.valid, src(16), il, src(80));
+                    sum = _mm512_dpbusd_epi32(sum, ones, xh);
+                    _mm512_store_si512(op(1), xh);
+                    _mm512_store_ps(op(2) as *mut f32, da);
+                    if f == F_Q4_1 {
+                        _mm512_store_ps(op(3) as *mut f32, _mm512_mul_ps(da, _mm512_cvtepi32_ps(sum)));
+                    } else {
+                        _mm512_store_si512(op(3), _mm512_sub_epi32(zero, _mm512_slli_epi32::<3>(sum)));
+                    }
+                } else {
+                    _mm512_store_ps(op(1) as *mut f32, da);
+                    _mm512_store_si512(op(2), _mm512_sub_epi32(zero, _mm512_slli_epi32::<7>(sum)));
+                }
+            }
+        }
+    }
+    WinAct { fmt: wf, nb, lines }
+}
+
+/// Dot products of `R` weight rows (raw row starts, each `acts[0].nb` blocks of format `F`)
+/// with `C` prepared activation vectors: `out[r][c] = row r · activations c`.
+///
+/// Every (row, vector) pair accumulates the same per-lane sequence whatever `R` and `C` are,
+/// so matvec and matmul give bit-identical results.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set; each `w[r]` must be valid for
+/// reading `acts[0].nb` blocks of format `F`; every `acts[c]` must have been built by
+/// [`build_win`] for `F` with the same `nb`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+unsafe fn win_dot<const F: u8, const R: usize, const C: usize>(w: [*const u8; R], acts: [&WinAct; C]) -> [[f32; C]; R] {
+    let (wf, tables) = win_fmt(F);
+    let nb = acts[0].nb;
+    let wbytes = wf.wb * wf.bb;
+    let (full, tail) = (nb / wf.wb, nb % wf.wb);
+    let lp: [*const u8; C] = acts.map(|a| a.lines.as_ptr() as *const u8);
+    let pf = super::prefetch_distance();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let gf_hi = _mm512_set1_epi64(0x1020_4080_0000_0000);
+    let x80 = _mm512_set1_epi8(-128);
+    let one16 = _mm512_set1_epi16(1);
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut prev = [_mm512_setzero_si512(); R];
+    // One weight register (byte offset `off` of every row, register table `t`, activation
+    // line index `li`); `mask` selects the bytes to load (all but in a ragged last register).
+    let mut step = |off: usize, li: usize, t: &RegTable, mask: u64| {
+        // SAFETY: the caller guarantees `off + 64` (or the masked prefix) is inside every row;
+        // masked-out bytes are not accessed. `li + lpr` lines exist in every activation buffer
+        // (built for this `nb`), and the table arrays are 64 bytes.
+        unsafe {
+            let idx = _mm512_loadu_si512(t.d_idx.as_ptr() as *const _);
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            let mut dw = [_mm512_setzero_ps(); R];
+            let mut mw = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let p = w[r].add(off);
+                prefetch(p, pf);
+                let raw = if mask == u64::MAX {
+                    _mm512_loadu_si512(p as *const _)
+                } else {
+                    _mm512_maskz_loadu_epi8(mask, p as *const i8)
+                };
+                if F == F_Q8_0 {
+                    lo[r] = _mm512_xor_si512(raw, x80);
+                } else {
+                    lo[r] = _mm512_and_si512(raw, m4);
+                    hi[r] = _mm512_gf2p8affine_epi64_epi8::<0>(raw, gf_hi);
+                }
+                if F == F_Q4_1 {
+                    // Lanes over a block's `d, m` words hold no quants: zero their scales so
+                    // that arbitrary bits there (NaN, inf) cannot leak in through `0 · x`.
+                    let k = t.lane_valid as u32;
+                    let dws = _mm512_maskz_permutex2var_epi16(k, prev[r], idx, raw);
+                    dw[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(dws));
+                    let mws = _mm512_maskz_permutex2var_epi16(k, prev[r], _mm512_add_epi16(idx, one16), raw);
+                    mw[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(mws));
+                } else {
+                    // Every lane of a Q4_0/Q8_0 register holds quants (checked by the tables).
+                    let dws = _mm512_permutex2var_epi16(prev[r], idx, raw);
+                    dw[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(dws));
+                }
+                prev[r] = raw;
+            }
+            for c in 0..C {
+                let l = lp[c].add(64 * li);
+                let ld = |i: usize| _mm512_load_si512(l.add(64 * i) as *const _);
+                let ldf = |i: usize| _mm512_load_ps(l.add(64 * i) as *const f32);
+                if F == F_Q8_0 {
+                    let (x, da, bias) = (ld(0), ldf(1), ld(2));
+                    for r in 0..R {
+                        let dot = _mm512_dpbusd_epi32(bias, lo[r], x);
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], da), acc[r][c]);
+                    }
+                } else {
+                    let (xl, xh, da) = (ld(0), ld(1), ldf(2));
+                    let init = if F == F_Q4_0 { ld(3) } else { _mm512_setzero_si512() };
+                    for r in 0..R {
+                        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo[r], xl), hi[r], xh);
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], da), acc[r][c]);
+                        if F == F_Q4_1 {
+                            acc[r][c] = _mm512_fmadd_ps(mw[r], ldf(3), acc[r][c]);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    for wi in 0..full {
+        for (j, t) in tables.iter().enumerate() {
+            step(wi * wbytes + 64 * j, (wi * wf.nreg + j) * wf.lpr, t, u64::MAX);
+        }
+    }
+    if tail > 0 {
+        let bytes = tail * wf.bb;
+        for (j, t) in tables.iter().enumerate().take(bytes.div_ceil(64)) {
+            let rem = bytes - 64 * j;
+            let mask = if rem >= 64 { u64::MAX } else { (1u64 << rem) - 1 };
+            step(full * wbytes + 64 * j, (full * wf.nreg + j) * wf.lpr, t, mask);
+        }
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    out
+}
+
+/// Checks that `a` was built for rows of `row_bytes` in format `F` (so `win_dot` stays in bounds).
+fn check_win<const F: u8>(a: &WinAct, row_bytes: usize) {
+    let (wf, _) = win_fmt(F);
+    assert_eq!(a.fmt, wf);
+    assert_eq!(a.nb * wf.bb, row_bytes);
+    assert_eq!(a.lines.len(), a.nb.div_ceil(wf.wb) * wf.nreg * wf.lpr);
+}
+
+/// Rows per pass of the window matvec (activation loads are shared by the rows of a pass).
+const MV_ROWS: usize = 4;
+
+/// Matvec rows of a window format, [`MV_ROWS`] rows per pass.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+fn rows_win<const F: u8>(chunk: &[u8], row_bytes: usize, a: &WinAct, out: &mut [f32]) {
+    check_win::<F>(a, row_bytes);
+    assert_eq!(chunk.len(), row_bytes * out.len());
+    let mut groups = chunk.chunks_exact(MV_ROWS * row_bytes);
+    let mut outs = out.chunks_exact_mut(MV_ROWS);
+    for (c, o) in (&mut groups).zip(&mut outs) {
+        let w: [*const u8; MV_ROWS] = std::array::from_fn(|i| c[i * row_bytes..].as_ptr());
+        // SAFETY: each pointer starts a `row_bytes`-long row inside `chunk`; `a` matches
+        // (checked above); the CPU features are those of this function.
+        let v = unsafe { win_dot::<F, MV_ROWS, 1>(w, [a]) };
+        for (o, v) in o.iter_mut().zip(v) {
+            *o = v[0];
+        }
+    }
+    for (r, o) in groups.remainder().chunks_exact(row_bytes).zip(outs.into_remainder()) {
+        // SAFETY: as above, one row.
+        *o = unsafe { win_dot::<F, 1, 1>([r.as_ptr()], [a]) }[0][0];
+    }
+}
+
+/// Small-batch matmul on a window format: `out` is `[acts.len()][rows of chunk]` row-major.
+/// Tiles of 2 rows × 4 activation vectors; each weight register is unpacked once per tile.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub(super) unsafe fn gemm_win(fmt: WeightFormat, chunk: &[u8], row_bytes: usize, acts: &[&WinAct], out: &mut [f32]) {
+    match win_selector(fmt) {
+        Some(F_Q4_0) => gemm_win_f::<F_Q4_0>(chunk, row_bytes, acts, out),
+        Some(F_Q4_1) => gemm_win_f::<F_Q4_1>(chunk, row_bytes, acts, out),
+        Some(F_Q8_0) => gemm_win_f::<F_Q8_0>(chunk, row_bytes, acts, out),
+        _ => unreachable!("gemm_win called for a non-window format"),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+fn gemm_win_f<const F: u8>(chunk: &[u8], row_bytes: usize, acts: &[&WinAct], out: &mut [f32]) {
+    let rows = chunk.len() / row_bytes;
+    assert_eq!(chunk.len(), rows * row_bytes);
+    assert_eq!(out.len(), rows * acts.len());
+    for a in acts {
+        check_win::<F>(a, row_bytes);
+    }
+    // Token blocks whose prepared activations stay within ~1 MiB (L2).
+    let per_token = acts.first().map_or(1, |a| a.lines.len() * 64);
+    let tb = ((1usize << 20) / per_token).clamp(4, 256) & !3;
+    for (t0, ablk) in acts.chunks(tb).enumerate().map(|(i, b)| (i * tb, b)) {
+        let mut r = 0;
+        while r < rows {
+            let nr = if r + 2 <= rows { 2 } else { 1 };
+            let w0 = chunk[r * row_bytes..].as_ptr();
+            let mut c = 0;
+            while c < ablk.len() {
+                let nc = (ablk.len() - c).min(4);
+                let a = &ablk[c..c + nc];
+                let mut put = |rr: usize, cc: usize, v: f32| out[(t0 + c + cc) * rows + r + rr] = v;
+                // SAFETY: rows r (and r + 1 when nr == 2) lie inside `chunk`; every activation
+                // buffer matches (checked above); CPU features are this function's.
+                unsafe {
+                    let w1 = w0.wrapping_add(row_bytes);
+                    macro_rules! tile {
+                        ($nc:literal) => {{
+                            let aa: [&WinAct; $nc] = std::array::from_fn(|i| a[i]);
+                            if nr == 2 {
+                                let v = win_dot::<F, 2, $nc>([w0, w1], aa);
+                                for (rr, vr) in v.iter().enumerate() {
+                                    for (cc, &x) in vr.iter().enumerate() {
+                                        put(rr, cc, x);
+                                    }
+                                }
+                            } else {
+                                let v = win_dot::<F, 1, $nc>([w0], aa);
+                                for (cc, &x) in v[0].iter().enumerate() {
+                                    put(0, cc, x);
+                                }
+                            }
+                        }};
+                    }
+                    match nc {
+                        4 => tile!(4),
+                        3 => tile!(3),
+                        2 => tile!(2),
+                        _ => tile!(1),
+                    }
+                }
+                c += nc;
+            }
+            r += nr;
+        }
+    }
+}
 
 /// # Safety
-/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI/VBMI. `chunk.len() == row_bytes * out.len()`,
+/// The CPU must support the [`super::Isa::Avx512`] feature set. `chunk.len() == row_bytes * out.len()`,
 /// `row_bytes == fmt.row_bytes(cols)` and `p` was prepared for `(Isa::Avx512, fmt)` from `cols` values.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
 pub(super) unsafe fn dot_rows(
     fmt: WeightFormat,
     chunk: &[u8],
@@ -27,9 +335,9 @@ pub(super) unsafe fn dot_rows(
         WeightFormat::F32 => rows.for_each(|(r, o)| *o = row_f32(r, p.x)),
         WeightFormat::Bf16 => rows.for_each(|(r, o)| *o = row_bf16(r, &p.xd)),
         WeightFormat::F16 => rows.for_each(|(r, o)| *o = row_f16(r, p.x)),
-        WeightFormat::Q8_0 => rows.for_each(|(r, o)| *o = row_q8_0(r, p.q8())),
-        WeightFormat::Q4_0 => rows_q4_x::<false>(chunk, row_bytes, p.q8(), out),
-        WeightFormat::Q4_1 => rows_q4_x::<true>(chunk, row_bytes, p.q8(), out),
+        WeightFormat::Q8_0 => rows_win::<F_Q8_0>(chunk, row_bytes, p.win(), out),
+        WeightFormat::Q4_0 => rows_win::<F_Q4_0>(chunk, row_bytes, p.win(), out),
+        WeightFormat::Q4_1 => rows_win::<F_Q4_1>(chunk, row_bytes, p.win(), out),
         WeightFormat::Q4_K => rows.for_each(|(r, o)| *o = row_q4_k(r, p.q8())),
         WeightFormat::Q6_K => rows.for_each(|(r, o)| *o = row_q6_k(r, p.q8())),
     }
@@ -158,187 +466,286 @@ fn row_bf16(r: &[u8], xd: &[f32]) -> f32 {
     _mm512_reduce_add_ps(v) + scalar::row_bf16(&r[2 * i..], &xd[i..])
 }
 
-/// One Q8_0 block with VNNI: `acc + dot · d_w · d_a`.
+/// Activation vectors per lane group of the token-parallel matmul (one per i32 lane).
+pub(super) const TOK_GROUP: usize = 16;
+/// Lines per (token group, block) of the token-parallel activation pack: 8 × 64 bytes of
+/// quants (step `s` holds elements `4s..4s+4` of each of the 16 vectors), the 16 scales and
+/// the 16 per-block biases (Q4_0 `−8Σq`, Q8_0 `−128Σq`) or, for Q4_1, `d · Σq` (f32).
+const TOK_LINES: usize = 10;
+/// Weight rows per token-parallel tile.
+const TOK_ROWS: usize = 4;
+
+/// Quantizes activation rows `t0..t0 + 16` of `x` (`cols` wide; rows past `n` are zero) and
+/// packs them for the token-parallel matmul into `out` (`cols / 32 · TOK_LINES` lines).
 ///
 /// # Safety
-/// `blk` must point to a whole 34-byte block, `x` to 32 readable i8, `ld` to 8 readable f32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn q8_0_block(blk: *const u8, x: *const i8, ld: *const f32, acc: __m256) -> __m256 {
-    // SAFETY: pointer validity is the caller's contract.
-    unsafe {
-        let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-        let x = _mm256_loadu_si256(x as *const __m256i);
-        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
-        let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(ld));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn row_q8_0(r: &[u8], a: &Q8Activations) -> f32 {
-    let pf = super::prefetch_distance();
-    let nb = r.len() / 34;
-    assert!(a.qs.len() >= 32 * nb && a.lane_d.len() >= 8 * nb);
-    let (wp, qp, dp) = (r.as_ptr(), a.qs.as_ptr(), a.lane_d.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut b = 0;
-    // SAFETY: blocks b..b+4 <= nb occupy bytes [34b, 34(b+4)) of `r`; activations [32b, 32(b+4))
-    // and lanes [8b, 8(b+4)) are in bounds by the assertion above.
-    unsafe {
-        while b + 4 <= nb {
-            for l in [0, 64, 128] {
-                prefetch(wp.wrapping_add(34 * b + l), pf);
-            }
-            acc[0] = q8_0_block(wp.add(34 * b), qp.add(32 * b), dp.add(8 * b), acc[0]);
-            acc[1] = q8_0_block(wp.add(34 * b + 34), qp.add(32 * b + 32), dp.add(8 * b + 8), acc[1]);
-            acc[2] = q8_0_block(wp.add(34 * b + 68), qp.add(32 * b + 64), dp.add(8 * b + 16), acc[2]);
-            acc[3] = q8_0_block(wp.add(34 * b + 102), qp.add(32 * b + 96), dp.add(8 * b + 24), acc[3]);
-            b += 4;
-        }
-        while b < nb {
-            acc[0] = q8_0_block(wp.add(34 * b), qp.add(32 * b), dp.add(8 * b), acc[0]);
-            b += 1;
-        }
-    }
-    hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ))
-}
-
-/// Q4_0 (`MIN = false`) / Q4_1 (`MIN = true`) for `rows`, dispatching pairs of rows to the
-/// two-row kernel (shared activation loads, two independent weight streams).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-fn rows_q4_x<const MIN: bool>(chunk: &[u8], row_bytes: usize, a: &Q8Activations, out: &mut [f32]) {
-    let mut pairs = chunk.chunks_exact(2 * row_bytes);
-    let mut outs = out.chunks_exact_mut(2);
-    for (c, o) in (&mut pairs).zip(&mut outs) {
-        let (r0, r1) = c.split_at(row_bytes);
-        let [y0, y1] = row_q4_x::<MIN, 2>([r0, r1], a);
-        o[0] = y0;
-        o[1] = y1;
-    }
-    for (r, o) in pairs.remainder().chunks_exact(row_bytes).zip(outs.into_remainder()) {
-        *o = row_q4_x::<MIN, 1>([r], a)[0];
-    }
-}
-
-/// Q4_0 (`MIN = false`) / Q4_1 (`MIN = true`) dot products of `R` rows (equal length) with the
-/// same activations: two blocks per 512-bit step. One masked load covers both blocks; `vpermb`
-/// places block A's quants in 128-bit lanes 0–1 and block B's in lanes 2–3, a per-lane variable
-/// shift selects low/high nibbles, so the register lines up with 64 consecutive activations for
-/// `vpdpbusd`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-fn row_q4_x<const MIN: bool, const R: usize>(rs: [&[u8]; R], a: &Q8Activations) -> [f32; R] {
-    let pf = super::prefetch_distance();
-    let (bb, qoff): (usize, usize) = if MIN { (20, 4) } else { (18, 2) };
-    let nb = rs[0].len() / bb;
-    assert!(rs.iter().all(|r| r.len() == nb * bb));
-    assert!(a.qs.len() >= 32 * nb && a.lane_d.len() >= 8 * nb);
-    assert!(MIN || a.lane_bias.len() >= 8 * nb);
-    assert!(!MIN || a.lane_s.len() >= 8 * nb);
-    let wp: [*const u8; R] = rs.map(|r| r.as_ptr());
-    let qp = a.qs.as_ptr();
-    let (dp, bp, sp) = (a.lane_d.as_ptr(), a.lane_bias.as_ptr(), a.lane_s.as_ptr());
-
-    let mut idx_q = [0u8; 64];
-    for (i, v) in idx_q.iter_mut().enumerate() {
-        let lane = i / 16;
-        *v = ((if lane < 2 { 0 } else { bb }) + qoff + i % 16) as u8;
-    }
-    let mut idx_d = [0u16; 16];
-    let mut idx_m = [0u16; 16];
-    for i in 0..16 {
-        let base = if i < 8 { 0 } else { bb / 2 };
-        idx_d[i] = base as u16;
-        idx_m[i] = (base + 1) as u16;
-    }
-    let mut shifts = [0u16; 32];
-    for (i, v) in shifts.iter_mut().enumerate() {
-        *v = if (i / 8) % 2 == 1 { 4 } else { 0 };
-    }
-    // SAFETY: the index/shift tables are local arrays of exactly 64 / 32 / 32 / 64 bytes.
-    let (idx_q, idx_d, idx_m, shifts) = unsafe {
-        (
-            _mm512_loadu_si512(idx_q.as_ptr() as *const _),
-            _mm256_loadu_si256(idx_d.as_ptr() as *const __m256i),
-            _mm256_loadu_si256(idx_m.as_ptr() as *const __m256i),
-            _mm512_loadu_si512(shifts.as_ptr() as *const _),
-        )
-    };
-    let m4 = _mm512_set1_epi8(0x0F);
-    let pair_mask: __mmask64 = (1u64 << (2 * bb)) - 1;
-    // One step = blocks 2p and 2p+1 of every row.
-    let step = |p: usize, mut acc: [__m512; R]| -> [__m512; R] {
-        // SAFETY: the masked loads touch only bytes [2p·bb, 2p·bb + 2bb) of each row (blocks 2p,
-        // 2p+1); activations [64p, 64p+64) and lanes [16p, 16p+16) are in bounds since 2p+2 <= nb.
+/// The CPU must support the [`super::Isa::Avx512`] feature set.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+unsafe fn pack_tokens(f: u8, x: &[f32], cols: usize, t0: usize, out: &mut [Line]) {
+    let nb = cols / 32;
+    assert_eq!(out.len(), nb * TOK_LINES);
+    let n = (x.len() / cols).saturating_sub(t0).min(TOK_GROUP);
+    let mut qs = vec![0i8; TOK_GROUP * cols];
+    let mut d = vec![0.0f32; TOK_GROUP * nb];
+    for t in 0..n {
+        let xr = &x[(t0 + t) * cols..(t0 + t + 1) * cols];
+        // SAFETY: AVX2/FMA are enabled for this function.
         unsafe {
-            let x = _mm512_loadu_si512(qp.add(64 * p) as *const _);
-            let ld = _mm512_loadu_ps(dp.add(16 * p));
-            let init = if MIN {
-                _mm512_setzero_si512()
-            } else {
-                _mm512_loadu_si512(bp.add(16 * p) as *const _)
-            };
-            for k in 0..R {
-                let blk = wp[k].add(2 * bb * p);
-                prefetch(blk, pf);
-                let raw = _mm512_maskz_loadu_epi8(pair_mask, blk as *const i8);
-                let q = _mm512_permutexvar_epi8(idx_q, raw);
-                let q = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), m4);
-                let dot = _mm512_dpbusd_epi32(init, q, x);
-                let raw256 = _mm512_castsi512_si256(raw);
-                let dw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_d, raw256));
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, ld), acc[k]);
-                if MIN {
-                    let mw = _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx_m, raw256));
-                    acc[k] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(sp.add(16 * p)), acc[k]);
-                }
+            super::avx2::quantize_blocks(xr, 32, &mut qs[t * cols..(t + 1) * cols], &mut d[t * nb..(t + 1) * nb])
+        };
+    }
+    let ones = _mm512_set1_epi8(1);
+    // 16 × 32-bit index: lane t takes dword `t · cols / 4` of the 16 token rows.
+    for (b, o) in out.chunks_exact_mut(TOK_LINES).enumerate() {
+        let mut sum = _mm512_setzero_si512();
+        let mut lanes = [0u32; TOK_GROUP];
+        for s in 0..8 {
+            for (t, v) in lanes.iter_mut().enumerate() {
+                let q = &qs[t * cols + 32 * b + 4 * s..][..4];
+                *v = u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
             }
-            acc
-        }
-    };
-    let mut acc0 = [_mm512_setzero_ps(); R];
-    let mut acc1 = [_mm512_setzero_ps(); R];
-    let pairs = nb / 2;
-    let mut p = 0;
-    while p + 2 <= pairs {
-        acc0 = step(p, acc0);
-        acc1 = step(p + 1, acc1);
-        p += 2;
-    }
-    if p < pairs {
-        acc0 = step(p, acc0);
-    }
-    let mut total = [0.0f32; R];
-    for k in 0..R {
-        total[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[k], acc1[k]));
-    }
-    if nb % 2 == 1 {
-        let b = nb - 1;
-        for k in 0..R {
-            // SAFETY: last block b occupies bytes [bb·b, bb·b+bb) of row k; activations
-            // [32b, 32b+32) and lanes [8b, 8b+8) are in bounds.
+            // SAFETY: `lanes` is 64 readable bytes; `o[s]` is a 64-byte aligned line.
             unsafe {
-                let blk = wp[k].add(bb * b);
-                let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
-                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F));
-                let x = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
-                let init = if MIN {
-                    _mm256_setzero_si256()
-                } else {
-                    _mm256_loadu_si256(bp.add(8 * b) as *const __m256i)
-                };
-                let dot = _mm256_dpbusd_epi32(init, q, x);
-                let s = _mm256_mul_ps(bcast_f16(blk), _mm256_loadu_ps(dp.add(8 * b)));
-                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), s);
-                if MIN {
-                    v = _mm256_fmadd_ps(bcast_f16(blk.add(2)), _mm256_loadu_ps(sp.add(8 * b)), v);
-                }
-                total[k] += hsum(v);
+                let v = _mm512_loadu_si512(lanes.as_ptr() as *const _);
+                sum = _mm512_dpbusd_epi32(sum, ones, v);
+                _mm512_store_si512(o[s].0.as_mut_ptr() as *mut _, v);
+            }
+        }
+        let da: [f32; TOK_GROUP] = std::array::from_fn(|t| d[t * nb + b]);
+        // SAFETY: `da` is 16 floats; `o[8]`, `o[9]` are 64-byte aligned lines.
+        unsafe {
+            let da = _mm512_loadu_ps(da.as_ptr());
+            _mm512_store_ps(o[8].0.as_mut_ptr() as *mut f32, da);
+            let last = o[9].0.as_mut_ptr();
+            match f {
+                F_Q4_1 => _mm512_store_ps(last as *mut f32, _mm512_mul_ps(da, _mm512_cvtepi32_ps(sum))),
+                F_Q4_0 => _mm512_store_si512(
+                    last as *mut _,
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<3>(sum)),
+                ),
+                _ => _mm512_store_si512(
+                    last as *mut _,
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sum)),
+                ),
             }
         }
     }
-    total
+}
+
+/// Unpacks one weight row of format `f` into unsigned 8-bit quants (`u`, element order; Q8_0
+/// as `q + 128`), block scales `dw` and, for Q4_1, block minimums `mw`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+fn unpack_row(f: u8, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
+    let (wf, _) = win_fmt(f);
+    let nb = row.len() / wf.bb;
+    assert!(u.len() >= 32 * nb && dw.len() >= nb && mw.len() >= nb);
+    let m4 = _mm_set1_epi8(0x0F);
+    for (b, blk) in row.chunks_exact(wf.bb).enumerate() {
+        dw[b] = super::f16_at(blk, 0);
+        if f == F_Q4_1 {
+            mw[b] = super::f16_at(blk, 2);
+        }
+        let q = &blk[wf.qoff..];
+        // SAFETY: the block holds 16 (nibbles) or 32 quant bytes at `qoff`; `u` has room for
+        // 32 bytes at `32b` (asserted above).
+        unsafe {
+            let dst = u.as_mut_ptr().add(32 * b);
+            if f == F_Q8_0 {
+                let v = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
+                _mm256_storeu_si256(dst as *mut __m256i, _mm256_xor_si256(v, _mm256_set1_epi8(-128)));
+            } else {
+                let v = _mm_loadu_si128(q.as_ptr() as *const __m128i);
+                _mm_storeu_si128(dst as *mut __m128i, _mm_and_si128(v, m4));
+                _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm_and_si128(_mm_srli_epi16::<4>(v), m4));
+            }
+        }
+    }
+}
+
+/// `R` unpacked weight rows × `C` token groups (16 vectors each) over `nb` blocks: returns
+/// per (row, group) the 16 dot products.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set; `u[r]` must hold `32 · nb`
+/// bytes, `dw[r]` (and `mw[r]` for Q4_1) `nb` floats, `p[c]` `nb · TOK_LINES` lines.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+unsafe fn tok_tile<const F: u8, const R: usize, const C: usize>(
+    u: [*const u8; R],
+    dw: [*const f32; R],
+    mw: [*const f32; R],
+    p: [*const Line; C],
+    nb: usize,
+) -> [[__m512; C]; R] {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    // SAFETY: every read is inside the buffers the caller vouches for: block `b < nb`,
+    // quant bytes `32b + 4s .. + 4`, line `b · TOK_LINES + i` with `i < TOK_LINES`.
+    unsafe {
+        for b in 0..nb {
+            let pb: [*const u8; C] = p.map(|q| q.add(b * TOK_LINES) as *const u8);
+            let mut ia = [[_mm512_setzero_si512(); C]; R];
+            if F != F_Q4_1 {
+                for c in 0..C {
+                    let bias = _mm512_load_si512(pb[c].add(9 * 64) as *const _);
+                    for row in ia.iter_mut() {
+                        row[c] = bias;
+                    }
+                }
+            }
+            for s in 0..8 {
+                let xv: [__m512i; C] = std::array::from_fn(|c| _mm512_load_si512(pb[c].add(64 * s) as *const _));
+                for r in 0..R {
+                    let wv = _mm512_set1_epi32((u[r].add(32 * b + 4 * s) as *const i32).read_unaligned());
+                    for c in 0..C {
+                        ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv, xv[c]);
+                    }
+                }
+            }
+            for c in 0..C {
+                let da = _mm512_load_ps(pb[c].add(8 * 64) as *const f32);
+                for r in 0..R {
+                    let s = _mm512_mul_ps(_mm512_set1_ps(*dw[r].add(b)), da);
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][c]), s, acc[r][c]);
+                    if F == F_Q4_1 {
+                        let sa = _mm512_load_ps(pb[c].add(9 * 64) as *const f32);
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(*mw[r].add(b)), sa, acc[r][c]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Token-parallel matmul for Q4_0/Q4_1/Q8_0 (batches of ≥ 16 activation rows): packs the
+/// activations 16 vectors per i32 lane group, then for tiles of [`TOK_ROWS`] unpacked weight
+/// rows × 32 vectors runs `vpdpbusd` with each 4-byte weight group broadcast (one instruction =
+/// 64 multiply-adds), scaling once per block. `y` is `n × rows` row-major.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set; `weight` holds `rows` rows of
+/// `cols` (a multiple of 32) weights of `fmt` (one of Q4_0/Q4_1/Q8_0), `x` is `n × cols`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub(super) unsafe fn matmul_tok(
+    fmt: WeightFormat,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let f = win_selector(fmt).expect("token-parallel matmul on a 32-block format");
+    let (wf, _) = win_fmt(f);
+    let nb = cols / 32;
+    let rb = nb * wf.bb;
+    assert!(cols.is_multiple_of(32) && weight.len() == rows * rb && x.len() == n * cols && y.len() == n * rows);
+    let groups = n.div_ceil(TOK_GROUP);
+    let gl = nb * TOK_LINES;
+    let mut packs = vec![Line([0; 64]); groups * gl];
+    packs.par_chunks_mut(gl).enumerate().for_each(|(g, p)| {
+        // SAFETY: the caller guarantees the CPU features.
+        unsafe { pack_tokens(f, x, cols, g * TOK_GROUP, p) }
+    });
+    // Token blocks (in groups) whose packs stay within ~768 KiB (L2).
+    let gblk = ((768usize << 10) / (gl * 64)).clamp(2, 16) & !1;
+    let cr = super::chunk_rows(rows);
+    let mut scratch = vec![0.0f32; rows * n];
+    let run = |(out, w): (&mut [f32], &[u8])| {
+        // `w` is whole rows of `rb` bytes; the closure inherits this function's CPU features.
+        tok_rows(f, w, rb, nb, &packs, gblk, n, out)
+    };
+    if rayon::current_num_threads() <= 1 || rows <= cr {
+        run((&mut scratch, weight));
+    } else {
+        scratch
+            .par_chunks_mut(cr * n)
+            .zip(weight.par_chunks(cr * rb))
+            .for_each(run);
+    }
+    for (ci, chunk) in scratch.chunks(cr * n).enumerate() {
+        let r0 = ci * cr;
+        let r = chunk.len() / n;
+        for (j, src) in chunk.chunks(r).enumerate() {
+            y[j * rows + r0..j * rows + r0 + r].copy_from_slice(src);
+        }
+    }
+}
+
+/// One task of [`matmul_tok`]: rows `w` (`rb` bytes each) against every token group; `out` is
+/// `[n][rows of w]`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+fn tok_rows(f: u8, w: &[u8], rb: usize, nb: usize, packs: &[Line], gblk: usize, n: usize, out: &mut [f32]) {
+    let rows = w.len() / rb;
+    let gl = nb * TOK_LINES;
+    let groups = packs.len() / gl;
+    assert!(groups * TOK_GROUP >= n && out.len() == rows * n);
+    let mut u = vec![0u8; TOK_ROWS * 32 * nb];
+    let mut dw = vec![0.0f32; TOK_ROWS * nb];
+    let mut mw = vec![0.0f32; TOK_ROWS * nb];
+    for g0 in (0..groups).step_by(gblk) {
+        let g1 = (g0 + gblk).min(groups);
+        for r0 in (0..rows).step_by(TOK_ROWS) {
+            let nr = TOK_ROWS.min(rows - r0);
+            for i in 0..nr {
+                let row = &w[(r0 + i) * rb..(r0 + i + 1) * rb];
+                unpack_row(
+                    f,
+                    row,
+                    &mut u[i * 32 * nb..(i + 1) * 32 * nb],
+                    &mut dw[i * nb..(i + 1) * nb],
+                    &mut mw[i * nb..(i + 1) * nb],
+                );
+            }
+            let mut g = g0;
+            while g < g1 {
+                let nc = if g + 2 <= g1 { 2 } else { 1 };
+                let mut res = [[_mm512_setzero_ps(); 2]; TOK_ROWS];
+                macro_rules! tile {
+                    ($r:literal, $c:literal) => {{
+                        let up: [*const u8; $r] = std::array::from_fn(|i| u[i * 32 * nb..].as_ptr());
+                        let dp: [*const f32; $r] = std::array::from_fn(|i| dw[i * nb..].as_ptr());
+                        let mp: [*const f32; $r] = std::array::from_fn(|i| mw[i * nb..].as_ptr());
+                        let pp: [*const Line; $c] = std::array::from_fn(|c| packs[(g + c) * gl..].as_ptr());
+                        // SAFETY: rows i < nr were unpacked into `u`/`dw`/`mw` (32·nb bytes and
+                        // nb floats each); groups g..g+$c < groups have gl lines each.
+                        let v = unsafe {
+                            match f {
+                                F_Q4_0 => tok_tile::<F_Q4_0, $r, $c>(up, dp, mp, pp, nb),
+                                F_Q4_1 => tok_tile::<F_Q4_1, $r, $c>(up, dp, mp, pp, nb),
+                                _ => tok_tile::<F_Q8_0, $r, $c>(up, dp, mp, pp, nb),
+                            }
+                        };
+                        for (dst, src) in res.iter_mut().zip(v) {
+                            dst[..$c].copy_from_slice(&src);
+                        }
+                    }};
+                }
+                match (nr, nc) {
+                    (4, 2) => tile!(4, 2),
+                    (4, _) => tile!(4, 1),
+                    (3, 2) => tile!(3, 2),
+                    (3, _) => tile!(3, 1),
+                    (2, 2) => tile!(2, 2),
+                    (2, _) => tile!(2, 1),
+                    (_, 2) => tile!(1, 2),
+                    _ => tile!(1, 1),
+                }
+                for (i, rr) in res.iter().enumerate().take(nr) {
+                    for (c, v) in rr.iter().enumerate().take(nc) {
+                        let mut lanes = [0.0f32; TOK_GROUP];
+                        // SAFETY: `lanes` is 64 writable bytes.
+                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
+                        let t0 = (g + c) * TOK_GROUP;
+                        for (t, &val) in lanes.iter().enumerate().take(n.saturating_sub(t0)) {
+                            out[(t0 + t) * rows + r0 + i] = val;
+                        }
+                    }
+                }
+                g += nc;
+            }
+        }
+    }
 }

@@ -19,9 +19,16 @@
 //!
 //! # Dispatch
 //!
-//! [`Isa::detect`] picks, once per process, AVX-512 (F/BW/VL/VNNI/VBMI) → AVX2+FMA+F16C →
+//! [`Isa::detect`] picks, once per process, AVX-512 (F/BW/VL/VNNI/VBMI + GFNI) → AVX2+FMA+F16C →
 //! portable scalar code. [`matvec_with_isa`] / [`matmul_with_isa`] force a path (used by
-//! tests and benchmarks). Work is split over output rows on the global rayon pool.
+//! tests and benchmarks). Work is split over output rows on the global rayon pool, a few
+//! contiguous spans per thread; matrices under ~64 KiB run on the calling thread.
+//!
+//! On AVX-512, `matmul` with Q4_0/Q4_1/Q8_0 weights runs blocked kernels: for fewer than 16
+//! activation rows, tiles of 2 weight rows × 4 activation rows through the matvec kernel (each
+//! weight register unpacked once per tile; results bit-identical to `matvec`); from 16 rows on,
+//! a token-parallel kernel (16 activation rows per `vpdpbusd`, each unpacked 4-byte weight
+//! group broadcast), whose results differ from `matvec` only by f32 summation order.
 
 mod act;
 #[cfg(target_arch = "x86_64")]
@@ -274,7 +281,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 F/BW/VL/VNNI/VBMI (plus AVX2/FMA/F16C).
+    /// x86-64 AVX-512 F/BW/VL/VNNI/VBMI and GFNI (plus AVX2/FMA/F16C).
     Avx512,
 }
 
@@ -319,6 +326,7 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
                     && is_x86_feature_detected!("avx512vbmi")
+                    && is_x86_feature_detected!("gfni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -366,13 +374,28 @@ pub(crate) struct Prepared<'a> {
     pub x: &'a [f32],
     /// BF16 SIMD paths: `x` de-interleaved per group of `g` (even indices then odd indices).
     pub xd: Vec<f32>,
-    /// Quantized activations for the integer-dot formats.
+    /// Quantized activations for the integer-dot formats (all paths but the AVX-512 windows).
     pub q8: Option<Q8Activations>,
+    /// AVX-512 Q4_0/Q4_1/Q8_0: activations laid out for the window kernels.
+    pub win: Option<act::WinAct>,
 }
 
 impl<'a> Prepared<'a> {
     fn new(isa: Isa, fmt: WeightFormat, x: &'a [f32]) -> Self {
-        let q8 = fmt.activation_block().map(|b| Q8Activations::quantize(x, b));
+        #[cfg(target_arch = "x86_64")]
+        let win = match (isa, avx512::win_selector(fmt)) {
+            // SAFETY: callers only prepare for an `isa` whose `is_available()` was checked.
+            (Isa::Avx512, Some(f)) => Some(unsafe { avx512::build_win(x, f) }),
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let win = None;
+        let q8 = match win {
+            Some(_) => None,
+            None => fmt
+                .activation_block()
+                .map(|b| Q8Activations::quantize_with(x, b, isa == Isa::Avx2)),
+        };
         let group = match (isa, fmt) {
             (Isa::Avx2, WeightFormat::Bf16) => 16,
             (Isa::Avx512, WeightFormat::Bf16) => 32,
@@ -388,7 +411,14 @@ impl<'a> Prepared<'a> {
             }
             xd.extend_from_slice(chunks.remainder());
         }
-        Prepared { x, xd, q8 }
+        Prepared { x, xd, q8, win }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn win(&self) -> &act::WinAct {
+        self.win
+            .as_ref()
+            .expect("internal: window activations prepared for this format")
     }
 
     pub fn q8(&self) -> &Q8Activations {
@@ -423,13 +453,26 @@ fn dot_rows(
     }
 }
 
-/// Rows per rayon task: a few hundred KB of weights, but at least ~8 tasks per thread.
-fn chunk_rows(rows: usize, row_bytes: usize) -> usize {
-    const TASK_BYTES: usize = 256 * 1024;
+/// From this many activation rows on, AVX-512 Q4_0/Q4_1/Q8_0 `matmul` runs token-parallel.
+const TOKEN_PARALLEL_MIN: usize = 16;
+
+/// Matrices smaller than this run on the calling thread (waking the pool costs more).
+const SERIAL_BYTES: usize = 64 * 1024;
+
+static TASKS_PER_THREAD: AtomicUsize = AtomicUsize::new(4);
+
+#[doc(hidden)]
+/// Tuning knob for benchmarks: contiguous row spans per rayon thread (default 4).
+pub fn set_tasks_per_thread(n: usize) {
+    TASKS_PER_THREAD.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Rows per rayon task: a few contiguous spans per thread (so each thread streams long
+/// runs of weights and a preempted thread's work can still be stolen), a multiple of 4 rows.
+fn chunk_rows(rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let by_bytes = (TASK_BYTES / row_bytes.max(1)).max(1);
-    let by_balance = rows.div_ceil(threads * 8).max(1);
-    by_bytes.min(by_balance).max(4.min(rows.max(1)))
+    let tasks = threads * TASKS_PER_THREAD.load(Ordering::Relaxed);
+    rows.div_ceil(tasks).next_multiple_of(4).max(4)
 }
 
 fn validate(isa: Isa, fmt: WeightFormat, weight: &[u8], rows: usize, cols: usize) -> Result<usize, KernelError> {
@@ -513,8 +556,8 @@ pub fn matvec_with_isa(
         return Ok(());
     }
     let p = Prepared::new(isa, fmt, x);
-    let cr = chunk_rows(rows, rb);
-    if rayon::current_num_threads() <= 1 || rows <= cr {
+    let cr = chunk_rows(rows);
+    if rayon::current_num_threads() <= 1 || rows <= cr || weight.len() < SERIAL_BYTES {
         dot_rows(isa, fmt, weight, rb, cols, &p, y);
     } else {
         y.par_chunks_mut(cr)
@@ -590,15 +633,29 @@ pub fn matmul_with_isa(
         y.fill(0.0);
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && n >= TOKEN_PARALLEL_MIN && avx512::win_selector(fmt).is_some() {
+        // SAFETY: `validate` checked that the CPU supports `Isa::Avx512`; lengths were checked above.
+        unsafe { avx512::matmul_tok(fmt, weight, rows, cols, x, n, y) };
+        return Ok(());
+    }
     let preps: Vec<Prepared<'_>> = if n >= 4 {
         x.par_chunks(cols).map(|xr| Prepared::new(isa, fmt, xr)).collect()
     } else {
         x.chunks(cols).map(|xr| Prepared::new(isa, fmt, xr)).collect()
     };
-    let cr = chunk_rows(rows, rb);
+    #[cfg(target_arch = "x86_64")]
+    let wins: Vec<&act::WinAct> = preps.iter().filter_map(|p| p.win.as_ref()).collect();
+    let cr = chunk_rows(rows);
     // Scratch laid out chunk by chunk, each chunk as [n][rows_in_chunk].
     let mut scratch = vec![0.0f32; rows * n];
     let run = |(out, w): (&mut [f32], &[u8])| {
+        #[cfg(target_arch = "x86_64")]
+        if wins.len() == n {
+            // SAFETY: window activations exist only for `Isa::Avx512`, checked available by `validate`.
+            unsafe { avx512::gemm_win(fmt, w, rb, &wins, out) };
+            return;
+        }
         let r = w.len() / rb;
         for (p, o) in preps.iter().zip(out.chunks_mut(r)) {
             dot_rows(isa, fmt, w, rb, cols, p, o);
