@@ -17,18 +17,25 @@
 
 pub use burn;
 
-use burn::tensor::{Tensor, activation, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use std::str::FromStr;
 
+#[cfg(feature = "cube")]
+pub mod cube;
 pub mod ops;
+mod packed;
+
+pub use packed::{BLOCK as PACKED_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
 
 /// The CPU backend used by default (burn's ndarray backend, f32).
 #[cfg(feature = "cpu")]
 pub type Cpu = burn::backend::NdArray<f32>;
-/// The wgpu backend (Vulkan, Metal, DX12 through wgpu), f32 compute.
+/// The wgpu backend (Vulkan, Metal, DX12 through wgpu). Floats default to f32; see
+/// [`set_compute_dtype`] for f16.
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu<f32, i32>;
-/// The CUDA backend (cubecl, kernels compiled at run time with NVRTC), f32 compute.
+/// The CUDA backend (cubecl, kernels compiled at run time with NVRTC). Floats default to f32;
+/// see [`set_compute_dtype`] for f16/bf16.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
@@ -54,6 +61,45 @@ pub enum BackendError {
         dtype: DType,
         /// Backend name.
         backend: &'static str,
+    },
+    /// The backend supports the dtype in general but this device does not (e.g. bf16 on
+    /// Vulkan, f16 on a device without `shaderFloat16`).
+    #[error("dtype {dtype:?} is not supported for compute on this {backend} device ({device})")]
+    DTypeUnsupportedOnDevice {
+        /// Requested dtype.
+        dtype: DType,
+        /// Backend name.
+        backend: &'static str,
+        /// The device, as burn prints it.
+        device: String,
+    },
+    /// The device's default dtype was already fixed (a tensor was created on it before
+    /// [`set_compute_dtype`]).
+    #[error("cannot set the compute dtype of {device}: {reason}")]
+    DeviceDTypeLocked {
+        /// The device, as burn prints it.
+        device: String,
+        /// burn's reason.
+        reason: String,
+    },
+    /// The packed format name is not one hearth's device kernels know.
+    #[error("unknown packed weight format `{0}` (expected f32, q8_0 or q4_0)")]
+    UnknownPackedFormat(String),
+    /// Packed weight bytes do not match the matrix shape.
+    #[error("packed {format:?} weight: {reason}")]
+    PackedShape {
+        /// Format of the bytes.
+        format: PackedFormat,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Operands of a kernel have incompatible shapes.
+    #[error("{op}: {reason}")]
+    ShapeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -103,11 +149,15 @@ impl BackendKind {
         }
     }
 
-    /// Compute dtypes this backend supports in hearth today.
+    /// Compute dtypes this backend can support in hearth: f32 everywhere; f16 on wgpu (devices
+    /// with `shaderFloat16`) and CUDA; bf16 on CUDA (Vulkan has bf16 only as a storage type).
+    /// Whether a particular device does is checked by [`set_compute_dtype`] /
+    /// [`device_supports`].
     pub fn supports(self, dtype: DType) -> bool {
         match self {
-            BackendKind::Cpu | BackendKind::Wgpu => dtype == DType::F32,
-            BackendKind::Cuda => dtype == DType::F32,
+            BackendKind::Cpu => dtype == DType::F32,
+            BackendKind::Wgpu => dtype != DType::Bf16,
+            BackendKind::Cuda => true,
         }
     }
 
@@ -167,6 +217,74 @@ impl DType {
             DType::F16 | DType::Bf16 => 2,
         }
     }
+
+    /// The burn dtype.
+    ///
+    /// ```
+    /// assert_eq!(hearth_backend::DType::Bf16.burn(), burn::tensor::DType::BF16);
+    /// ```
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            DType::F32 => burn::tensor::DType::F32,
+            DType::F16 => burn::tensor::DType::F16,
+            DType::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+/// Whether `device` of backend `B` can compute in `dtype` (storage, conversion and arithmetic;
+/// burn's `Backend::supports_dtype`).
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use hearth_backend::{Cpu, DType, device_supports};
+/// assert!(device_supports::<Cpu>(&Default::default(), DType::F32));
+/// # }
+/// ```
+pub fn device_supports<B: Backend>(device: &B::Device, dtype: DType) -> bool {
+    B::supports_dtype(device, dtype.burn())
+}
+
+/// Makes `dtype` the float dtype of every tensor later created on `device` (weights are
+/// converted on upload; kernels accumulate in f32). Call before any tensor exists on the
+/// device. f32 is always accepted (and is a no-op when nothing else was set).
+///
+/// Errors: [`BackendError::DTypeUnsupported`] if hearth does not support the dtype on this
+/// backend kind, [`BackendError::DTypeUnsupportedOnDevice`] if the device lacks it, and
+/// [`BackendError::DeviceDTypeLocked`] if the device's defaults are already fixed.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use hearth_backend::{BackendError, BackendKind, Cpu, DType, set_compute_dtype};
+/// let dev = Default::default();
+/// assert_eq!(set_compute_dtype::<Cpu>(BackendKind::Cpu, &dev, DType::F32), Ok(()));
+/// assert!(matches!(
+///     set_compute_dtype::<Cpu>(BackendKind::Cpu, &dev, DType::Bf16),
+///     Err(BackendError::DTypeUnsupported { .. })
+/// ));
+/// # }
+/// ```
+pub fn set_compute_dtype<B: Backend>(kind: BackendKind, device: &B::Device, dtype: DType) -> Result<(), BackendError> {
+    kind.check_dtype(dtype)?;
+    if dtype == DType::F32 {
+        return Ok(()); // every backend hearth builds defaults to f32
+    }
+    if !device_supports::<B>(device, dtype) {
+        return Err(BackendError::DTypeUnsupportedOnDevice {
+            dtype,
+            backend: kind.name(),
+            device: format!("{device:?}"),
+        });
+    }
+    let float = match dtype {
+        DType::F32 => burn::tensor::FloatDType::F32,
+        DType::F16 => burn::tensor::FloatDType::F16,
+        DType::Bf16 => burn::tensor::FloatDType::BF16,
+    };
+    burn::tensor::backend::set_default_float_dtype::<B>(device, float).map_err(|e| BackendError::DeviceDTypeLocked {
+        device: format!("{device:?}"),
+        reason: e.to_string(),
+    })
 }
 
 impl FromStr for DType {
@@ -212,7 +330,57 @@ pub trait HearthBackend: Backend {
 
     /// SwiGLU gate: `silu(gate) * up`.
     fn silu_mul<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
-        activation::silu(gate) * up
+        ops::silu_mul(gate, up)
+    }
+
+    /// Matrix product with [`Tensor::matmul`]'s contract (batch dims broadcast), computed in
+    /// full f32 for f32 inputs: the cubecl backends override it so that CUDA never rounds f32
+    /// operands to TF32 (burn's own f32 matmul there runs on tensor cores in TF32). Models use
+    /// it for every product with device weights and inside attention.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// use burn::tensor::Tensor;
+    /// let dev = Default::default();
+    /// let a = Tensor::<Cpu, 2>::from_floats([[1.0, 2.0]], &dev);
+    /// let b = Tensor::<Cpu, 2>::from_floats([[3.0], [4.0]], &dev);
+    /// assert_eq!(Cpu::matmul(a, b).into_data().to_vec::<f32>().unwrap(), vec![11.0]);
+    /// # }
+    /// ```
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        lhs.matmul(rhs)
+    }
+
+    /// Uploads a `[rows = out, cols = in]` weight given in GGUF byte layout (see
+    /// [`PackedFormat`]). The fallback dequantizes on the host and keeps f32; the cubecl
+    /// backends keep the blocks and dequantize inside their kernels.
+    ///
+    /// Errors: [`BackendError::PackedShape`] when `bytes` is not a `[rows, cols]` matrix of
+    /// whole blocks.
+    fn upload_packed(
+        format: PackedFormat,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        device: &Self::Device,
+    ) -> Result<PackedMatrix<Self>, BackendError> {
+        PackedMatrix::dense_from_bytes(format, bytes, rows, cols, device)
+    }
+
+    /// `x · Wᵀ` for `x: [M, cols]` and a packed `W: [rows, cols]`, giving `[M, rows]`.
+    ///
+    /// Errors: [`BackendError::ShapeMismatch`] when `x` has the wrong width, and
+    /// [`BackendError::PackedShape`] for storage this backend cannot read.
+    fn packed_matmul(x: Tensor<Self, 2>, w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError> {
+        w.check_input(x.dims())?;
+        match w.storage() {
+            PackedStorage::Dense(t) => Ok(Self::matmul(x, t.clone())),
+            PackedStorage::Words(_) => Err(BackendError::PackedShape {
+                format: w.format(),
+                reason: "device-packed blocks need a backend with packed kernels".into(),
+            }),
+        }
     }
 
     /// Scaled dot-product attention with grouped query heads and an additive mask.
@@ -227,7 +395,7 @@ pub trait HearthBackend: Backend {
         mask: Tensor<Self, 3>,
         scale: f64,
     ) -> Tensor<Self, 4> {
-        ops::gqa_attention(q, k, v, mask, scale)
+        ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
     }
 }
 
@@ -235,10 +403,8 @@ pub trait HearthBackend: Backend {
 impl HearthBackend for Cpu {
     const HOST_KERNELS: bool = true;
 }
-#[cfg(feature = "wgpu")]
-impl HearthBackend for Wgpu {}
-#[cfg(feature = "cuda")]
-impl HearthBackend for Cuda {}
+// The wgpu and CUDA backends are both `burn_cubecl::CubeBackend`s: one generic implementation
+// with hearth's cubecl kernels lives in `cube`.
 
 /// Configures the number of CPU threads used by hearth's CPU kernels (the global rayon pool).
 /// Call once, before any model work; later calls are ignored and return `false`.
@@ -269,22 +435,22 @@ mod tests {
     }
 
     #[test]
-    fn gpu_backends_compute_in_f32_only() {
-        for k in [BackendKind::Wgpu, BackendKind::Cuda] {
+    fn dtype_support_per_backend_kind() {
+        for k in [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda] {
             assert_eq!(k.check_dtype(DType::F32), Ok(()));
-            for dtype in [DType::F16, DType::Bf16] {
-                assert_eq!(
-                    k.check_dtype(dtype),
-                    Err(BackendError::DTypeUnsupported {
-                        dtype,
-                        backend: k.name()
-                    })
-                );
-            }
         }
+        assert_eq!(BackendKind::Cuda.check_dtype(DType::Bf16), Ok(()));
+        assert_eq!(BackendKind::Wgpu.check_dtype(DType::F16), Ok(()));
         assert_eq!(
-            BackendKind::Cuda.check_dtype(DType::Bf16).unwrap_err().to_string(),
-            "dtype Bf16 is not supported for compute on backend `cuda`"
+            BackendKind::Wgpu.check_dtype(DType::Bf16).unwrap_err().to_string(),
+            "dtype Bf16 is not supported for compute on backend `wgpu`"
+        );
+        assert_eq!(
+            BackendKind::Cpu.check_dtype(DType::F16),
+            Err(BackendError::DTypeUnsupported {
+                dtype: DType::F16,
+                backend: "cpu"
+            })
         );
     }
 

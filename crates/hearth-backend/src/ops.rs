@@ -24,6 +24,23 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1
     x * inv * weight.reshape(wshape)
 }
 
+/// SwiGLU gate `silu(gate) · up` with burn ops.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// let dev = Default::default();
+/// let g = Tensor::<hearth_backend::Cpu, 1>::from_floats([0.0, 1.0], &dev);
+/// let u = Tensor::from_floats([5.0, 2.0], &dev);
+/// let y = hearth_backend::ops::silu_mul(g, u).into_data().to_vec::<f32>().unwrap();
+/// assert_eq!(y[0], 0.0);
+/// assert!((y[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+/// # }
+/// ```
+pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    activation::silu(gate) * up
+}
+
 /// Grouped-query attention with an additive mask, without materialising repeated K/V heads.
 ///
 /// Query heads of one KV group are folded into the sequence axis (`[B, Hkv, g·T, D]`) so a
@@ -50,6 +67,33 @@ pub fn gqa_attention<B: Backend>(
     mask: Tensor<B, 3>,
     scale: f64,
 ) -> Tensor<B, 4> {
+    gqa_attention_with(q, k, v, mask, scale, Tensor::matmul)
+}
+
+/// [`gqa_attention`] with the two batched products computed by `matmul` (e.g.
+/// [`crate::HearthBackend::matmul`], exact f32 on CUDA).
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// type B = hearth_backend::Cpu;
+/// let dev = Default::default();
+/// let q = Tensor::<B, 4>::from_floats([[[[1.0, 0.0]]]], &dev);
+/// let k = Tensor::<B, 4>::from_floats([[[[1.0, 0.0]]]], &dev);
+/// let v = Tensor::<B, 4>::from_floats([[[[5.0]]]], &dev);
+/// let mask = Tensor::<B, 3>::zeros([1, 1, 1], &dev);
+/// let o = hearth_backend::ops::gqa_attention_with(q, k, v, mask, 1.0, Tensor::matmul);
+/// assert_eq!(o.into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+/// # }
+/// ```
+pub fn gqa_attention_with<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 3>,
+    scale: f64,
+    matmul: impl Fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, h, t, d] = q.dims();
     let [_, hkv, s, _] = k.dims();
     let dv = v.dims()[3];
@@ -60,7 +104,7 @@ pub fn gqa_attention<B: Backend>(
     } else {
         mask.unsqueeze_dim::<4>(1).repeat_dim(1, g).reshape([b, 1, g * t, s])
     };
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask;
+    let scores = matmul(q, k.swap_dims(2, 3)) * scale + mask;
     let probs = activation::softmax(scores, 3);
-    probs.matmul(v).reshape([b, h, t, dv])
+    matmul(probs, v).reshape([b, h, t, dv])
 }

@@ -1,0 +1,144 @@
+//! Full-f32 matmul on cubecl backends through cubek's register/plane-vector strategies.
+//!
+//! burn's own `float_matmul` launches `cubek::matmul::launch::Strategy::Auto`, which tries a
+//! tensor-core (CMMA) kernel first; on CUDA its f32 operands are then staged as TF32 (10-bit
+//! mantissa). The strategies used here never call cubek's `adjust_dtypes`, so f32 stays f32.
+
+use super::{prim, wrap};
+use crate::BackendError;
+use burn::tensor::Tensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
+use burn_cubecl::{kernel::matmul::init_matmul_output, ops::numeric::empty_device_dtype};
+use cubek::matmul::{
+    definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError},
+    launch::{Strategy, launch_ref},
+    routines::{
+        BlueprintStrategy, TileSizeSelection, double_unit::DoubleUnitSelectionArgs,
+        simple_unit::SimpleUnitSelectionArgs,
+    },
+};
+use cubek::std::InputBinding;
+use std::sync::OnceLock;
+
+/// A strategy by the name used in `HEARTH_MATMUL` (for benchmarking on a GPU).
+fn named(name: &str) -> Option<Strategy> {
+    let unit = |tile_size| SimpleUnitSelectionArgs { tile_size };
+    Some(match name {
+        "vecmat" => Strategy::SimpleVecMat(BlueprintStrategy::Inferred(().into())),
+        "double_vecmat" => Strategy::DoubleVecMat(BlueprintStrategy::Inferred(().into())),
+        "gemv_plane" => Strategy::GemvPlaneParallel(BlueprintStrategy::Inferred(Default::default())),
+        "gemv_unit" => Strategy::GemvUnitPerpendicular(BlueprintStrategy::Inferred(Default::default())),
+        "unit" => Strategy::SimpleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MaxTileSize))),
+        "unit_min" => Strategy::SimpleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MinTileSize))),
+        "double_unit" => Strategy::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs {
+            tile_size: TileSizeSelection::MaxTileSize,
+        })),
+        "naive" => Strategy::Naive,
+        // burn's choice: tensor cores, TF32 for f32 on CUDA. Only for comparisons.
+        "auto" => Strategy::Auto,
+        _ => return None,
+    })
+}
+
+/// Strategy names tried in order for one-row and for many-row products. The default is
+/// SimpleVecMat (one row) / SimpleUnit (more), each falling back to the others and finally to
+/// Naive (always available). `HEARTH_MATMUL="vec=a,b;mat=c,d"` overrides either list, e.g.
+/// `HEARTH_MATMUL="vec=gemv_unit;mat=double_unit"`, to compare kernels on a GPU.
+fn plan() -> &'static (Vec<&'static str>, Vec<&'static str>) {
+    static PLAN: OnceLock<(Vec<&'static str>, Vec<&'static str>)> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        let mut vec = vec!["vecmat", "gemv_unit", "gemv_plane", "unit", "naive"];
+        let mut mat = vec!["unit", "double_unit", "naive"];
+        if let Ok(spec) = std::env::var("HEARTH_MATMUL") {
+            let known = |s: &str| -> Vec<&'static str> {
+                let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+                leaked
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| named(n).is_some())
+                    .collect()
+            };
+            for part in spec.split(';') {
+                match part.split_once('=') {
+                    Some(("vec", v)) => vec = [known(v), vec].concat(),
+                    Some(("mat", v)) => mat = [known(v), mat].concat(),
+                    _ => {}
+                }
+            }
+        }
+        (vec, mat)
+    })
+}
+
+fn launch<R: CubeRuntime>(
+    strategy: &Strategy,
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    out: &CubeTensor<R>,
+) -> Result<(), MatmulSetupError> {
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: lhs.dtype.into(),
+        rhs: rhs.dtype.into(),
+        out: out.dtype.into(),
+    });
+    launch_ref(
+        strategy,
+        &out.client,
+        InputBinding::new(lhs.clone().binding(), lhs.dtype.into()),
+        InputBinding::new(rhs.clone().binding(), rhs.dtype.into()),
+        out.clone().binding(),
+        &mut dtypes,
+    )
+}
+
+/// Matrix product with the contract of burn's `Tensor::matmul` (batch dims broadcast), in full
+/// f32 for f32 inputs on every device (no TF32). Half-precision inputs accumulate in f32.
+///
+/// Errors: [`BackendError::ShapeMismatch`] when the shapes cannot be multiplied or the dtypes
+/// differ.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let a = Tensor::<Wgpu, 3>::ones([2, 1, 3], &dev);
+/// let b = Tensor::<Wgpu, 3>::ones([1, 3, 4], &dev); // broadcast over the batch
+/// assert_eq!(cube::matmul_f32(a, b).unwrap().dims(), [2, 1, 4]);
+/// # }
+/// ```
+pub fn matmul_f32<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    lhs: Tensor<CubeBackend<R, F, I, BT>, D>,
+    rhs: Tensor<CubeBackend<R, F, I, BT>, D>,
+) -> Result<Tensor<CubeBackend<R, F, I, BT>, D>, BackendError> {
+    let mismatch = |reason: String| BackendError::ShapeMismatch { op: "matmul", reason };
+    let (ld, rd) = (lhs.dims(), rhs.dims());
+    if D < 2 || lhs.dtype() != rhs.dtype() {
+        return Err(mismatch(format!("{ld:?} {:?} × {rd:?} {:?}", lhs.dtype(), rhs.dtype())));
+    }
+    let (lhs, rhs) = (prim(lhs), prim(rhs));
+    let out_shape = cubecl::zspace::calculate_matmul_output(lhs.meta.shape(), rhs.meta.shape())
+        .map_err(|e| mismatch(format!("{ld:?} × {rd:?}: {e:?}")))?;
+    if out_shape.num_elements() == 0 || ld[D - 1] == 0 {
+        // nothing to launch; an empty K sums to zero
+        let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), out_shape.clone(), lhs.dtype);
+        let out: Tensor<CubeBackend<R, F, I, BT>, D> = wrap(out);
+        return Ok(out.zeros_like());
+    }
+    let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
+    let (vec, mat) = plan();
+    let names = if out_shape[D - 2] == 1 { vec } else { mat };
+    let mut errors = Vec::new();
+    for name in names {
+        let strategy = named(name).expect("plan() keeps known names");
+        // setup errors are returned before anything is launched, so the next one may run
+        match launch(&strategy, &lhs, &rhs, &out) {
+            Ok(()) => return Ok(wrap(out)),
+            Err(e) => errors.push(format!("{name}: {e:?}")),
+        }
+    }
+    Err(mismatch(format!(
+        "no f32 matmul kernel applies to {ld:?} × {rd:?}: {}",
+        errors.join("; ")
+    )))
+}

@@ -1,0 +1,311 @@
+//! Packed weights on the device: matrix × vector with dequantization fused into the load, and a
+//! dequantization kernel for products with many rows.
+//!
+//! The weight is `[rows = N, cols = K]` in the block layout of [`PackedFormat::to_words`]
+//! (`u32` words, `K / 32` blocks per row). The matvec kernel runs one cube per output element
+//! `(m, n)`: its units stride over the row's blocks, dequantize each block in registers and dot
+//! it with `x[m]` in f32, then the cube reduces (plane + shared memory).
+
+use super::reduce::cube_sum;
+use super::{MATVEC_MAX_ROWS, kernel_float, matmul_f32, plane_reductions, prim, reduction_cube_dim, wrap};
+use crate::{BackendError, PACKED_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
+use burn::tensor::{DType, Shape, Tensor as BTensor};
+use burn_cubecl::{
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
+    ops::numeric::empty_device_dtype, tensor::CubeTensor,
+};
+use cubecl::{calculate_cube_count_elemwise, prelude::*};
+
+const FMT_F32: u32 = 0;
+const FMT_Q8_0: u32 = 1;
+const FMT_Q4_0: u32 = 2;
+
+fn format_id(f: PackedFormat) -> u32 {
+    match f {
+        PackedFormat::F32 => FMT_F32,
+        PackedFormat::Q8_0 => FMT_Q8_0,
+        PackedFormat::Q4_0 => FMT_Q4_0,
+    }
+}
+
+/// Dot product of one 32-value block (at word `wb` of `w`) with `x[xb..xb + 32]`, in f32.
+#[cube]
+fn block_dot<F: Float>(w: &Array<u32>, wb: usize, x: &Tensor<F>, xb: usize, #[comptime] format: u32) -> f32 {
+    let mut s = 0.0f32;
+    if comptime!(format == FMT_F32) {
+        #[unroll]
+        for e in 0..32usize {
+            s += f32::reinterpret(w[wb + e]) * f32::cast_from(x[xb + e]);
+        }
+    } else if comptime!(format == FMT_Q8_0) {
+        let mut q = 0.0f32;
+        #[unroll]
+        for j in 0..8usize {
+            let word = w[wb + 1 + j];
+            #[unroll]
+            for b in 0..4usize {
+                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                // sign-extend the i8: (byte ^ 0x80) - 128
+                let v = f32::cast_from(byte ^ 0x80u32) - 128.0f32;
+                q += v * f32::cast_from(x[xb + j * 4 + b]);
+            }
+        }
+        s = f32::reinterpret(w[wb]) * q;
+    } else {
+        let mut q = 0.0f32;
+        #[unroll]
+        for j in 0..4usize {
+            let word = w[wb + 1 + j];
+            #[unroll]
+            for b in 0..4usize {
+                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                let lo = f32::cast_from(byte & 0xFu32) - 8.0f32;
+                let hi = f32::cast_from(byte >> 4u32) - 8.0f32;
+                q += lo * f32::cast_from(x[xb + j * 4 + b]) + hi * f32::cast_from(x[xb + j * 4 + b + 16]);
+            }
+        }
+        s = f32::reinterpret(w[wb]) * q;
+    }
+    s
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn packed_matvec_kernel<F: Float>(
+    x: &Tensor<F>,
+    w: &Array<u32>,
+    out: &mut Tensor<F>,
+    n_rows: u32,
+    m_rows: u32,
+    blocks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * m_rows as usize {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let nb = blocks as usize;
+    let row = n * nb * words_per_block;
+    let x_row = m * x.stride(0);
+    let mut acc = 0.0f32;
+    let mut b = UNIT_POS as usize;
+    while b < nb {
+        acc += block_dot::<F>(w, row + b * words_per_block, x, x_row + b * 32, format);
+        b += cube_dim;
+    }
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        out[m * out.stride(0) + n] = F::cast_from(total);
+    }
+}
+
+#[cube(launch)]
+fn dequantize_kernel<F: Float>(
+    w: &Array<u32>,
+    out: &mut Tensor<F>,
+    total_blocks: u32,
+    blocks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i < total_blocks as usize {
+        let nb = blocks as usize;
+        let n = i / nb;
+        let wb = i * words_per_block;
+        let ob = n * out.stride(0) + (i % nb) * 32;
+        if comptime!(format == FMT_F32) {
+            #[unroll]
+            for e in 0..32usize {
+                out[ob + e] = F::cast_from(f32::reinterpret(w[wb + e]));
+            }
+        } else if comptime!(format == FMT_Q8_0) {
+            let d = f32::reinterpret(w[wb]);
+            #[unroll]
+            for j in 0..8usize {
+                let word = w[wb + 1 + j];
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    let v = f32::cast_from(byte ^ 0x80u32) - 128.0f32;
+                    out[ob + j * 4 + b] = F::cast_from(v * d);
+                }
+            }
+        } else {
+            let d = f32::reinterpret(w[wb]);
+            #[unroll]
+            for j in 0..4usize {
+                let word = w[wb + 1 + j];
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    out[ob + j * 4 + b] = F::cast_from((f32::cast_from(byte & 0xFu32) - 8.0f32) * d);
+                    out[ob + j * 4 + b + 16] = F::cast_from((f32::cast_from(byte >> 4u32) - 8.0f32) * d);
+                }
+            }
+        }
+    }
+}
+
+/// The device words of a packed matrix, checked against its shape.
+fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<CubeTensor<R>, BackendError> {
+    let bad = |reason: String| BackendError::PackedShape {
+        format: w.format(),
+        reason,
+    };
+    let PackedStorage::Words(t) = w.storage() else {
+        return Err(bad("not stored as device blocks (made by the fallback upload)".into()));
+    };
+    let expected = w.rows() * w.cols() / PACKED_BLOCK * w.format().words_per_block();
+    if w.rows() == 0 || !w.cols().is_multiple_of(PACKED_BLOCK) || w.cols() == 0 || t.dims() != [expected] {
+        return Err(bad(format!(
+            "{:?} words for a [{}, {}] matrix (expected {expected})",
+            t.dims(),
+            w.rows(),
+            w.cols()
+        )));
+    }
+    let t = t.clone().into_primitive();
+    if t.dtype.size() != 4 {
+        return Err(bad(format!("device words are {:?}, not 32-bit", t.dtype)));
+    }
+    Ok(t)
+}
+
+fn check_x<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: &BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<(), BackendError> {
+    w.check_input(x.dims())?;
+    if !kernel_float(x.dtype()) {
+        return Err(BackendError::ShapeMismatch {
+            op: "packed_matmul",
+            reason: format!("x has dtype {:?}", x.dtype()),
+        });
+    }
+    Ok(())
+}
+
+/// `x · Wᵀ` for `x: [M, K]` and device-packed `W: [N, K]` with the fused matrix × vector
+/// kernel (one cube per output, dequantization in registers, f32 accumulation). Meant for small
+/// `M` (decode); each row of `x` reads the whole weight.
+///
+/// Errors: [`BackendError::ShapeMismatch`] for a wrong `x` width or a non-float `x`,
+/// [`BackendError::PackedShape`] for a matrix not stored as device blocks.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, PackedFormat, Wgpu, cube};
+/// let dev = Default::default();
+/// let mut block = vec![0u8; 34]; // Q8_0: d = 1, q = [1, 0, 0, ...]
+/// block[..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+/// block[2] = 1;
+/// let w = Wgpu::upload_packed(PackedFormat::Q8_0, &block, 1, 32, &dev).unwrap();
+/// let x = Tensor::<Wgpu, 2>::ones([1, 32], &dev);
+/// let y = cube::packed_matvec(x, &w).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![1.0]);
+/// # }
+/// ```
+pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    check_x(&x, w)?;
+    let words = words(w)?;
+    let [m, k] = x.dims();
+    let n = w.rows();
+    let x = into_contiguous(prim(x));
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    if m == 0 {
+        return Ok(wrap(out));
+    }
+    let blocks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&client, blocks);
+    let use_plane = plane_reductions(&client);
+    let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
+    packed_matvec_kernel::launch::<R>(
+        &client,
+        cube_count,
+        CubeDim::new_1d(cube_dim),
+        x.into_tensor_arg(),
+        words.into_array_arg(),
+        out.clone().into_tensor_arg(),
+        n as u32,
+        m as u32,
+        blocks as u32,
+        format_id(w.format()),
+        w.format().words_per_block(),
+        cube_dim as usize,
+        use_plane,
+        dtype.into(),
+    );
+    Ok(wrap(out))
+}
+
+/// Dequantizes a device-packed `[N, K]` matrix to a dense `[N, K]` tensor of `dtype` on the
+/// device (one unit per block).
+///
+/// Errors: [`BackendError::PackedShape`] for a matrix not stored as device blocks or a
+/// non-float `dtype`.
+pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    dtype: DType,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    let words = words(w)?;
+    if !kernel_float(dtype) {
+        return Err(BackendError::PackedShape {
+            format: w.format(),
+            reason: format!("cannot dequantize to {dtype:?}"),
+        });
+    }
+    let (n, k) = (w.rows(), w.cols());
+    let client = words.client.clone();
+    let out = empty_device_dtype(client.clone(), words.device.clone(), Shape::new([n, k]), dtype);
+    let blocks = k / PACKED_BLOCK;
+    let total = n * blocks;
+    let cube_dim = CubeDim::new(&client, total);
+    let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
+    dequantize_kernel::launch::<R>(
+        &client,
+        cube_count,
+        cube_dim,
+        words.into_array_arg(),
+        out.clone().into_tensor_arg(),
+        total as u32,
+        blocks as u32,
+        format_id(w.format()),
+        w.format().words_per_block(),
+        dtype.into(),
+    );
+    Ok(wrap(out))
+}
+
+/// `x · Wᵀ` for device-packed `W`: the fused [`packed_matvec`] for up to
+/// [`MATVEC_MAX_ROWS`] rows of `x`, else [`dequantize_packed`] + [`matmul_f32`].
+///
+/// Errors: as [`packed_matvec`].
+pub fn packed_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    check_x(&x, w)?;
+    if x.dims()[0] <= MATVEC_MAX_ROWS {
+        return packed_matvec(x, w);
+    }
+    let dense = dequantize_packed(w, x.dtype())?;
+    matmul_f32(x, dense.transpose())
+}

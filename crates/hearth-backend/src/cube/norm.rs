@@ -1,0 +1,126 @@
+//! Fused RMSNorm: one cube per row, f32 accumulation, plane + shared-memory reduction.
+
+use super::reduce::cube_sum;
+use super::{kernel_float, plane_reductions, prim, reduction_cube_dim, wrap};
+use crate::BackendError;
+use burn::tensor::Tensor as BTensor;
+use burn_cubecl::{
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
+    ops::numeric::empty_device_dtype,
+};
+use cubecl::{calculate_cube_count_elemwise, prelude::*, tensor_vector_size_parallel};
+
+#[cube(launch)]
+fn rms_norm_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    rows: u32,
+    eps: f32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = x.vector_size();
+    let cols = x.shape(1);
+    let cols_v = cols / n;
+    let x_row = row * x.stride(0) / n;
+    let o_row = row * out.stride(0) / n;
+
+    let mut acc = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < cols_v {
+        let v = Vector::<f32, N>::cast_from(x[x_row + i]);
+        acc += f32::cast_from((v * v).vector_sum());
+        i += cube_dim;
+    }
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / f32::cast_from(cols) + eps));
+
+    let mut j = UNIT_POS as usize;
+    while j < cols_v {
+        let y = Vector::<f32, N>::cast_from(x[x_row + j]) * inv * Vector::<f32, N>::cast_from(w[j]);
+        out[o_row + j] = Vector::cast_from(y);
+        j += cube_dim;
+    }
+}
+
+/// RMSNorm of each row of `x: [rows, cols]`: `x / sqrt(mean(x²) + eps) * weight`, accumulated
+/// in f32 whatever the float dtype. Same result as [`crate::ops::rms_norm`] up to summation
+/// order.
+///
+/// Errors: [`BackendError::ShapeMismatch`] when `weight` is not `[cols]`, a dimension is 0 or
+/// the dtypes differ or are not floats.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let x = Tensor::<Wgpu, 2>::from_floats([[3.0, 4.0]], &dev);
+/// let w = Tensor::<Wgpu, 1>::from_floats([1.0, 1.0], &dev);
+/// let y = cube::rms_norm(x, w, 0.0).unwrap().into_data().to_vec::<f32>().unwrap();
+/// assert!((y[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+/// # }
+/// ```
+pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    weight: BTensor<CubeBackend<R, F, I, BT>, 1>,
+    eps: f64,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    let [rows, cols] = x.dims();
+    let mismatch = |reason: String| BackendError::ShapeMismatch { op: "rms_norm", reason };
+    if rows == 0 || cols == 0 || weight.dims() != [cols] {
+        return Err(mismatch(format!("x is [{rows}, {cols}], weight {:?}", weight.dims())));
+    }
+    if x.dtype() != weight.dtype() || !kernel_float(x.dtype()) {
+        return Err(mismatch(format!("dtypes {:?} and {:?}", x.dtype(), weight.dtype())));
+    }
+    let x = into_contiguous(prim(x));
+    let w = into_contiguous(prim(weight));
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let sizes = || client.io_optimized_vector_sizes(dtype.size());
+    let vs = tensor_vector_size_parallel(sizes(), x.meta.shape(), x.meta.strides(), 1)
+        .min(tensor_vector_size_parallel(
+            sizes(),
+            out.meta.shape(),
+            out.meta.strides(),
+            1,
+        ))
+        .min(tensor_vector_size_parallel(
+            sizes(),
+            w.meta.shape(),
+            w.meta.strides(),
+            0,
+        ));
+    let vs = (0..=vs.trailing_zeros())
+        .rev()
+        .map(|p| 1 << p)
+        .find(|v| cols % v == 0)
+        .unwrap_or(1);
+    let cube_dim = reduction_cube_dim(&client, cols / vs);
+    let use_plane = plane_reductions(&client);
+    let cube_count = calculate_cube_count_elemwise(&client, rows, CubeDim::new_1d(1));
+    rms_norm_kernel::launch::<R>(
+        &client,
+        cube_count,
+        CubeDim::new_1d(cube_dim),
+        vs,
+        x.into_tensor_arg(),
+        w.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        rows as u32,
+        eps as f32,
+        cube_dim as usize,
+        use_plane,
+        dtype.into(),
+    );
+    Ok(wrap(out))
+}

@@ -1,0 +1,434 @@
+//! hearth's cubecl kernels against the burn-op fallbacks (and a float64 host reference), on
+//! random ragged shapes, for every compiled GPU backend: wgpu (Vulkan; Mesa's llvmpipe in CI)
+//! and CUDA.
+//!
+//! `cargo test -p hearth-backend --features wgpu --test kernels` (and `--features cuda` on a
+//! CUDA machine). These tests fail, never skip, when the backend has no device: burn panics
+//! ("No possible adapter available") on the first tensor.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use hearth_backend::{BackendError, HearthBackend, PackedFormat, PackedMatrix, ops};
+use hearth_quant::GgmlType;
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// uniform in [-1, 1)
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn tensor<B: Backend, const D: usize>(v: Vec<f32>, shape: [usize; D], dev: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v, shape), dev)
+}
+
+/// max |a − b| / max(max |b|, floor)
+fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(floor, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Batched host reference `a[b] · c[b]` in f64, with the per-element bound Σ|a||c|.
+fn host_matmul(a: &[f32], c: &[f32], batch: usize, m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f64>) {
+    let mut out = vec![0.0f32; batch * m * n];
+    let mut mag = vec![0.0f64; batch * m * n];
+    for bi in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut g) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let x = a[(bi * m + i) * k + p] as f64 * c[(bi * k + p) * n + j] as f64;
+                    s += x;
+                    g += x.abs();
+                }
+                out[(bi * m + i) * n + j] = s as f32;
+                mag[(bi * m + i) * n + j] = g;
+            }
+        }
+    }
+    (out, mag)
+}
+
+/// Worst `|got − ref| / Σ|a||c|` over the elements: ~1e-7 for f32 accumulation, ~5e-4 for TF32.
+fn matmul_err(got: &[f32], want: &[f32], mag: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .zip(mag)
+        .map(|((g, w), m)| (*g as f64 - *w as f64).abs() / m.max(1e-30))
+        .fold(0.0, f64::max)
+}
+
+const F32_MATMUL_TOL: f64 = 2e-6;
+
+fn matmul_2d<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(1);
+    let mut shapes = vec![
+        (1, 1, 1),
+        (1, 37, 53),
+        (5, 3, 7),
+        (17, 129, 65),
+        (1, 1024, 300),
+        (33, 96, 1),
+    ];
+    for _ in 0..6 {
+        shapes.push((1 + rng.below(40), 1 + rng.below(300), 1 + rng.below(200)));
+    }
+    for (m, k, n) in shapes {
+        let (a, c) = (rng.vec(m * k), rng.vec(k * n));
+        let (want, mag) = host_matmul(&a, &c, 1, m, k, n);
+        let ta = tensor::<B, 2>(a, [m, k], dev);
+        let tc = tensor::<B, 2>(c, [k, n], dev);
+        let got = host(B::matmul(ta.clone(), tc.clone()));
+        let fallback = host(ta.matmul(tc));
+        let (e, ef) = (matmul_err(&got, &want, &mag), matmul_err(&fallback, &want, &mag));
+        println!("matmul [{m},{k}]x[{k},{n}]: kernel {e:.1e}, burn fallback {ef:.1e}");
+        assert!(e <= F32_MATMUL_TOL, "[{m},{k}]x[{k},{n}]: {e:e}");
+        assert!(ef <= 2e-3, "burn's matmul is off: {ef:e}");
+        assert!(rel_err(&got, &fallback, 1e-3) < 5e-3);
+    }
+}
+
+fn matmul_batched<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(2);
+    for _ in 0..5 {
+        let (b, h) = (1 + rng.below(3), 1 + rng.below(4));
+        let (m, k, n) = (1 + rng.below(20), 1 + rng.below(70), 1 + rng.below(50));
+        // 3-D
+        let (a, c) = (rng.vec(b * m * k), rng.vec(b * k * n));
+        let (want, mag) = host_matmul(&a, &c, b, m, k, n);
+        let ta = tensor::<B, 3>(a.clone(), [b, m, k], dev);
+        let tc = tensor::<B, 3>(c, [b, k, n], dev);
+        let got = host(B::matmul(ta.clone(), tc.clone()));
+        assert!(
+            matmul_err(&got, &want, &mag) <= F32_MATMUL_TOL,
+            "3-D [{b},{m},{k}]x[{b},{k},{n}]"
+        );
+        assert!(rel_err(&got, &host(ta.clone().matmul(tc)), 1e-3) < 5e-3);
+
+        // 3-D with the rhs broadcast over the batch
+        let c1 = rng.vec(k * n);
+        let cb: Vec<f32> = (0..b).flat_map(|_| c1.iter().copied()).collect();
+        let (want, mag) = host_matmul(&a, &cb, b, m, k, n);
+        let got = host(B::matmul(ta, tensor::<B, 3>(c1, [1, k, n], dev)));
+        assert!(matmul_err(&got, &want, &mag) <= F32_MATMUL_TOL, "broadcast rhs");
+
+        // 4-D, rhs given transposed (attention's q·kᵀ) and lhs expanded (MLA's weight)
+        let (q, kk) = (rng.vec(b * h * m * k), rng.vec(b * h * n * k));
+        let tq = tensor::<B, 4>(q.clone(), [b, h, m, k], dev);
+        let tk = tensor::<B, 4>(kk.clone(), [b, h, n, k], dev);
+        let mut kt = vec![0.0f32; kk.len()];
+        for g in 0..b * h {
+            for j in 0..n {
+                for p in 0..k {
+                    kt[(g * k + p) * n + j] = kk[(g * n + j) * k + p];
+                }
+            }
+        }
+        let (want, mag) = host_matmul(&q, &kt, b * h, m, k, n);
+        let got = host(B::matmul(tq.clone(), tk.clone().swap_dims(2, 3)));
+        let e = matmul_err(&got, &want, &mag);
+        println!("matmul 4-D [{b},{h},{m},{k}]x[{b},{h},{k},{n}]ᵀ: {e:.1e}");
+        assert!(e <= F32_MATMUL_TOL, "4-D transposed rhs: {e:e}");
+        assert!(rel_err(&got, &host(tq.matmul(tk.swap_dims(2, 3))), 1e-3) < 5e-3);
+
+        let w = rng.vec(h * k * n);
+        let wb: Vec<f32> = (0..b).flat_map(|_| w.iter().copied()).collect();
+        let (want, mag) = host_matmul(&q, &wb, b * h, m, k, n);
+        let tw = tensor::<B, 3>(w, [h, k, n], dev)
+            .unsqueeze_dim::<4>(0)
+            .expand([b, h, k, n]);
+        let got = host(B::matmul(tensor::<B, 4>(q, [b, h, m, k], dev), tw));
+        assert!(matmul_err(&got, &want, &mag) <= F32_MATMUL_TOL, "4-D expanded rhs");
+    }
+}
+
+fn rms_norm<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(3);
+    let mut shapes = vec![(1, 1), (3, 7), (2, 64), (5, 4099), (1, 2048), (70, 33)];
+    for _ in 0..6 {
+        shapes.push((1 + rng.below(50), 1 + rng.below(1500)));
+    }
+    for plane in [true, false] {
+        hearth_backend::cube::set_plane_reductions(plane);
+        for &(rows, cols) in &shapes {
+            let x = tensor::<B, 2>(rng.vec(rows * cols), [rows, cols], dev) * 3.0;
+            let w = tensor::<B, 1>(rng.vec(cols), [cols], dev);
+            let got = host(B::rms_norm(x.clone(), w.clone(), 1e-6));
+            let want = host(ops::rms_norm(x, w, 1e-6));
+            let e = rel_err(&got, &want, 1e-6);
+            assert!(e < 1e-5, "rms_norm [{rows}, {cols}] plane={plane}: {e:e}");
+        }
+    }
+    hearth_backend::cube::set_plane_reductions(true);
+    // 4-D input (per-head q/k norm), and a non-contiguous view
+    let x = tensor::<B, 4>(rng.vec(2 * 3 * 5 * 24), [2, 3, 5, 24], dev);
+    let w = tensor::<B, 1>(rng.vec(24), [24], dev);
+    let e = rel_err(
+        &host(B::rms_norm(x.clone(), w.clone(), 1e-5)),
+        &host(ops::rms_norm(x.clone(), w.clone(), 1e-5)),
+        1e-6,
+    );
+    assert!(e < 1e-5, "4-D: {e:e}");
+    let xt = x.swap_dims(1, 2);
+    let e = rel_err(
+        &host(B::rms_norm(xt.clone(), w.clone(), 1e-5)),
+        &host(ops::rms_norm(xt, w.clone(), 1e-5)),
+        1e-6,
+    );
+    assert!(e < 1e-5, "swapped dims: {e:e}");
+}
+
+fn silu_mul<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(4);
+    let mut shapes = vec![[1, 1, 1], [1, 3, 5], [2, 7, 64], [1, 1, 8193]];
+    for _ in 0..5 {
+        shapes.push([1 + rng.below(3), 1 + rng.below(9), 1 + rng.below(700)]);
+    }
+    for s in shapes {
+        let n = s.iter().product();
+        let g = tensor::<B, 3>(rng.vec(n), s, dev) * 8.0;
+        let u = tensor::<B, 3>(rng.vec(n), s, dev);
+        let e = rel_err(
+            &host(B::silu_mul(g.clone(), u.clone())),
+            &host(ops::silu_mul(g.clone(), u.clone())),
+            1e-6,
+        );
+        assert!(e < 1e-6, "silu_mul {s:?}: {e:e}");
+        // non-contiguous operands
+        let (gt, ut) = (g.swap_dims(0, 2), u.swap_dims(0, 2));
+        let e = rel_err(
+            &host(B::silu_mul(gt.clone(), ut.clone())),
+            &host(ops::silu_mul(gt, ut)),
+            1e-6,
+        );
+        assert!(e < 1e-6, "silu_mul transposed {s:?}: {e:e}");
+    }
+}
+
+fn attention<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(5);
+    for _ in 0..4 {
+        let (b, hkv, g) = (1 + rng.below(2), 1 + rng.below(3), 1 + rng.below(3));
+        let (t, s, d) = (1 + rng.below(6), 1 + rng.below(20), 1 + rng.below(40));
+        let h = hkv * g;
+        let q = tensor::<B, 4>(rng.vec(b * h * t * d), [b, h, t, d], dev);
+        let k = tensor::<B, 4>(rng.vec(b * hkv * s * d), [b, hkv, s, d], dev);
+        let v = tensor::<B, 4>(rng.vec(b * hkv * s * d), [b, hkv, s, d], dev);
+        let mask: Vec<f32> = (0..b * t * s)
+            .map(|i| {
+                if i % s <= i / s % t + s.saturating_sub(t) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = tensor::<B, 3>(mask, [b, t, s], dev);
+        let got = host(B::gqa_attention(q.clone(), k.clone(), v.clone(), mask.clone(), 0.3));
+        let want = host(ops::gqa_attention(q, k, v, mask, 0.3));
+        let e = rel_err(&got, &want, 1e-3);
+        assert!(e < 5e-3, "attention b{b} h{h} hkv{hkv} t{t} s{s} d{d}: {e:e}");
+    }
+}
+
+fn gguf_bytes(format: PackedFormat, w: &[f32]) -> Vec<u8> {
+    match format {
+        PackedFormat::F32 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        PackedFormat::Q8_0 => hearth_quant::quantize_to_vec(GgmlType::Q8_0, w).unwrap(),
+        PackedFormat::Q4_0 => hearth_quant::quantize_to_vec(GgmlType::Q4_0, w).unwrap(),
+    }
+}
+
+fn ggml(format: PackedFormat) -> GgmlType {
+    match format {
+        PackedFormat::F32 => GgmlType::F32,
+        PackedFormat::Q8_0 => GgmlType::Q8_0,
+        PackedFormat::Q4_0 => GgmlType::Q4_0,
+    }
+}
+
+fn packed<B: HearthBackend>(dev: &B::Device, cube_checks: CubeChecks<B>) {
+    let mut rng = Rng::new(6);
+    let mut cases = vec![
+        (1, 1, 32),
+        (1, 5, 64),
+        (3, 17, 96),
+        (4, 1, 1056),
+        (5, 9, 160),
+        (9, 33, 64),
+    ];
+    for _ in 0..6 {
+        cases.push((1 + rng.below(12), 1 + rng.below(150), 32 * (1 + rng.below(40))));
+    }
+    for plane in [true, false] {
+        hearth_backend::cube::set_plane_reductions(plane);
+        for format in [PackedFormat::F32, PackedFormat::Q8_0, PackedFormat::Q4_0] {
+            for &(m, n, k) in &cases {
+                let w = rng.vec(n * k);
+                let bytes = gguf_bytes(format, &w);
+                // hearth_quant's dequantization is the definition of the format
+                let deq = hearth_quant::dequantize_to_vec(ggml(format), &bytes).unwrap();
+                assert_eq!(format.dequantize(&bytes, n, k).unwrap(), deq, "{format:?} host dequant");
+                let x = rng.vec(m * k);
+                let mut wt = vec![0.0f32; k * n];
+                for r in 0..n {
+                    for c in 0..k {
+                        wt[c * n + r] = deq[r * k + c];
+                    }
+                }
+                let (want, mag) = host_matmul(&x, &wt, 1, m, k, n);
+                let tx = tensor::<B, 2>(x, [m, k], dev);
+
+                let kernel = B::upload_packed(format, &bytes, n, k, dev).unwrap();
+                let got = host(B::packed_matmul(tx.clone(), &kernel).unwrap());
+                let fallback = PackedMatrix::<B>::dense_from_bytes(format, &bytes, n, k, dev).unwrap();
+                let reference = host(tx.clone().matmul(match fallback.storage() {
+                    hearth_backend::PackedStorage::Dense(t) => t.clone(),
+                    _ => unreachable!(),
+                }));
+                let e = matmul_err(&got, &want, &mag);
+                assert!(e <= F32_MATMUL_TOL, "{format:?} m{m} n{n} k{k} plane={plane}: {e:e}");
+                assert!(rel_err(&got, &reference, 1e-3) < 5e-3, "{format:?} vs fallback");
+                assert_eq!(kernel.device_bytes(), n * k / 32 * format.words_per_block() * 4);
+                cube_checks(&kernel, tx, &deq, &want, &mag);
+            }
+        }
+    }
+    hearth_backend::cube::set_plane_reductions(true);
+}
+
+/// Checks of one packed case that need the concrete cube backend: `(weight, x, dequantized
+/// weight, reference product, its magnitudes)`.
+type CubeChecks<'a, B> = &'a dyn Fn(&PackedMatrix<B>, Tensor<B, 2>, &[f32], &[f32], &[f64]);
+
+fn packed_errors<B: HearthBackend>(dev: &B::Device) {
+    let bytes = gguf_bytes(PackedFormat::Q8_0, &[0.5; 64]);
+    assert!(matches!(
+        B::upload_packed(PackedFormat::Q8_0, &bytes[..60], 1, 64, dev),
+        Err(BackendError::PackedShape { .. })
+    ));
+    assert!(matches!(
+        B::upload_packed(PackedFormat::Q4_0, &bytes, 2, 48, dev),
+        Err(BackendError::PackedShape { .. })
+    ));
+    let w = B::upload_packed(PackedFormat::Q8_0, &bytes, 2, 32, dev).unwrap();
+    let x = Tensor::<B, 2>::ones([1, 31], dev);
+    let err = B::packed_matmul(x, &w).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::ShapeMismatch {
+                op: "packed_matmul",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // the fallback representation still works on a cube backend
+    let dense = PackedMatrix::<B>::dense_from_bytes(PackedFormat::Q8_0, &bytes, 2, 32, dev).unwrap();
+    let y = host(B::packed_matmul(Tensor::<B, 2>::ones([3, 32], dev), &dense).unwrap());
+    assert_eq!(y.len(), 6);
+    assert!((y[0] - 16.0).abs() < 1e-2 && (y[5] - 16.0).abs() < 1e-2, "{y:?}");
+}
+
+macro_rules! backend_tests {
+    ($module:ident, $backend:ty, $runtime:ty) => {
+        mod $module {
+            use super::*;
+            type B = $backend;
+            fn dev() -> burn::tensor::Device<B> {
+                Default::default()
+            }
+            #[test]
+            fn device_computes() {
+                const { assert!(!<B as HearthBackend>::HOST_KERNELS) };
+                let plane = hearth_backend::cube::uses_plane_reductions::<$runtime>(&dev());
+                println!("{:?}: plane reductions {plane}", dev());
+                let a = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev());
+                let b = Tensor::<B, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev());
+                assert_eq!(host(B::matmul(a, b)), vec![19.0, 22.0, 43.0, 50.0]);
+            }
+            #[test]
+            fn matmul_2d_is_exact_f32() {
+                matmul_2d::<B>(&dev());
+            }
+            #[test]
+            fn matmul_batched_3d_4d() {
+                matmul_batched::<B>(&dev());
+            }
+            #[test]
+            fn matmul_bad_shapes_are_errors() {
+                let a = Tensor::<B, 2>::ones([2, 3], &dev());
+                let b = Tensor::<B, 2>::ones([4, 5], &dev());
+                let r = hearth_backend::cube::matmul_f32(a, b);
+                assert!(
+                    matches!(r, Err(BackendError::ShapeMismatch { op: "matmul", .. })),
+                    "{r:?}"
+                );
+                let x = Tensor::<B, 2>::ones([2, 3], &dev());
+                let w = Tensor::<B, 1>::ones([4], &dev());
+                assert!(hearth_backend::cube::rms_norm(x, w, 1e-6).is_err());
+                let g = Tensor::<B, 2>::ones([2, 3], &dev());
+                assert!(hearth_backend::cube::silu_mul(g.clone(), g.reshape([3, 2])).is_err());
+            }
+            #[test]
+            fn rms_norm_matches_fallback() {
+                rms_norm::<B>(&dev());
+            }
+            #[test]
+            fn silu_mul_matches_fallback() {
+                silu_mul::<B>(&dev());
+            }
+            #[test]
+            fn attention_matches_fallback() {
+                attention::<B>(&dev());
+            }
+            #[test]
+            fn packed_matmul_matches_dequantized() {
+                packed::<B>(&dev(), &|w, x, deq, want, mag| {
+                    // the fused matvec at every M, and the dequantization kernel (bit-exact)
+                    let got = host(hearth_backend::cube::packed_matvec(x, w).unwrap());
+                    assert!(matmul_err(&got, want, mag) <= F32_MATMUL_TOL, "matvec");
+                    let d = hearth_backend::cube::dequantize_packed(w, burn::tensor::DType::F32).unwrap();
+                    assert_eq!(host(d), deq, "device dequantization");
+                });
+            }
+            #[test]
+            fn packed_bad_input_is_an_error() {
+                packed_errors::<B>(&dev());
+            }
+        }
+    };
+}
+
+#[cfg(feature = "wgpu")]
+use hearth_backend::Wgpu;
+#[cfg(feature = "wgpu")]
+backend_tests!(wgpu, Wgpu, burn::backend::wgpu::WgpuRuntime);
+
+#[cfg(feature = "cuda")]
+use hearth_backend::Cuda;
+#[cfg(feature = "cuda")]
+backend_tests!(cuda, Cuda, burn::backend::cuda::CudaRuntime);
