@@ -331,6 +331,38 @@ pub(crate) struct WinAct {
     pub lines: Vec<Line>,
 }
 
+/// Activations of one input vector for the AVX-512 K-quant kernels (256-blocks): the quants
+/// (for Q4_K with the 32-element sub-blocks of each super-block reordered `0,2,1,3,4,6,5,7`,
+/// matching the low/high nibble halves of two 64-byte weight loads), the scales, and per
+/// super-block the i16 sums of the quants over each sub-block (Q4_K: 8 of 32 elements; Q6_K:
+/// 16 of 16 elements).
+#[derive(Clone, Debug)]
+pub(crate) struct KAct {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sums: Vec<i16>,
+}
+
+impl KAct {
+    pub(crate) fn new(x: &[f32], q4k: bool) -> KAct {
+        let q = Q8Activations::quantize_with(x, 256, false);
+        let (qs, sums) = if q4k {
+            let mut qs = vec![0i8; q.qs.len()];
+            for (src, dst) in q.qs.chunks_exact(256).zip(qs.chunks_exact_mut(256)) {
+                for (k, &s) in [0usize, 2, 1, 3, 4, 6, 5, 7].iter().enumerate() {
+                    dst[32 * k..32 * k + 32].copy_from_slice(&src[32 * s..32 * s + 32]);
+                }
+            }
+            let sums = q.sum16.chunks_exact(2).map(|p| (p[0] + p[1]) as i16).collect();
+            (qs, sums)
+        } else {
+            let sums = q.sum16.iter().map(|&v| v as i16).collect();
+            (q.qs, sums)
+        };
+        KAct { qs, d: q.d, sums }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

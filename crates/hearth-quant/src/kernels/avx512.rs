@@ -9,8 +9,9 @@
 
 use std::arch::x86_64::*;
 
+use super::act::KAct;
 use super::act::{Line, RegTable, TABLES_Q4_0, TABLES_Q4_1, TABLES_Q8_0, WIN_Q4_0, WIN_Q4_1, WIN_Q8_0, WinAct, WinFmt};
-use super::avx2::{prefetch, row_q4_k, row_q6_k};
+use super::avx2::prefetch;
 use super::{Prepared, WeightFormat, scalar};
 
 /// Window-kernel format selectors (const generic `F`).
@@ -338,8 +339,8 @@ pub(super) unsafe fn dot_rows(
         WeightFormat::Q8_0 => rows_win::<F_Q8_0>(chunk, row_bytes, p.win(), out),
         WeightFormat::Q4_0 => rows_win::<F_Q4_0>(chunk, row_bytes, p.win(), out),
         WeightFormat::Q4_1 => rows_win::<F_Q4_1>(chunk, row_bytes, p.win(), out),
-        WeightFormat::Q4_K => rows.for_each(|(r, o)| *o = row_q4_k(r, p.q8())),
-        WeightFormat::Q6_K => rows.for_each(|(r, o)| *o = row_q6_k(r, p.q8())),
+        WeightFormat::Q4_K => rows_k::<true>(chunk, row_bytes, p.kq(), out),
+        WeightFormat::Q6_K => rows_k::<false>(chunk, row_bytes, p.kq(), out),
     }
 }
 
@@ -748,4 +749,229 @@ fn tok_rows(f: u8, w: &[u8], rb: usize, nb: usize, packs: &[Line], gblk: usize, 
             }
         }
     }
+}
+
+/// 64-byte aligned constant table.
+#[repr(C, align(64))]
+struct A64<T>(T);
+
+/// Q4_K: byte `4l` of each dword selects the scale of lane `l` (lanes 0–7 / 8–15 belong to the
+/// two sub-blocks of a register: `0|2, 1|3, 4|6, 5|7`).
+static Q4K_SEL: A64<[[u8; 64]; 4]> = A64([q4k_sel(0, 2), q4k_sel(1, 3), q4k_sel(4, 6), q4k_sel(5, 7)]);
+
+const fn q4k_sel(a: u8, b: u8) -> [u8; 64] {
+    let mut v = [0u8; 64];
+    let mut l = 0;
+    while l < 16 {
+        v[4 * l] = if l < 8 { a } else { b };
+        l += 1;
+    }
+    v
+}
+
+/// Q6_K: word `2l` selects the scale of lane `l` (a group of 16 elements), from group `base`.
+static Q6K_SEL: A64<[[u16; 32]; 4]> = A64([q6k_sel(0), q6k_sel(4), q6k_sel(8), q6k_sel(12)]);
+
+const fn q6k_sel(base: u16) -> [u16; 32] {
+    let mut v = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        v[i] = base + (i / 8) as u16;
+        i += 1;
+    }
+    v
+}
+
+/// GF(2) affine matrices (one per qword) moving two `qh` bits to bits 4–5 of each byte: for
+/// the low-nibble register bits 0–1 (bytes 0–31) and 2–3 (bytes 32–63); for the high-nibble
+/// register bits 4–5 and 6–7. Row `7 − i` of a matrix selects the source bit of result bit `i`.
+static Q6K_GF: A64<[[u64; 8]; 2]> = A64([gf_pair(0, 2), gf_pair(4, 6)]);
+
+const fn gf_bits_to_45(src: u32) -> u64 {
+    // result bit 4 <- src, bit 5 <- src + 1
+    ((1u64 << src) << (8 * (7 - 4))) | ((1u64 << (src + 1)) << (8 * (7 - 5)))
+}
+
+const fn gf_pair(lo: u32, hi: u32) -> [u64; 8] {
+    let (a, b) = (gf_bits_to_45(lo), gf_bits_to_45(hi));
+    [a, a, a, a, b, b, b, b]
+}
+
+/// Q4_K (`Q4K = true`) / Q6_K matvec rows, two rows per pass.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+fn rows_k<const Q4K: bool>(chunk: &[u8], row_bytes: usize, a: &KAct, out: &mut [f32]) {
+    let bb = if Q4K { 144 } else { 210 };
+    let nsb = row_bytes / bb;
+    assert_eq!(nsb * bb, row_bytes);
+    assert_eq!(chunk.len(), row_bytes * out.len());
+    assert!(a.qs.len() == 256 * nsb && a.d.len() == nsb && a.sums.len() == (if Q4K { 8 } else { 16 }) * nsb);
+    let mut pairs = chunk.chunks_exact(2 * row_bytes);
+    let mut outs = out.chunks_exact_mut(2);
+    for (c, o) in (&mut pairs).zip(&mut outs) {
+        let w = [c.as_ptr(), c[row_bytes..].as_ptr()];
+        // SAFETY: both pointers start whole rows of `nsb` super-blocks inside `chunk`; `a` has
+        // `nsb` super-blocks of activations (asserted above).
+        let v = unsafe {
+            if Q4K {
+                q4k_dot::<2>(w, a, nsb)
+            } else {
+                q6k_dot::<2>(w, a, nsb)
+            }
+        };
+        o.copy_from_slice(&v);
+    }
+    for (r, o) in pairs.remainder().chunks_exact(row_bytes).zip(outs.into_remainder()) {
+        // SAFETY: as above, one row.
+        *o = unsafe {
+            if Q4K {
+                q4k_dot::<1>([r.as_ptr()], a, nsb)
+            } else {
+                q6k_dot::<1>([r.as_ptr()], a, nsb)
+            }
+        }[0];
+    }
+}
+
+/// Unpacks the 12-byte Q4_K scales/mins at `s` into (8 scale bytes, 8 min bytes), as u64.
+#[inline]
+fn q4k_scales_u64(s: &[u8]) -> (u64, u64) {
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    let sc_lo = u0 & K1;
+    let sc_hi = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+    let mn_lo = u1 & K1;
+    let mn_hi = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+    (sc_lo as u64 | (sc_hi as u64) << 32, mn_lo as u64 | (mn_hi as u64) << 32)
+}
+
+/// Q4_K dot products of `R` rows with the same activations. Per super-block: two 64-byte
+/// loads of nibbles give 4 registers (low/high nibbles = sub-blocks `0|2, 1|3, 4|6, 5|7`), each
+/// `vpdpbusd` against the reordered activations; the i32 lanes (|v| < 2^15) are multiplied by
+/// their sub-block scale and summed with `vpdpwssd`; the mins use the per-sub-block sums.
+///
+/// # Safety
+/// CPU features of the [`super::Isa::Avx512`] set; each `w[r]` valid for `nsb · 144` bytes;
+/// `a` has `nsb` super-blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+unsafe fn q4k_dot<const R: usize>(w: [*const u8; R], a: &KAct, nsb: usize) -> [f32; R] {
+    let pf = super::prefetch_distance();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let gf_hi = _mm512_set1_epi64(0x1020_4080_0000_0000);
+    // Byte 4l of each dword: scale index of lane l (lanes 0-7 / 8-15 = two sub-blocks).
+    // SAFETY: the table is 4 aligned 64-byte rows.
+    let idx: [__m512i; 4] = std::array::from_fn(|k| unsafe { _mm512_load_si512(Q4K_SEL.0[k].as_ptr() as *const _) });
+    const LOW_BYTES: u64 = 0x1111_1111_1111_1111;
+    let mut facc = [_mm512_setzero_ps(); R];
+    let mut macc = [_mm_setzero_ps(); R];
+    let (qp, dp, sp) = (a.qs.as_ptr(), a.d.as_ptr(), a.sums.as_ptr());
+    for sb in 0..nsb {
+        // SAFETY: activations of super-block `sb < nsb` (256 quants, 1 scale, 8 sums) and weight
+        // bytes `[144 sb, 144 sb + 144)` of each row are in bounds by the caller's contract.
+        unsafe {
+            let x: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(qp.add(256 * sb + 64 * k) as *const _));
+            let da = *dp.add(sb);
+            let bs = _mm_loadu_si128(sp.add(8 * sb) as *const __m128i);
+            for r in 0..R {
+                let b = w[r].add(144 * sb);
+                prefetch(b, pf);
+                prefetch(b.wrapping_add(64), pf);
+                prefetch(b.wrapping_add(128), pf);
+                let s12 = std::slice::from_raw_parts(b.add(4), 12);
+                let (sc, mn) = q4k_scales_u64(s12);
+                let scv = _mm512_set1_epi64(sc as i64);
+                let q0 = _mm512_loadu_si512(b.add(16) as *const _);
+                let q1 = _mm512_loadu_si512(b.add(80) as *const _);
+                let qv = [
+                    _mm512_and_si512(q0, m4),
+                    _mm512_gf2p8affine_epi64_epi8::<0>(q0, gf_hi),
+                    _mm512_and_si512(q1, m4),
+                    _mm512_gf2p8affine_epi64_epi8::<0>(q1, gf_hi),
+                ];
+                let mut iacc = _mm512_setzero_si512();
+                for k in 0..4 {
+                    let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv[k], x[k]);
+                    let s = _mm512_maskz_permutexvar_epi8(LOW_BYTES, idx[k], scv);
+                    iacc = _mm512_dpwssd_epi32(iacc, t, s);
+                }
+                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+                let dd = _mm_mul_ps(dd, _mm_set1_ps(da));
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_broadcastss_ps(dd), facc[r]);
+                let m = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64)), bs);
+                let dmin = _mm_shuffle_ps::<0b01_01_01_01>(dd, dd);
+                macc[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, macc[r]);
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let m = _mm_add_ps(macc[r], _mm_movehl_ps(macc[r], macc[r]));
+        let m = _mm_add_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm512_reduce_add_ps(facc[r]) - _mm_cvtss_f32(m)
+    })
+}
+
+/// Q6_K dot products of `R` rows with the same activations. Per half super-block: one 64-byte
+/// load of `ql` (low nibbles = elements 0..64, high = 64..128 of the half, in order) and the 32
+/// `qh` bytes broadcast to both 256-bit halves, shifted per half into bits 4–5; `vpdpbusd`
+/// against the activations, `vpdpwssd` with the 16-element group scales; the `−32` offset via
+/// the per-16 activation sums.
+///
+/// # Safety
+/// CPU features of the [`super::Isa::Avx512`] set; each `w[r]` valid for `nsb · 210` bytes;
+/// `a` has `nsb` super-blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+unsafe fn q6k_dot<const R: usize>(w: [*const u8; R], a: &KAct, nsb: usize) -> [f32; R] {
+    let pf = super::prefetch_distance();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let gf_hi = _mm512_set1_epi64(0x1020_4080_0000_0000);
+    // SAFETY: the tables are aligned 64-byte rows.
+    let (gf_q12, gf_q34, idx) = unsafe {
+        let ld = |v: &[u64; 8]| _mm512_load_si512(v.as_ptr() as *const _);
+        let idx: [__m512i; 4] = std::array::from_fn(|k| _mm512_load_si512(Q6K_SEL.0[k].as_ptr() as *const _));
+        (ld(&Q6K_GF.0[0]), ld(&Q6K_GF.0[1]), idx)
+    };
+    const EVEN_WORDS: u32 = 0x5555_5555;
+    let mut facc = [_mm512_setzero_ps(); R];
+    let (qp, dp, sp) = (a.qs.as_ptr(), a.d.as_ptr(), a.sums.as_ptr());
+    for sb in 0..nsb {
+        // SAFETY: activations of super-block `sb < nsb` (256 quants, 1 scale, 16 sums) and
+        // weight bytes `[210 sb, 210 sb + 210)` of each row are in bounds by the caller's contract.
+        unsafe {
+            let x: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(qp.add(256 * sb + 64 * k) as *const _));
+            let da = *dp.add(sb);
+            let s16 = _mm256_loadu_si256(sp.add(16 * sb) as *const __m256i);
+            for r in 0..R {
+                let b = w[r].add(210 * sb);
+                for l in [0, 64, 128, 192] {
+                    prefetch(b.wrapping_add(l), pf);
+                }
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+                let sc = _mm512_zextsi256_si512(sc16);
+                let mut iacc = _mm512_setzero_si512();
+                for h in 0..2 {
+                    let l = _mm512_loadu_si512(b.add(64 * h) as *const _);
+                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i));
+                    let hl = _mm512_gf2p8affine_epi64_epi8::<0>(qh, gf_q12);
+                    let hh = _mm512_gf2p8affine_epi64_epi8::<0>(qh, gf_q34);
+                    // (l & 0x0F) | hl
+                    let qlo = _mm512_ternarylogic_epi64::<0xEA>(l, m4, hl);
+                    let qhi = _mm512_or_si512(_mm512_gf2p8affine_epi64_epi8::<0>(l, gf_hi), hh);
+                    let tlo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qlo, x[2 * h]);
+                    let thi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qhi, x[2 * h + 1]);
+                    let slo = _mm512_maskz_permutexvar_epi16(EVEN_WORDS, idx[2 * h], sc);
+                    let shi = _mm512_maskz_permutexvar_epi16(EVEN_WORDS, idx[2 * h + 1], sc);
+                    iacc = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(iacc, tlo, slo), thi, shi);
+                }
+                let bias = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, s16));
+                let iacc = _mm512_sub_epi32(iacc, _mm512_zextsi256_si512(bias));
+                let d = super::f16_at(std::slice::from_raw_parts(b.add(208), 2), 0) * da;
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_set1_ps(d), facc[r]);
+            }
+        }
+    }
+    std::array::from_fn(|r| _mm512_reduce_add_ps(facc[r]))
 }

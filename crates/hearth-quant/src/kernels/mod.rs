@@ -378,6 +378,8 @@ pub(crate) struct Prepared<'a> {
     pub q8: Option<Q8Activations>,
     /// AVX-512 Q4_0/Q4_1/Q8_0: activations laid out for the window kernels.
     pub win: Option<act::WinAct>,
+    /// AVX-512 Q4_K/Q6_K: activations laid out for the K-quant kernels.
+    pub kq: Option<act::KAct>,
 }
 
 impl<'a> Prepared<'a> {
@@ -390,9 +392,14 @@ impl<'a> Prepared<'a> {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let win = None;
-        let q8 = match win {
-            Some(_) => None,
-            None => fmt
+        let kq = match (isa, fmt) {
+            (Isa::Avx512, WeightFormat::Q4_K) => Some(act::KAct::new(x, true)),
+            (Isa::Avx512, WeightFormat::Q6_K) => Some(act::KAct::new(x, false)),
+            _ => None,
+        };
+        let q8 = match (&win, &kq) {
+            (Some(_), _) | (_, Some(_)) => None,
+            _ => fmt
                 .activation_block()
                 .map(|b| Q8Activations::quantize_with(x, b, isa == Isa::Avx2)),
         };
@@ -411,7 +418,14 @@ impl<'a> Prepared<'a> {
             }
             xd.extend_from_slice(chunks.remainder());
         }
-        Prepared { x, xd, q8, win }
+        Prepared { x, xd, q8, win, kq }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn kq(&self) -> &act::KAct {
+        self.kq
+            .as_ref()
+            .expect("internal: K-quant activations prepared for this format")
     }
 
     #[cfg(target_arch = "x86_64")]
