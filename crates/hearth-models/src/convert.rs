@@ -20,7 +20,7 @@ use crate::gguf::{GgufSource, gguf_name, llama3_rope_factors, permute_rows};
 use crate::weights::{TensorSource, WeightStore};
 use hearth_attention::RopeScaling;
 use hearth_quant::GgmlType;
-use hearth_quant::gguf::{GgufWriter, MetadataArray, MetadataValue};
+use hearth_quant::gguf::{GgufWriter, MetadataValue};
 use serde_json::Value;
 use std::path::Path;
 
@@ -286,7 +286,7 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
     if let Some(&id) = cfg.eos_token_ids.first() {
         w.add_metadata("tokenizer.ggml.eos_token_id", id).map_err(gerr)?;
     }
-    add_tokenizer_metadata(dir, &mut w, cfg.vocab_size).map_err(gerr)?;
+    crate::gguf_vocab::add_tokenizer_metadata(dir, &mut w, cfg.vocab_size)?;
 
     // tensors, in a stable order
     let mut names: Vec<&str> = store.names().collect();
@@ -449,84 +449,6 @@ fn add_tensor(
         hearth_quant::quantize_to_vec(ty, v).map_err(|e| write_err(out, format!("tensor `{name}`: {e}")))?
     };
     w.add_tensor(name, ty, &dims, bytes).map_err(|e| write_err(out, e))
-}
-
-/// Adds `tokenizer.ggml.*` keys for a byte-level BPE `tokenizer.json` (nothing for other
-/// tokenizer kinds or when the files are absent).
-fn add_tokenizer_metadata(
-    dir: &Path,
-    w: &mut GgufWriter<'_>,
-    vocab_size: usize,
-) -> Result<(), hearth_quant::gguf::GgufError> {
-    let Ok(text) = std::fs::read_to_string(dir.join("tokenizer.json")) else {
-        return Ok(());
-    };
-    let Ok(tj) = serde_json::from_str::<Value>(&text) else {
-        return Ok(());
-    };
-    let model = &tj["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] == true {
-        return Ok(());
-    }
-    let Some(vocab) = model["vocab"].as_object() else {
-        return Ok(());
-    };
-    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
-    let mut types = vec![1i32; vocab_size];
-    let mut put = |tok: &str, id: u64, t: Option<i32>| {
-        if let Some(slot) = tokens.get_mut(id as usize) {
-            *slot = Some(tok.to_string());
-            if let Some(t) = t {
-                types[id as usize] = t;
-            }
-        }
-    };
-    for (tok, id) in vocab {
-        if let Some(id) = id.as_u64() {
-            put(tok, id, None);
-        }
-    }
-    for a in tj["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(c), Some(id)) = (a["content"].as_str(), a["id"].as_u64()) {
-            put(c, id, Some(if a["special"] == true { 3 } else { 4 }));
-        }
-    }
-    let tokens: Vec<String> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            t.unwrap_or_else(|| {
-                types[i] = 5;
-                format!("[PAD{i}]")
-            })
-        })
-        .collect();
-    let merges: Vec<String> = model["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .collect();
-    w.add_metadata("tokenizer.ggml.model", "gpt2")?;
-    w.add_metadata("tokenizer.ggml.pre", "default")?;
-    w.add_metadata("tokenizer.ggml.tokens", MetadataArray::String(tokens))?;
-    w.add_metadata("tokenizer.ggml.token_type", MetadataArray::I32(types))?;
-    w.add_metadata("tokenizer.ggml.merges", MetadataArray::String(merges))?;
-    if let Ok(t) = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        && let Ok(tc) = serde_json::from_str::<Value>(&t)
-    {
-        if let Some(b) = tc["add_bos_token"].as_bool() {
-            w.add_metadata("tokenizer.ggml.add_bos_token", b)?;
-        }
-        if let Some(ct) = tc["chat_template"].as_str() {
-            w.add_metadata("tokenizer.chat_template", ct)?;
-        }
-    }
-    Ok(())
 }
 
 /// Builds a Mixtral checkpoint from a dense Llama-family one: every layer's MLP becomes

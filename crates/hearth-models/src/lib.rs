@@ -17,6 +17,7 @@ pub mod convert;
 pub mod decoder;
 pub mod error;
 pub mod gguf;
+pub mod gguf_vocab;
 pub mod host;
 pub mod layers;
 pub mod mla;
