@@ -51,6 +51,15 @@ pub enum BackendError {
         /// Backend name.
         name: &'static str,
     },
+    /// The backend is compiled in but has no usable device here (no Vulkan adapter, no CUDA
+    /// driver or GPU, ...).
+    #[error("backend `{backend}` has no usable device: {reason}")]
+    DeviceUnavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What the runtime reported.
+        reason: String,
+    },
     /// The dtype name is not one hearth knows.
     #[error("unknown dtype `{0}` (expected f32, f16 or bf16)")]
     UnknownDType(String),
@@ -323,6 +332,14 @@ pub trait HearthBackend: Backend {
     /// linear layers instead of burn's matmul.
     const HOST_KERNELS: bool = false;
 
+    /// Starts the device's runtime if needed and reports why it cannot run, instead of the
+    /// panic burn would raise on the first tensor. Creates no tensor (so the compute dtype can
+    /// still be chosen afterwards). See [`open_device`].
+    fn probe_device(device: &Self::Device) -> Result<(), String> {
+        let _ = device;
+        Ok(())
+    }
+
     /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
         ops::rms_norm(x, weight, eps)
@@ -405,6 +422,50 @@ impl HearthBackend for Cpu {
 }
 // The wgpu and CUDA backends are both `burn_cubecl::CubeBackend`s: one generic implementation
 // with hearth's cubecl kernels lives in `cube`.
+
+/// Runs `f`, turning a panic into `Err(message)` without printing it.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime panicked".into())
+    })
+}
+
+/// Prepares `device` of backend `B` (of kind `kind`) for a model computing in `dtype`: checks
+/// that the backend is compiled in, that the device exists and starts, and sets its compute
+/// dtype. Call once, before creating any tensor on the device.
+///
+/// Errors: [`BackendError::NotCompiled`], [`BackendError::DeviceUnavailable`] (e.g. no Vulkan
+/// adapter, no CUDA driver), and those of [`set_compute_dtype`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use hearth_backend::{BackendKind, Cpu, DType, open_device};
+/// open_device::<Cpu>(BackendKind::Cpu, &Default::default(), DType::F32).unwrap();
+/// # }
+/// ```
+pub fn open_device<B: HearthBackend>(kind: BackendKind, device: &B::Device, dtype: DType) -> Result<(), BackendError> {
+    kind.ensure_compiled()?;
+    kind.check_dtype(dtype)?;
+    B::probe_device(device).map_err(|reason| {
+        let hint = match kind {
+            BackendKind::Wgpu => "no Vulkan adapter started (install a Vulkan driver; Mesa's CPU driver is the `mesa-vulkan-drivers` package)",
+            BackendKind::Cuda => "CUDA did not start (needs an NVIDIA GPU and driver)",
+            BackendKind::Cpu => "the CPU backend did not start",
+        };
+        BackendError::DeviceUnavailable {
+            backend: kind.name(),
+            reason: format!("{hint}; the runtime said: {reason}"),
+        }
+    })?;
+    set_compute_dtype::<B>(kind, device, dtype)
+}
 
 /// Configures the number of CPU threads used by hearth's CPU kernels (the global rayon pool).
 /// Call once, before any model work; later calls are ignored and return `false`.

@@ -8,8 +8,12 @@
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
-use hearth_backend::{BackendError, HearthBackend, PackedFormat, PackedMatrix, ops};
+use hearth_backend::{
+    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, device_supports, open_device, ops,
+    set_compute_dtype,
+};
 use hearth_quant::GgmlType;
+use std::str::FromStr;
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -369,6 +373,19 @@ macro_rules! backend_tests {
                 let a = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev());
                 let b = Tensor::<B, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev());
                 assert_eq!(host(B::matmul(a, b)), vec![19.0, 22.0, 43.0, 50.0]);
+            }
+            #[test]
+            fn open_device_and_dtypes() {
+                let kind = BackendKind::from_str(stringify!($module)).unwrap();
+                open_device::<B>(kind, &dev(), DType::F32).unwrap();
+                // bf16 is storage-only on Vulkan: a typed error, never a panic
+                let r = set_compute_dtype::<B>(kind, &dev(), DType::Bf16);
+                if kind == BackendKind::Wgpu {
+                    assert!(matches!(r, Err(BackendError::DTypeUnsupported { .. })), "{r:?}");
+                }
+                for d in [DType::F16, DType::Bf16] {
+                    println!("{kind} supports {d:?}: {}", device_supports::<B>(&dev(), d));
+                }
             }
             #[test]
             fn matmul_2d_is_exact_f32() {

@@ -109,6 +109,14 @@ pub(crate) fn kernel_float(dtype: DType) -> bool {
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBackend for CubeBackend<R, F, I, BT> {
+    fn probe_device(device: &Self::Device) -> Result<(), String> {
+        let device = device.clone();
+        // wgpu panics without an adapter, cudarc without a driver or GPU
+        crate::catch_panic(std::panic::AssertUnwindSafe(move || {
+            R::client(&device);
+        }))
+    }
+
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
         let dims = x.dims();
         let cols = dims[D - 1];

@@ -1,0 +1,107 @@
+//! The kernels with a half-precision compute dtype (f16 on wgpu, bf16 on CUDA), chosen with
+//! [`hearth_backend::set_compute_dtype`] before any tensor exists (hence this separate test
+//! binary, with one test per backend and its own device). They read and write half precision and
+//! accumulate in f32, so they must match the f32 results within half-precision rounding.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+use burn::tensor::{Tensor, TensorData};
+use hearth_backend::{BackendKind, DType, HearthBackend, PackedFormat, open_device, ops};
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn vals(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// max |a − b| / max |b|
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let s = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / s
+}
+
+fn check<B: HearthBackend>(kind: BackendKind, dev: &B::Device, dtype: DType, tol: f32) {
+    open_device::<B>(kind, dev, dtype).unwrap();
+    let t = |v: Vec<f32>, s: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, s), dev);
+    assert_eq!(
+        t(vec![0.0], [1, 1]).dtype(),
+        dtype.burn(),
+        "the device default is {dtype:?}"
+    );
+
+    // matmul: half inputs, f32 accumulation; reference: the same (rounded) inputs in f32 on the host
+    let (m, k, n) = (3, 300, 70);
+    let (a, c) = (t(vals(m * k, 1), [m, k]), t(vals(k * n, 2), [k, n]));
+    let (ah, ch) = (host(a.clone()), host(c.clone()));
+    let mut want = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k).map(|p| ah[i * k + p] as f64 * ch[p * n + j] as f64).sum::<f64>() as f32;
+        }
+    }
+    let e = rel(&host(B::matmul(a.clone(), c.clone())), &want);
+    println!("{dtype:?} matmul rel err {e:.1e}");
+    assert!(e < tol, "matmul {e:e}");
+    // one row (the vecmat path)
+    let e = rel(&host(B::matmul(a.clone().narrow(0, 0, 1), c)), &want[..n]);
+    assert!(e < tol, "vecmat {e:e}");
+
+    // RMSNorm, SiLU·mul against the burn-op fallbacks run on f32 copies of the same inputs
+    let x = t(vals(5 * 96, 3), [5, 96]);
+    let w = Tensor::<B, 1>::from_data(TensorData::new(vals(96, 4), [96]), dev);
+    let x32 = x.clone().cast(burn::tensor::FloatDType::F32);
+    let w32 = w.clone().cast(burn::tensor::FloatDType::F32);
+    let e = rel(
+        &host(B::rms_norm(x.clone(), w, 1e-6)),
+        &host(ops::rms_norm(x32.clone(), w32, 1e-6)),
+    );
+    println!("{dtype:?} rms_norm rel err {e:.1e}");
+    assert!(e < tol, "rms_norm {e:e}");
+    let u = t(vals(5 * 96, 5), [5, 96]);
+    let u32_ = u.clone().cast(burn::tensor::FloatDType::F32);
+    let e = rel(&host(B::silu_mul(x.clone(), u)), &host(ops::silu_mul(x32, u32_)));
+    assert!(e < tol, "silu_mul {e:e}");
+
+    // packed Q8_0 weight × half activations
+    let wq: Vec<f32> = vals(7 * 64, 6);
+    let bytes = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q8_0, &wq).unwrap();
+    let deq = hearth_quant::dequantize_to_vec(hearth_quant::GgmlType::Q8_0, &bytes).unwrap();
+    let pw = B::upload_packed(PackedFormat::Q8_0, &bytes, 7, 64, dev).unwrap();
+    for rows in [1, 6] {
+        let xq = t(vals(rows * 64, 7), [rows, 64]);
+        let xh = host(xq.clone());
+        let want: Vec<f32> = (0..rows * 7)
+            .map(|i| (0..64).map(|p| xh[i / 7 * 64 + p] * deq[i % 7 * 64 + p]).sum())
+            .collect();
+        let e = rel(&host(B::packed_matmul(xq, &pw).unwrap()), &want);
+        println!("{dtype:?} packed Q8_0 × [{rows}, 64] rel err {e:.1e}");
+        assert!(e < tol, "packed {e:e}");
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_f16() {
+    use hearth_backend::Wgpu;
+    let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+    if !hearth_backend::device_supports::<Wgpu>(&dev, DType::F16) {
+        // a typed error instead (e.g. a Vulkan device without shaderFloat16)
+        let err = open_device::<Wgpu>(BackendKind::Wgpu, &dev, DType::F16).unwrap_err();
+        println!("f16 unavailable: {err}");
+        assert!(matches!(
+            err,
+            hearth_backend::BackendError::DTypeUnsupportedOnDevice { .. }
+        ));
+        return;
+    }
+    check::<Wgpu>(BackendKind::Wgpu, &dev, DType::F16, 4e-3);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_bf16() {
+    check::<hearth_backend::Cuda>(BackendKind::Cuda, &Default::default(), DType::Bf16, 2e-2);
+}
