@@ -802,9 +802,10 @@ impl TensorSource for GgufSource {
         let bytes = match heads {
             Some(h) => {
                 let n = if h == Head::Q { self.n_head } else { self.n_head_kv };
-                reorder_rows(bytes, n, row_bytes, false)
+                reorder_rows(bytes, n, row_bytes, false).into()
             }
-            None => bytes.to_vec(),
+            // borrowed from the memory map: no second copy of the weights
+            None => self.file.share(bytes),
         };
         Ok(Some(PackedTensor {
             format,

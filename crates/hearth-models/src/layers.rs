@@ -22,8 +22,8 @@ pub enum LinearWeight<B: HearthBackend> {
 pub struct HostWeight {
     /// Storage format of the rows.
     pub format: WeightFormat,
-    /// Row-major packed bytes.
-    pub bytes: Vec<u8>,
+    /// Row-major packed bytes (borrowed from the checkpoint's memory map where possible).
+    pub bytes: hearth_quant::WeightBytes,
     /// Output features.
     pub rows: usize,
     /// Input features.
@@ -203,12 +203,19 @@ impl<B: HearthBackend> Loader<'_, B> {
         if !self.unpacked
             && let Some(p) = self.store.packed(name, rows, cols)?
         {
-            return Ok(HostWeight {
-                format: p.format,
-                bytes: p.bytes,
-                rows,
-                cols,
-            });
+            // float checkpoints (mapped in place) still go through in-situ quantization
+            let float_src = matches!(p.format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16);
+            let requantize = self
+                .quant
+                .is_some_and(|q| q != p.format && q != WeightFormat::F32 && cols.is_multiple_of(q.block_size()));
+            if !(float_src && requantize) {
+                return Ok(HostWeight {
+                    format: p.format,
+                    bytes: p.bytes,
+                    rows,
+                    cols,
+                });
+            }
         }
         let (w, _) = self.store.f32(name, Some(&[rows, cols]))?;
         if let Some(q) = self.quant
@@ -222,14 +229,14 @@ impl<B: HearthBackend> Loader<'_, B> {
             })?;
             return Ok(HostWeight {
                 format: q,
-                bytes,
+                bytes: bytes.into(),
                 rows,
                 cols,
             });
         }
         Ok(HostWeight {
             format: WeightFormat::F32,
-            bytes: bytemuck::cast_slice(&w).to_vec(),
+            bytes: bytemuck::cast_slice(&w).to_vec().into(),
             rows,
             cols,
         })

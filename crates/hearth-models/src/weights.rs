@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: std::sync::Arc<Mmap>,
     data_start: usize,
     meta: Metadata,
 }
@@ -121,7 +121,7 @@ impl WeightStore {
             }
             shards.push(Shard {
                 path: path.clone(),
-                mmap,
+                mmap: std::sync::Arc::new(mmap),
                 data_start,
                 meta,
             });
@@ -225,8 +225,8 @@ pub trait TensorSource {
 pub struct PackedTensor {
     /// Block format of the rows.
     pub format: hearth_quant::kernels::WeightFormat,
-    /// The packed rows.
-    pub bytes: Vec<u8>,
+    /// The packed rows (borrowed from the checkpoint's memory map where possible).
+    pub bytes: hearth_quant::WeightBytes,
     /// Rows (output features).
     pub rows: usize,
     /// Columns (input features).
@@ -239,6 +239,38 @@ impl TensorSource for WeightStore {
     }
     fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         WeightStore::f32(self, name, expected)
+    }
+
+    /// f32/f16/bf16 matrices are handed out in place, borrowed from the memory map.
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedTensor>, ModelError> {
+        use hearth_quant::kernels::WeightFormat;
+        let Some(&si) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[si];
+        let info = shard.meta.info(name).expect("indexed tensor has info");
+        let format = match info.dtype {
+            Dtype::F32 => WeightFormat::F32,
+            Dtype::F16 => WeightFormat::F16,
+            Dtype::BF16 => WeightFormat::Bf16,
+            _ => return Ok(None),
+        };
+        if info.shape != [rows, cols] {
+            return Ok(None); // shape errors are reported by the f32 path
+        }
+        let (a, b) = info.data_offsets;
+        let start = shard.data_start + a;
+        if b - a != rows * cols * info.dtype.bitsize() / 8 {
+            return Ok(None);
+        }
+        Ok(
+            hearth_quant::WeightBytes::mapped(shard.mmap.clone(), start, b - a).map(|bytes| PackedTensor {
+                format,
+                bytes,
+                rows,
+                cols,
+            }),
+        )
     }
 }
 

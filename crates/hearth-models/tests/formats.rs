@@ -95,7 +95,11 @@ fn f16_weights_load_like_their_f32_values() {
     write(&d16.join("model.safetensors"), &t16);
     write(&d32.join("model.safetensors"), &t32);
     let (a, b) = (logits(&d16), logits(&d32));
-    assert_eq!(a, b);
+    // f16 matrices are computed on in place by the F16 kernel (exact conversion, its own
+    // summation order), f32 ones by the F32 kernel
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    assert!((num / den).sqrt() <= 1e-5, "rel err {}", (num / den).sqrt());
     // and the rounding did change something, so the test can tell formats apart
     assert_ne!(a, logits(&model_dir("llama")));
 }

@@ -91,7 +91,7 @@ impl HostLinear {
                 }
                 Arc::new(HostWeight {
                     format: WeightFormat::F32,
-                    bytes: bytemuck::cast_slice(&rows).to_vec(),
+                    bytes: bytemuck::cast_slice(&rows).to_vec().into(),
                     rows: out,
                     cols: inp,
                 })

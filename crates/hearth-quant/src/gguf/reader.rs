@@ -414,7 +414,7 @@ impl<'a> Cursor<'a> {
 }
 
 enum Backing {
-    Mmap(memmap2::Mmap),
+    Mmap(std::sync::Arc<memmap2::Mmap>),
     Owned(Vec<u8>),
 }
 
@@ -488,7 +488,7 @@ impl GgufFile {
         let info = GgufInfo::parse(&mmap)?;
         Ok(Self {
             info,
-            data: Backing::Mmap(mmap),
+            data: Backing::Mmap(std::sync::Arc::new(mmap)),
         })
     }
 
@@ -541,6 +541,28 @@ impl GgufFile {
             Backing::Mmap(m) => m,
             Backing::Owned(v) => v,
         }
+    }
+
+    /// `slice` (a part of this file's bytes, e.g. a tensor's data) as [`crate::WeightBytes`]:
+    /// borrowed from the memory map when the file is mapped, else copied.
+    ///
+    /// ```
+    /// # use hearth_quant::gguf::{GgufFile, GgufWriter};
+    /// let f = GgufFile::from_bytes(GgufWriter::new().to_bytes().unwrap()).unwrap();
+    /// let b = f.share(&f.as_bytes()[..4]);
+    /// assert_eq!(&b[..], b"GGUF");
+    /// ```
+    pub fn share(&self, slice: &[u8]) -> crate::WeightBytes {
+        if let Backing::Mmap(m) = &self.data {
+            let base = m.as_ptr() as usize;
+            let p = slice.as_ptr() as usize;
+            if p >= base
+                && let Some(b) = crate::WeightBytes::mapped(m.clone(), p - base, slice.len())
+            {
+                return b;
+            }
+        }
+        crate::WeightBytes::Owned(slice.to_vec())
     }
 
     fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
