@@ -70,6 +70,12 @@ fn plan() -> &'static (Vec<&'static str>, Vec<&'static str>) {
     })
 }
 
+/// `HEARTH_MATMUL_TRACE=1` prints which strategy ran each product (and why others did not).
+fn trace() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("HEARTH_MATMUL_TRACE").is_some_and(|v| v != "0"))
+}
+
 fn launch<R: CubeRuntime>(
     strategy: &Strategy,
     lhs: &CubeTensor<R>,
@@ -133,7 +139,12 @@ pub fn matmul_f32<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
         let strategy = named(name).expect("plan() keeps known names");
         // setup errors are returned before anything is launched, so the next one may run
         match launch(&strategy, &lhs, &rhs, &out) {
-            Ok(()) => return Ok(wrap(out)),
+            Ok(()) => {
+                if trace() {
+                    eprintln!("hearth matmul {ld:?} x {rd:?}: {name} (skipped: {})", errors.join("; "));
+                }
+                return Ok(wrap(out));
+            }
             Err(e) => errors.push(format!("{name}: {e:?}")),
         }
     }
