@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth_backend::{BackendKind, HearthBackend};
 use hearth_engine::generate::Finish;
 use hearth_engine::{ChatMessage, Engine, Event, GenerateRequest, Prompt, SamplingParams};
-use hearth_models::{CausalLm, ForwardOptions, LoadOptions};
+use hearth_models::{CausalLm, Decoder, ForwardOptions, HostModel, LoadOptions};
 use hearth_quant::kernels::WeightFormat;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -77,11 +77,25 @@ struct ModelArgs {
     /// Dequantize GGUF blocks to f32 on load instead of computing on them packed (reference path).
     #[arg(long)]
     unpacked: bool,
+    /// Run burn's tensor-op forward instead of the fused host forward that the CPU backend uses
+    /// by default (reference path; GPU backends always run burn's).
+    #[arg(long)]
+    burn_forward: bool,
 }
 
 impl ModelArgs {
     fn path(&self) -> Result<&Path> {
         self.model.as_deref().context("--model DIR|FILE.gguf is required")
+    }
+
+    /// The host forward of `model` when this backend runs hearth's CPU kernels and
+    /// `--burn-forward` was not given.
+    fn host_model<B: HearthBackend>(&self, model: &CausalLm<B>) -> Result<Option<HostModel>> {
+        if B::HOST_KERNELS && !self.burn_forward {
+            Ok(Some(HostModel::from_model(model)?))
+        } else {
+            Ok(None)
+        }
     }
 
     fn load_options(&self) -> Result<LoadOptions> {
@@ -283,8 +297,26 @@ fn quantize(a: &QuantizeArgs) -> Result<()> {
 
 fn load_engine<B: HearthBackend>(m: &ModelArgs, dev: &B::Device) -> Result<Engine<B>> {
     let path = m.path()?;
-    Engine::<B>::from_path(path, dev, &m.load_options()?).with_context(|| format!("loading {}", path.display()))
+    let mut engine =
+        Engine::<B>::from_path(path, dev, &m.load_options()?).with_context(|| format!("loading {}", path.display()))?;
+    if m.burn_forward {
+        engine.set_host_forward(false)?;
+    }
+    Ok(engine)
 }
+
+/// The forward to run: the host forward if there is one, else burn's.
+fn decoder<'m, B: HearthBackend>(model: &'m CausalLm<B>, host: &'m Option<HostModel>) -> Decoder<'m, B> {
+    match host {
+        Some(h) => Decoder::Host(h),
+        None => Decoder::Burn(model),
+    }
+}
+
+const LAST_ONLY: ForwardOptions = ForwardOptions {
+    hidden_states: false,
+    last_only: true,
+};
 
 fn run_on<B: HearthBackend>(dev: B::Device, cmd: Cmd) -> Result<()> {
     match cmd {
@@ -403,10 +435,6 @@ impl<A: Write, B: Write> Write for Tee<'_, A, B> {
     }
 }
 
-fn host<B: HearthBackend>(t: burn::tensor::Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
-}
-
 fn argmax(v: &[f32]) -> Result<u32> {
     let mut best: Option<usize> = None;
     for (i, x) in v.iter().enumerate() {
@@ -425,11 +453,15 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
         bail!("--tokens needs at least one id");
     }
     let model = load_model::<B>(a.model.path()?, dev, &a.model.load_options()?)?;
+    let host = a.model.host_model(&model)?;
+    let dec = decoder(&model, &host);
     let vocab = model.config().vocab_size;
     let steps = a.greedy.unwrap_or(0);
-    let mut cache = model.new_cache(1, Some(a.tokens.len() + steps + 1));
-    let out = model.forward(std::slice::from_ref(&a.tokens), &mut cache, ForwardOptions::default())?;
-    let prefill = host(out.logits);
+    let mut session = dec.new_session(1, Some(a.tokens.len() + steps + 1));
+    let prefill = dec
+        .forward(std::slice::from_ref(&a.tokens), &mut session, ForwardOptions::default())?
+        .data
+        .to_vec();
     let t = a.tokens.len();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = vec![(
         "logits".into(),
@@ -440,21 +472,13 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     if let Some(n) = a.greedy {
         let mut ids: Vec<i64> = Vec::with_capacity(n);
         let mut steps_logits: Vec<f32> = Vec::with_capacity(n * vocab);
-        let mut last = prefill[(t - 1) * vocab..].to_vec();
+        steps_logits.extend_from_slice(&prefill[(t - 1) * vocab..]);
         for step in 0..n {
-            let tok = argmax(&last)?;
+            let tok = argmax(&steps_logits[step * vocab..])?;
             ids.push(tok as i64);
-            steps_logits.extend_from_slice(&last);
             if step + 1 < n {
-                let o = model.forward(
-                    &[vec![tok]],
-                    &mut cache,
-                    ForwardOptions {
-                        hidden_states: false,
-                        last_only: true,
-                    },
-                )?;
-                last = host(o.logits);
+                let o = dec.forward(&[vec![tok]], &mut session, LAST_ONLY)?;
+                steps_logits.extend_from_slice(o.data);
             }
         }
         tensors.push((
@@ -507,57 +531,28 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         _ => bail!("bench needs exactly one of --model or --synthetic"),
     };
     let load_s = t_load.elapsed().as_secs_f64();
+    let host = a.model.host_model(&model)?;
+    let dec = decoder(&model, &host);
     let cfg = model.config();
     let vocab = cfg.vocab_size as u32;
     // warm-up (GPU kernels are compiled on first use): a short prefill and two decode steps
     {
-        let mut warm = model.new_cache(1, Some(16));
-        let o = model.forward(
-            &[vec![1, 2, 3, 4]],
-            &mut warm,
-            ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
-        )?;
-        let mut tok = argmax(&host(o.logits))?;
+        let mut warm = dec.new_session(1, Some(16));
+        let mut tok = argmax(dec.forward(&[vec![1, 2, 3, 4]], &mut warm, LAST_ONLY)?.data)?;
         for _ in 0..2 {
-            let o = model.forward(
-                &[vec![tok]],
-                &mut warm,
-                ForwardOptions {
-                    hidden_states: false,
-                    last_only: true,
-                },
-            )?;
-            tok = argmax(&host(o.logits))?;
+            tok = argmax(dec.forward(&[vec![tok]], &mut warm, LAST_ONLY)?.data)?;
         }
     }
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let mut cache = model.new_cache(1, Some(a.prompt_len + a.decode + 1));
+    let mut session = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
     let t0 = Instant::now();
-    let out = model.forward(
-        &[prompt],
-        &mut cache,
-        ForwardOptions {
-            hidden_states: false,
-            last_only: true,
-        },
-    )?;
-    let mut last = host(out.logits);
+    let mut tok = argmax(dec.forward(&[prompt], &mut session, LAST_ONLY)?.data)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    let mut input = vec![vec![tok]];
     let t1 = Instant::now();
     for _ in 0..a.decode {
-        let tok = argmax(&last)?;
-        let o = model.forward(
-            &[vec![tok]],
-            &mut cache,
-            ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
-        )?;
-        last = host(o.logits);
+        input[0][0] = tok;
+        tok = argmax(dec.forward(&input, &mut session, LAST_ONLY)?.data)?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let rss = peak_rss();
@@ -576,6 +571,7 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "model": name,
         "arch": cfg.arch.model_type(),
         "backend": a.model.backend,
+        "forward": if dec.is_host() { "host" } else { "burn" },
         "quant": a.model.quant,
         "threads": rayon::current_num_threads(),
         "load_s": load_s,

@@ -3,14 +3,17 @@
 //!
 //! [`Generation`] is a plain [`Iterator`], so it drives from synchronous code directly and from
 //! async code through `spawn_blocking` plus a channel (see the `serve` command).
+//!
+//! On host backends (the CPU) the model runs through the fused host forward
+//! ([`hearth_models::HostModel`]): KV cache, scratch and logits buffers are allocated when a
+//! generation starts and reused by every decode step. [`Engine::set_host_forward`] switches back
+//! to burn's tensor-op forward (the reference path, and the only one on GPU backends).
 
 use crate::error::EngineError;
 use crate::template::ChatMessage;
 use crate::tokenizer::{DecodeStream, Tokenizer};
-use burn::tensor::Tensor;
-use hearth_attention::ContiguousKvCache;
 use hearth_backend::HearthBackend;
-use hearth_models::{CausalLm, ForwardOptions, LoadOptions};
+use hearth_models::{CausalLm, DecodeSession, Decoder, ForwardOptions, HostModel, LoadOptions};
 use hearth_sample::{Sampler, SamplingParams, StopStrings};
 use std::path::Path;
 
@@ -23,6 +26,8 @@ pub struct Engine<B: HearthBackend> {
     pub tokenizer: Tokenizer,
     /// EOS ids from config, generation_config and tokenizer_config.
     pub eos_token_ids: Vec<u32>,
+    /// The host forward of `model` (sharing its weights), used on host backends.
+    host: Option<HostModel>,
 }
 
 /// What to generate from.
@@ -132,7 +137,8 @@ impl<B: HearthBackend> Engine<B> {
         Self::new(model, Tokenizer::from_dir(path)?)
     }
 
-    /// Pairs a model with a tokenizer, checking that their vocabularies fit.
+    /// Pairs a model with a tokenizer, checking that their vocabularies fit. On host backends
+    /// (CPU) generation runs through the fused host forward.
     pub fn new(model: CausalLm<B>, tokenizer: Tokenizer) -> Result<Self, EngineError> {
         let vocab = model.config().vocab_size;
         if tokenizer.vocab_size() > vocab {
@@ -147,11 +153,49 @@ impl<B: HearthBackend> Engine<B> {
         {
             eos_token_ids.push(id);
         }
+        let host = if B::HOST_KERNELS {
+            Some(HostModel::from_model(&model)?)
+        } else {
+            None
+        };
         Ok(Self {
             model,
             tokenizer,
             eos_token_ids,
+            host,
         })
+    }
+
+    /// Chooses the forward: `true` = the fused host forward ([`HostModel`], built on demand),
+    /// `false` = burn's tensor ops on the model's device (the reference path).
+    ///
+    /// ```no_run
+    /// # use hearth_engine::Engine;
+    /// let mut engine = Engine::<hearth_backend::Cpu>::from_dir("ckpt".as_ref(), &Default::default())?;
+    /// engine.set_host_forward(false)?;
+    /// assert!(!engine.decoder().is_host());
+    /// # Ok::<(), hearth_engine::EngineError>(())
+    /// ```
+    pub fn set_host_forward(&mut self, on: bool) -> Result<(), EngineError> {
+        self.host = match (on, self.host.take()) {
+            (true, Some(h)) => Some(h),
+            (true, None) => Some(HostModel::from_model(&self.model)?),
+            (false, _) => None,
+        };
+        Ok(())
+    }
+
+    /// The host forward, if generation uses it.
+    pub fn host_model(&self) -> Option<&HostModel> {
+        self.host.as_ref()
+    }
+
+    /// The forward generation runs: the host forward when enabled, else burn's.
+    pub fn decoder(&self) -> Decoder<'_, B> {
+        match &self.host {
+            Some(h) => Decoder::Host(h),
+            None => Decoder::Burn(&self.model),
+        }
     }
 
     /// Token ids of a prompt.
@@ -190,15 +234,19 @@ impl<B: HearthBackend> Engine<B> {
         }
         let sampler = Sampler::new(params)?;
         let capacity = (ids.len() + req.max_new_tokens).min(context);
+        let decoder = self.decoder();
+        let mut all = Vec::with_capacity(capacity + 1);
+        all.extend_from_slice(&ids);
         Ok(Generation {
             engine: self,
-            cache: self.model.new_cache(1, Some(capacity)),
+            decoder,
+            session: decoder.new_session(1, Some(capacity)),
             sampler,
             stops: StopStrings::new(req.stop_strings.clone()),
             decode: DecodeStream::default(),
             n_prompt: ids.len(),
-            pending: ids.clone(),
-            ids,
+            pending: ids,
+            ids: all,
             max_new: req.max_new_tokens,
             generated: 0,
             done: false,
@@ -210,7 +258,8 @@ impl<B: HearthBackend> Engine<B> {
 /// A running generation: an iterator of [`Event`]s ending with one [`Event::Done`].
 pub struct Generation<'e, B: HearthBackend> {
     engine: &'e Engine<B>,
-    cache: ContiguousKvCache<B>,
+    decoder: Decoder<'e, B>,
+    session: DecodeSession<B>,
     sampler: Sampler,
     stops: StopStrings,
     decode: DecodeStream,
@@ -247,24 +296,23 @@ impl<B: HearthBackend> Generation<'_, B> {
         if self.generated >= self.max_new {
             return Ok(self.finish(Finish::MaxTokens));
         }
-        if self.ids.len() >= hearth_attention::KvCache::capacity(&self.cache) {
+        if self.ids.len() >= self.session.capacity() {
             return Ok(self.finish(Finish::ContextFull));
         }
-        let input = std::mem::take(&mut self.pending);
-        let out = self.engine.model.forward(
-            &[input],
-            &mut self.cache,
+        let logits = self.decoder.forward(
+            std::slice::from_ref(&self.pending),
+            &mut self.session,
             ForwardOptions {
                 hidden_states: false,
                 last_only: true,
             },
         )?;
-        let mut logits = host_logits(out.logits);
         let step = self.generated as u64;
-        let s = self.sampler.sample(&mut logits, &self.ids, self.n_prompt, step)?;
+        let s = self.sampler.sample(logits.data, &self.ids, self.n_prompt, step)?;
         self.generated += 1;
         self.ids.push(s.token);
-        self.pending = vec![s.token];
+        self.pending.clear();
+        self.pending.push(s.token);
         if self.engine.eos_token_ids.contains(&s.token) {
             return Ok(self.finish(Finish::Eos));
         }
@@ -284,10 +332,6 @@ impl<B: HearthBackend> Generation<'_, B> {
     pub fn ids(&self) -> &[u32] {
         &self.ids
     }
-}
-
-fn host_logits<B: HearthBackend>(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits")
 }
 
 impl<B: HearthBackend> Iterator for Generation<'_, B> {

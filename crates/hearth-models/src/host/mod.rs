@@ -37,7 +37,9 @@ use hearth_attention::{CacheError, RopeLayout, RopeScaling};
 use hearth_backend::HearthBackend;
 use hearth_moe::{LoadStats, RouterSpec};
 use hearth_quant::kernels::{self, WeightFormat};
-use ops::{add_rms_norm, axpy, dot, online_softmax, rms_norm, rms_norm_in_place, rope, silu_mul};
+use ops::{
+    MAX_GROUP, add_rms_norm, attend_group, axpy, dot, online_softmax, rms_norm, rms_norm_in_place, rope, silu_mul,
+};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +81,8 @@ impl HostLinear {
     fn new<B: HearthBackend>(l: &Linear<B>) -> Result<Self, ModelError> {
         let w = match &l.weight {
             LinearWeight::Host(w) => w.clone(),
+            // (`HostWeight::bytes` may be a `Vec<u8>` or a wrapper built from one)
+            #[allow(clippy::useless_conversion)]
             LinearWeight::Device(t) => {
                 // `[in, out]` device tensor → `[out, in]` f32 rows
                 let [inp, out] = t.dims();
@@ -263,7 +267,11 @@ pub struct HostModel {
     lm_head: HostLinear,
     pool: Option<Arc<rayon::ThreadPool>>,
     decode_weight_bytes: usize,
+    /// Identifies this model's sessions.
+    id: u64,
 }
+
+static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl HostModel {
     /// Builds the host forward of a loaded model, sharing its packed weights. Device-resident
@@ -352,6 +360,7 @@ impl HostModel {
             lm_head: HostLinear::new(&m.lm_head)?,
             pool: None,
             decode_weight_bytes: m.decode_weight_bytes(),
+            id: NEXT_MODEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cfg,
         })
     }
@@ -425,6 +434,7 @@ impl HostModel {
             .collect();
         let half = self.cfg.rope.dim / 2;
         HostSession {
+            model: self.id,
             rows,
             capacity: cap,
             lens: vec![0; rows],
@@ -448,7 +458,8 @@ impl HostModel {
     }
 
     fn check_session(&self, s: &HostSession) -> Result<(), ModelError> {
-        let fits = s.kv.len() == self.layers.len()
+        let fits = s.model == self.id
+            && s.kv.len() == self.layers.len()
             && s.kv
                 .iter()
                 .zip(&self.layers)
@@ -465,7 +476,7 @@ impl HostModel {
         match &self.pool {
             Some(p) => p.install(f),
             // run the whole step on a pool worker: nested parallel loops then fork locally
-            None => rayon::in_place_scope(|_| f()),
+            None => rayon::scope(|_| f()),
         }
     }
 
@@ -702,21 +713,19 @@ impl HostModel {
         let (q, tok_row, tok_pos) = (&sc.q[..n * h * d], &sc.tok_row, &sc.tok_pos);
         let att = grow(&mut sc.att, n * h * d);
         let span = tok_pos[..n].iter().copied().max().unwrap_or(0) + 1;
+        let keys_read = window.map_or(span, |w| w.min(span));
         let scale = a.scale;
-        for_each_chunk(att, d, window.map_or(span, |w| w.min(span)) * d * 2, |idx, out| {
-            let (i, hh) = (idx / h, idx % h);
+        // one task per (token, KV head): the group's query heads read each key once
+        let (gs, per_kv) = if g <= MAX_GROUP { (g, hkv) } else { (1, h) };
+        for_each_chunk(att, gs * d, keys_read * d * 2 * gs, |idx, out| {
+            let (i, j) = (idx / per_kv, idx % per_kv);
             let (r, p) = (tok_row[i], tok_pos[i]);
             let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let base = (r * hkv + hh / g) * cap * d;
+            let kvh = if gs == g { j } else { j / g };
+            let base = (r * hkv + kvh) * cap * d;
             let (keys, vals) = (&kc[base..base + cap * d], &vc[base..base + cap * d]);
-            let qv = &q[idx * d..(idx + 1) * d];
-            online_softmax(
-                lo,
-                p + 1,
-                out,
-                |s| dot(qv, &keys[s * d..(s + 1) * d]) * scale,
-                |s| &vals[s * d..(s + 1) * d],
-            );
+            let qs = &q[idx * gs * d..(idx + 1) * gs * d];
+            attend_group(qs, keys, vals, d, d, lo, p + 1, scale, out);
         });
         a.o.forward(&sc.att[..n * h * d], n, &mut sc.o)
     }
@@ -1091,6 +1100,7 @@ struct Scratch {
 /// The per-batch state of a [`HostModel`]: KV cache, RoPE table, scratch and output buffers.
 /// Create with [`HostModel::new_session`]; rows may sit at different positions.
 pub struct HostSession {
+    model: u64,
     rows: usize,
     capacity: usize,
     lens: Vec<usize>,

@@ -201,6 +201,105 @@ pub fn online_softmax<'v>(
     }
 }
 
+/// `eˣ` for `x ≤ 0` (arguments below −87 give 0), relative error ≲ 2e-7, in plain arithmetic
+/// the compiler vectorises (`f32::exp` is a libm call per element).
+///
+/// ```
+/// let y = hearth_models::host::ops::exp_neg(-1.5);
+/// assert!((y - (-1.5f32).exp()).abs() < 1e-7);
+/// ```
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // e^r on [-ln2/2, ln2/2]: Taylor to degree 6
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // n ∈ [-126, 0], so n + 127 is a valid biased exponent: 2ⁿ exactly
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Keys per block of [`attend_group`].
+const KEY_BLOCK: usize = 32;
+/// Largest query group [`attend_group`] handles in one pass.
+pub const MAX_GROUP: usize = 16;
+
+/// Attention of the `g = qs.len() / d` query heads that share one KV head (grouped-query
+/// attention), over keys `lo..hi` of `keys`/`vals` (row `s` at `s·d` / `s·dv`):
+/// `out[j] = softmax_s(qs[j] · keys[s] · scale) · vals`. Keys are read once for the whole group,
+/// in blocks with one running max per head (online softmax). `g` must be at most [`MAX_GROUP`].
+///
+/// ```
+/// use hearth_models::host::ops::attend_group;
+/// // two heads, one key dimension; keys 0 and 1 with values 10 and 20
+/// let mut out = [0.0; 2];
+/// attend_group(&[0.0, 100.0], &[1.0, 1.0], &[10.0, 20.0], 1, 1, 0, 2, 1.0, &mut out);
+/// assert_eq!(out, [15.0, 15.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    d: usize,
+    dv: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let g = qs.len() / d.max(1);
+    assert!(g <= MAX_GROUP, "attend_group: {g} heads per group (max {MAX_GROUP})");
+    debug_assert_eq!(out.len(), g * dv);
+    out.fill(0.0);
+    let mut m = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut l = [0.0f32; MAX_GROUP];
+    let mut p = [[0.0f32; KEY_BLOCK]; MAX_GROUP];
+    let mut start = lo;
+    while start < hi {
+        let nb = (hi - start).min(KEY_BLOCK);
+        for b in 0..nb {
+            let k = &keys[(start + b) * d..(start + b + 1) * d];
+            for j in 0..g {
+                p[j][b] = dot(&qs[j * d..(j + 1) * d], k) * scale;
+            }
+        }
+        for j in 0..g {
+            let pj = &mut p[j][..nb];
+            let mb = pj.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mn = m[j].max(mb);
+            if mn > m[j] {
+                let c = exp_neg(m[j] - mn);
+                l[j] *= c;
+                out[j * dv..(j + 1) * dv].iter_mut().for_each(|o| *o *= c);
+                m[j] = mn;
+            }
+            let mut sum = 0.0;
+            for x in pj.iter_mut() {
+                *x = exp_neg(*x - mn);
+                sum += *x;
+            }
+            l[j] += sum;
+        }
+        for b in 0..nb {
+            let v = &vals[(start + b) * dv..(start + b + 1) * dv];
+            for j in 0..g {
+                axpy(&mut out[j * dv..(j + 1) * dv], p[j][b], v);
+            }
+        }
+        start += nb;
+    }
+    for j in 0..g {
+        if l[j] > 0.0 {
+            let inv = 1.0 / l[j];
+            out[j * dv..(j + 1) * dv].iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +394,60 @@ mod tests {
             }
             assert_eq!(&h[2 * half..], &x[2 * half..]);
             assert_eq!(&il[2 * half..], &x[2 * half..]);
+        }
+    }
+
+    #[test]
+    fn exp_neg_matches_f64() {
+        for i in 0..17400 {
+            let x = -(i as f32) * 0.005;
+            let want = (x as f64).exp();
+            let got = exp_neg(x) as f64;
+            assert!((got - want).abs() <= 3e-7 * want + 1e-38, "exp({x}) = {got} vs {want}");
+        }
+        // below −87 the result is clamped to e⁻⁸⁷ ≈ 1.6e-38: zero for every softmax weight
+        assert!(exp_neg(-1000.0) < 2e-38 && exp_neg(f32::NEG_INFINITY) < 2e-38);
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    #[test]
+    fn attend_group_matches_two_pass_f64_on_ragged_shapes() {
+        let mut r = Rng(5);
+        for (g, d, dv, s) in [
+            (1, 1, 1, 1),
+            (3, 16, 16, 33),
+            (4, 64, 64, 100),
+            (8, 8, 5, 70),
+            (16, 4, 4, 3),
+        ] {
+            let qs = r.vec(g * d);
+            let keys: Vec<f32> = (0..s * d).map(|_| r.next() * 3.0).collect();
+            let vals = r.vec(s * dv);
+            for (lo, hi) in [(0, s), (s / 3, s), (s - 1, s)] {
+                let mut out = vec![9.0; g * dv];
+                attend_group(&qs, &keys, &vals, d, dv, lo, hi, 0.7, &mut out);
+                for j in 0..g {
+                    let sc: Vec<f64> = (lo..hi)
+                        .map(|k| {
+                            (0..d)
+                                .map(|c| qs[j * d + c] as f64 * keys[k * d + c] as f64)
+                                .sum::<f64>()
+                                * 0.7f32 as f64
+                        })
+                        .collect();
+                    let m = sc.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                    let want: Vec<f64> = (0..dv)
+                        .map(|c| {
+                            (lo..hi)
+                                .zip(&sc)
+                                .map(|(k, x)| (x - m).exp() / z * vals[k * dv + c] as f64)
+                                .sum()
+                        })
+                        .collect();
+                    close(&out[j * dv..(j + 1) * dv], &want, 1e-5);
+                }
+            }
         }
     }
 
