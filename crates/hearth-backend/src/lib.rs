@@ -424,6 +424,7 @@ impl HearthBackend for Cpu {
 // with hearth's cubecl kernels lives in `cube`.
 
 /// Runs `f`, turning a panic into `Err(message)` without printing it.
+#[cfg(feature = "cube")]
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
