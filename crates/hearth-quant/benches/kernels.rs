@@ -10,9 +10,10 @@
 //! adds the 128256×2048 (vocab projection) shape for Q4_0/Q8_0/BF16;
 //! `KERNELS_ISA=avx2` forces an ISA path;
 //! `KERNELS_PF_SWEEP=0,1024,2048` skips criterion and times each software-prefetch distance.
-//! `KERNELS_QUICK=1` skips criterion: per shape, the cold median and a cache-hot median (a
-//! slice of at most 1 MiB of rows, re-read), in GB/s and % of the bandwidth measured before
-//! and after. `KERNELS_MATMUL=128` (with `KERNELS_QUICK`) also times `matmul` with that many
+//! `KERNELS_QUICK=1` skips criterion: per shape, the cold median in GB/s and in % of a
+//! bandwidth probe run just before it (and of the max of the probes at start and end);
+//! `KERNELS_REPEAT=3` repeats and reports medians; `KERNELS_HOT=1` adds a cache-hot median (a
+//! slice of at most 1 MiB of rows, re-read). `KERNELS_MATMUL=128` (with `KERNELS_QUICK`) also times `matmul` with that many
 //! activation rows (prefill) and prints GFLOP/s. `KERNELS_SHAPES=2048x2048,512x2048` replaces
 //! the shape list in that mode. `KERNELS_CPUTIME=1` (quick mode) runs on one thread and times
 //! with that thread's CPU time (averages over batches): compute throughput on a busy machine
@@ -140,10 +141,24 @@ fn median_secs(min_iters: usize, min_time: Duration, mut f: impl FnMut(usize)) -
     ts[ts.len() / 2]
 }
 
-/// `KERNELS_QUICK` mode: our own timing loops only (cold, hot, optional matmul).
+/// `KERNELS_QUICK` mode: our own timing loops only (cold, optionally hot and matmul).
+///
+/// Each cold measurement is preceded by its own bandwidth probe (256 MiB, best of 5) and
+/// reported against it, so drifting load from other processes affects both alike;
+/// `KERNELS_REPEAT=k` repeats probe + measurement `k` times and reports the medians.
 fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
     let bw0 = measure_read_bandwidth(BW_BYTES, threads);
     let n_mm: Option<usize> = std::env::var("KERNELS_MATMUL").ok().and_then(|v| v.parse().ok());
+    let hot_on = std::env::var("KERNELS_HOT").is_ok() || cpu_time_mode();
+    let reps: usize = std::env::var("KERNELS_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut lines = Vec::new();
     for &(fmt, rows, cols) in shapes {
         let rb = fmt.row_bytes(cols).unwrap();
@@ -154,13 +169,23 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
         let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut y = vec![0.0f32; rows];
         let id = format!("{fmt:?}/{rows}x{cols}");
-        let cold = time_cold(fmt, &set, rows, cols, &x);
-        let hr = ((1usize << 20) / rb).clamp(1, rows);
-        let hot_w = &base[..hr * rb];
-        let hot = median_secs(50, Duration::from_millis(300), |_| {
-            matvec(fmt, hot_w, hr, cols, &x, &mut y[..hr])
+        let (mut gbs, mut local, mut pct) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let bw = measure_read_bandwidth(256 << 20, threads);
+            let g = bytes as f64 / time_cold(fmt, &set, rows, cols, &x);
+            gbs.push(g);
+            local.push(bw);
+            pct.push(100.0 * g / bw);
+        }
+        let hot = hot_on.then(|| {
+            let hr = ((1usize << 20) / rb).clamp(1, rows);
+            let hot_w = &base[..hr * rb];
+            let t = median_secs(50, Duration::from_millis(300), |_| {
+                matvec(fmt, hot_w, hr, cols, &x, &mut y[..hr])
+            });
+            (hr * rb) as f64 / t
         });
-        lines.push((id.clone(), bytes as f64 / cold, (hr * rb) as f64 / hot));
+        lines.push((id.clone(), median(gbs), median(local), median(pct), hot));
         if let Some(n) = n_mm {
             let xs: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -180,17 +205,22 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
     let bw1 = measure_read_bandwidth(BW_BYTES, threads);
     let bw = bw0.max(bw1) / 1e9;
     eprintln!(
-        "isa={:?} threads={threads} bandwidth start {:.2} end {:.2} GB/s (using max)",
+        "isa={:?} threads={threads} reps={reps} bandwidth start {:.2} end {:.2} GB/s",
         bench_isa(),
         bw0 / 1e9,
         bw1 / 1e9
     );
-    for (id, cold, hot) in lines {
+    eprintln!(
+        "{:<20} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "cold matvec", "GB/s", "probe GB/s", "% probe", "% start/end", "hot GB/s"
+    );
+    for (id, cold, probe, pct, hot) in lines {
+        let hot = hot.map(|h| format!("{:>10.2}", h / 1e9)).unwrap_or_default();
         eprintln!(
-            "{id:<20} cold {:>7.2} GB/s {:>5.1}% of BW  hot {:>7.2} GB/s",
+            "{id:<20} {:>10.2} {:>10.2} {pct:>7.1}% {:>9.1}% {hot}",
             cold / 1e9,
+            probe / 1e9,
             100.0 * cold / 1e9 / bw,
-            hot / 1e9
         );
     }
 }
