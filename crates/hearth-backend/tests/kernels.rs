@@ -448,4 +448,4 @@ backend_tests!(wgpu, Wgpu, burn::backend::wgpu::WgpuRuntime);
 #[cfg(feature = "cuda")]
 use hearth_backend::Cuda;
 #[cfg(feature = "cuda")]
-backend_tests!(cuda, Cuda, burn::backend::cuda::CudaRuntime);
+backend_tests!(cuda, Cuda, cubecl::cuda::CudaRuntime);
