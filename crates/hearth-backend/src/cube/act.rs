@@ -21,7 +21,10 @@ fn silu_mul_kernel<F: Float, N: Size>(
     if i < len as usize {
         let g = Vector::<f32, N>::cast_from(gate[i]);
         let one = Vector::<f32, N>::new(1.0f32);
-        let y = g / (one + Vector::exp(-g)) * Vector::<f32, N>::cast_from(up[i]);
+        // `0 - g`, not `-g`: cubecl 0.10's CUDA dialect emits unary minus on a vector struct
+        // (`-float_4`), which NVRTC rejects
+        let zero = Vector::<f32, N>::new(0.0f32);
+        let y = g / (one + Vector::exp(zero - g)) * Vector::<f32, N>::cast_from(up[i]);
         out[i] = Vector::cast_from(y);
     }
 }
