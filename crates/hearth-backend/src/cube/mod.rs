@@ -140,8 +140,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         match matmul_f32(lhs.clone(), rhs.clone()) {
             Ok(y) => y,
-            // shapes burn would reject too: let burn report them
-            Err(_) => lhs.matmul(rhs),
+            Err(e) => {
+                // shapes burn rejects too (burn reports them), or no exact kernel: say so once
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    eprintln!("hearth: exact f32 matmul not used ({e}); falling back to burn's matmul");
+                }
+                lhs.matmul(rhs)
+            }
         }
     }
 
