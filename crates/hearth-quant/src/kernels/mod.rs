@@ -489,6 +489,14 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(tasks).next_multiple_of(4).max(4)
 }
 
+/// Rows per rayon task of the row-by-row `matmul` path: at most ~256 KiB of weights, so a
+/// task's rows stay in L2 while every activation row passes over them.
+fn matmul_chunk_rows(rows: usize, row_bytes: usize) -> usize {
+    const TASK_BYTES: usize = 256 * 1024;
+    let by_bytes = (TASK_BYTES / row_bytes.max(1)).max(1);
+    chunk_rows(rows).min(by_bytes.next_multiple_of(4))
+}
+
 fn validate(isa: Isa, fmt: WeightFormat, weight: &[u8], rows: usize, cols: usize) -> Result<usize, KernelError> {
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));
@@ -660,7 +668,7 @@ pub fn matmul_with_isa(
     };
     #[cfg(target_arch = "x86_64")]
     let wins: Vec<&act::WinAct> = preps.iter().filter_map(|p| p.win.as_ref()).collect();
-    let cr = chunk_rows(rows);
+    let cr = matmul_chunk_rows(rows, rb);
     // Scratch laid out chunk by chunk, each chunk as [n][rows_in_chunk].
     let mut scratch = vec![0.0f32; rows * n];
     let run = |(out, w): (&mut [f32], &[u8])| {
