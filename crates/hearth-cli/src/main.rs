@@ -68,7 +68,8 @@ struct ModelArgs {
     /// Compute backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// CPU threads for hearth's kernels.
+    /// CPU threads of the kernels and the host forward (`bench`: of the measured part; loading
+    /// uses every core).
     #[arg(long)]
     threads: Option<usize>,
     /// Quantize f32/bf16 weights while loading: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
@@ -229,6 +230,13 @@ struct BenchArgs {
     /// Tokens to decode.
     #[arg(long, default_value_t = 32)]
     decode: usize,
+    /// Repeat prefill + decode this many times on the loaded model; the best decode run counts
+    /// (all are listed in `decode_runs_tok_s`).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Also measure burn's tensor-op forward on the same loaded model (`burn_*` fields).
+    #[arg(long)]
+    compare_burn: bool,
 }
 
 fn main() {
@@ -257,7 +265,10 @@ fn run(cli: Cli) -> Result<()> {
             _ => unreachable!("commands with model args are handled below"),
         };
     };
-    if let Some(t) = margs.threads {
+    // bench loads on every core and measures on its own pool of `--threads`
+    if let Some(t) = margs.threads
+        && !matches!(cli.cmd, Cmd::Bench(_))
+    {
         hearth_backend::set_cpu_threads(t);
     }
     let kind: BackendKind = margs.backend.parse()?;
@@ -508,6 +519,54 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Warm-up, then `--runs` × (prefill of `--prompt-len` tokens, `--decode` greedy steps) on fresh
+/// sessions: prefill tok/s of the first run and decode tok/s of every run.
+fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64, Vec<f64>)> {
+    let vocab = dec.config().vocab_size as u32;
+    // warm-up (GPU kernels are compiled on first use): a short prefill and two decode steps
+    let mut warm = dec.new_session(1, Some(16));
+    let mut tok = argmax(dec.forward(&[vec![1, 2, 3, 4]], &mut warm, LAST_ONLY)?.data)?;
+    for _ in 0..2 {
+        tok = argmax(dec.forward(&[vec![tok]], &mut warm, LAST_ONLY)?.data)?;
+    }
+    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let (mut prefill_tok_s, mut decode) = (0.0, Vec::new());
+    for run in 0..a.runs.max(1) {
+        let mut session = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
+        let t0 = Instant::now();
+        let mut tok = argmax(
+            dec.forward(std::slice::from_ref(&prompt), &mut session, LAST_ONLY)?
+                .data,
+        )?;
+        if run == 0 {
+            prefill_tok_s = a.prompt_len as f64 / t0.elapsed().as_secs_f64();
+        }
+        let mut input = vec![vec![tok]];
+        let t1 = Instant::now();
+        for _ in 0..a.decode {
+            input[0][0] = tok;
+            tok = argmax(dec.forward(&input, &mut session, LAST_ONLY)?.data)?;
+        }
+        decode.push(a.decode as f64 / t1.elapsed().as_secs_f64());
+    }
+    Ok((prefill_tok_s, decode))
+}
+
+/// Tokens/s of the packed matrix–vector products of a decode step alone (best of `--runs`).
+fn kernels_only(host: &HostModel, a: &BenchArgs) -> Result<f64> {
+    let mut s = host.new_session(1, Some(1));
+    host.kernels_only_step(&mut s)?;
+    let mut best = 0.0f64;
+    for _ in 0..a.runs.max(1) {
+        let t = Instant::now();
+        for _ in 0..a.decode {
+            host.kernels_only_step(&mut s)?;
+        }
+        best = best.max(a.decode as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
 /// Peak resident set size of this process (VmHWM), in bytes.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -534,55 +593,52 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let host = a.model.host_model(&model)?;
     let dec = decoder(&model, &host);
     let cfg = model.config();
-    let vocab = cfg.vocab_size as u32;
-    // warm-up (GPU kernels are compiled on first use): a short prefill and two decode steps
-    {
-        let mut warm = dec.new_session(1, Some(16));
-        let mut tok = argmax(dec.forward(&[vec![1, 2, 3, 4]], &mut warm, LAST_ONLY)?.data)?;
-        for _ in 0..2 {
-            tok = argmax(dec.forward(&[vec![tok]], &mut warm, LAST_ONLY)?.data)?;
-        }
-    }
-    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let mut session = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
-    let t0 = Instant::now();
-    let mut tok = argmax(dec.forward(&[prompt], &mut session, LAST_ONLY)?.data)?;
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let mut input = vec![vec![tok]];
-    let t1 = Instant::now();
-    for _ in 0..a.decode {
-        input[0][0] = tok;
-        tok = argmax(dec.forward(&input, &mut session, LAST_ONLY)?.data)?;
-    }
-    let decode_s = t1.elapsed().as_secs_f64();
-    let rss = peak_rss();
-    let bytes = model.decode_weight_bytes();
-    let decode_tok_s = a.decode as f64 / decode_s;
-    // bandwidth of this machine, measured now, after the model's peak RSS was recorded
-    let bw = if B::HOST_KERNELS {
-        Some(hearth_quant::kernels::measure_read_bandwidth(
-            1 << 30,
-            rayon::current_num_threads(),
-        ))
+    // loading used every core; the measurement runs on `--threads` (default: all)
+    let threads = a.model.threads.unwrap_or_else(rayon::current_num_threads).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let (prefill_tok_s, decode_runs) = pool.install(|| measure(dec, a))?;
+    let kernels_tok_s = match &host {
+        Some(h) => Some(pool.install(|| kernels_only(h, a))?),
+        None => None,
+    };
+    let burn_runs = if a.compare_burn && dec.is_host() {
+        Some(pool.install(|| measure(Decoder::Burn(&model), a))?)
     } else {
         None
     };
+    let rss = peak_rss();
+    let bytes = model.decode_weight_bytes();
+    let best = |runs: &[f64]| runs.iter().copied().fold(0.0, f64::max);
+    let decode_tok_s = best(&decode_runs);
+    // bandwidth of this machine, measured now, after the model's peak RSS was recorded
+    let bw = if B::HOST_KERNELS {
+        Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, threads))
+    } else {
+        None
+    };
+    let pct = |tok_s: f64| bw.map(|b| 100.0 * tok_s * bytes as f64 / b);
     let line = serde_json::json!({
         "model": name,
         "arch": cfg.arch.model_type(),
         "backend": a.model.backend,
         "forward": if dec.is_host() { "host" } else { "burn" },
         "quant": a.model.quant,
-        "threads": rayon::current_num_threads(),
+        "threads": threads,
         "load_s": load_s,
         "prompt_tokens": a.prompt_len,
         "decode_tokens": a.decode,
-        "prefill_tok_s": a.prompt_len as f64 / prefill_s,
+        "prefill_tok_s": prefill_tok_s,
         "decode_tok_s": decode_tok_s,
+        "decode_runs_tok_s": decode_runs,
         "weight_bytes_per_token": bytes,
         "read_bandwidth_gb_s": bw.map(|b| b / 1e9),
         "floor_tok_s": bw.map(|b| b / bytes as f64),
-        "pct_of_floor": bw.map(|b| 100.0 * decode_tok_s * bytes as f64 / b),
+        "pct_of_floor": pct(decode_tok_s),
+        "kernels_only_tok_s": kernels_tok_s,
+        "kernels_only_pct_of_floor": kernels_tok_s.and_then(pct),
+        "burn_prefill_tok_s": burn_runs.as_ref().map(|r| r.0),
+        "burn_decode_tok_s": burn_runs.as_ref().map(|r| best(&r.1)),
+        "burn_pct_of_floor": burn_runs.as_ref().and_then(|r| pct(best(&r.1))),
         "peak_rss_bytes": rss,
     });
     println!("{line}");

@@ -7,13 +7,15 @@
 //! MLPs. Two sweeps:
 //! * `experts_k8`: E = 8 / 64 / 256 at k = 8 — time should stay flat in E;
 //! * `top_k_e64`: k = 1 / 2 / 4 / 8 at E = 64 — time should grow with k.
+//!
+//! Each point is measured through the host forward (`host/…`, what the CPU backend runs) and
+//! through burn's tensor-op forward (`burn/…`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use hearth_attention::KvCache;
-use hearth_models::{CausalLm, ForwardOptions, ModelConfig, ModelError, TensorSource};
+use hearth_models::{CausalLm, Decoder, ForwardOptions, HostModel, ModelConfig, ModelError, TensorSource};
 use serde_json::json;
 
 type B = hearth_backend::Cpu;
@@ -66,45 +68,51 @@ fn model(experts: usize, top_k: usize) -> CausalLm<B> {
 }
 
 /// Mean time of `iters` single-token decode steps, each on a warm cache of 16..48 tokens.
-fn decode_steps(m: &CausalLm<B>, iters: u64) -> Duration {
+fn decode_steps(m: Decoder<'_, B>, iters: u64) -> Duration {
     let opts = ForwardOptions {
         hidden_states: false,
         last_only: true,
     };
-    let mut cache = m.new_cache(1, Some(MAX_CONTEXT + 1));
+    let mut session = m.new_session(1, Some(MAX_CONTEXT + 1));
     let mut total = Duration::ZERO;
+    let mut token = vec![vec![0u32]];
     for i in 0..iters {
-        if i == 0 || cache.seq_len(0) >= MAX_CONTEXT {
-            cache.reset_row(0);
+        if i == 0 || session.seq_len(0) >= MAX_CONTEXT {
+            session.reset_row(0);
             let prompt: Vec<u32> = (0..PREFILL as u32).map(|t| (t * 7 + 3) % VOCAB as u32).collect();
-            m.forward(&[prompt], &mut cache, opts).expect("prefill");
+            m.forward(&[prompt], &mut session, opts).expect("prefill");
         }
         // different tokens route to different experts, as in real decoding
-        let token = vec![(i * 11 % VOCAB as u64) as u32];
+        token[0][0] = (i * 11 % VOCAB as u64) as u32;
         let start = Instant::now();
-        let out = m.forward(&[token], &mut cache, opts).expect("decode");
-        black_box(out.logits.into_data());
+        let out = m.forward(&token, &mut session, opts).expect("decode");
+        black_box(out.data);
         total += start.elapsed();
     }
     total
 }
 
+/// Both forwards of one model: the host forward (what the CPU runs) and burn's.
+fn both(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, m: &CausalLm<B>, param: usize) {
+    let host = HostModel::from_model(m).expect("host model");
+    g.bench_with_input(BenchmarkId::new("host", param), &host, |b, h| {
+        b.iter_custom(|iters| decode_steps(Decoder::Host(h), iters))
+    });
+    g.bench_with_input(BenchmarkId::new("burn", param), m, |b, m| {
+        b.iter_custom(|iters| decode_steps(Decoder::Burn(m), iters))
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("moe_decode/experts_k8");
     for experts in [8, 64, 256] {
-        let m = model(experts, 8);
-        g.bench_with_input(BenchmarkId::from_parameter(experts), &m, |b, m| {
-            b.iter_custom(|iters| decode_steps(m, iters))
-        });
+        both(&mut g, &model(experts, 8), experts);
     }
     g.finish();
 
     let mut g = c.benchmark_group("moe_decode/top_k_e64");
     for k in [1, 2, 4, 8] {
-        let m = model(64, k);
-        g.bench_with_input(BenchmarkId::from_parameter(k), &m, |b, m| {
-            b.iter_custom(|iters| decode_steps(m, iters))
-        });
+        both(&mut g, &model(64, k), k);
     }
     g.finish();
 }

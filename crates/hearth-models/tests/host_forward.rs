@@ -314,4 +314,7 @@ fn typed_errors() {
     assert!(host.forward(&[vec![5]], &mut s, LAST).is_err());
     s.reset_row(0);
     assert!(host.forward(&[vec![5]], &mut s, LAST).is_ok());
+    // the kernels-only yardstick runs on the model's own sessions only
+    host.kernels_only_step(&mut s).unwrap();
+    assert!(host.kernels_only_step(&mut wrong).is_err());
 }

@@ -457,6 +457,62 @@ impl HostModel {
         }
     }
 
+    /// Runs only the packed matrix–vector products of one decode step, one after another on
+    /// dummy activations: every projection, the first `top_k` experts (plus shared experts) of
+    /// each MoE layer, the LM head. Its time is what the kernels alone need per token, the
+    /// yardstick for the rest of the step (`hearth bench` reports both).
+    ///
+    /// ```no_run
+    /// # use hearth_models::{CausalLm, host::HostModel};
+    /// # let model = CausalLm::<hearth_backend::Cpu>::from_dir("ckpt".as_ref(), &Default::default()).unwrap();
+    /// let host = HostModel::from_model(&model)?;
+    /// let mut s = host.new_session(1, Some(1));
+    /// let t = std::time::Instant::now();
+    /// host.kernels_only_step(&mut s)?;
+    /// println!("kernels: {:?} per token", t.elapsed());
+    /// # Ok::<(), hearth_models::ModelError>(())
+    /// ```
+    pub fn kernels_only_step(&self, s: &mut HostSession) -> Result<(), ModelError> {
+        self.check_session(s)?;
+        self.run(|| {
+            let sc = &mut s.sc;
+            let mut lins: Vec<&HostLinear> = Vec::new();
+            for l in &self.layers {
+                match &l.attn {
+                    HostAttn::Mha(a) => lins.extend([&a.q, &a.k, &a.v, &a.o]),
+                    HostAttn::Mla(a) => {
+                        lins.extend(a.q_direct.iter());
+                        if let Some((qa, _, qb)) = &a.q_lora {
+                            lins.extend([qa, qb]);
+                        }
+                        lins.extend([&a.kv_a, &a.o]);
+                    }
+                }
+                match &l.ffn {
+                    HostFfn::Dense(m) => lins.extend([&m.gate, &m.up, &m.down]),
+                    HostFfn::Moe(m) => {
+                        lins.push(&m.gate);
+                        for e in m.experts.iter().take(m.spec.top_k).chain(m.shared.iter()) {
+                            lins.extend([&e.gate, &e.up, &e.down]);
+                        }
+                        lins.extend(m.shared_gate.iter());
+                    }
+                }
+            }
+            lins.push(&self.lm_head);
+            let widest = lins.iter().map(|l| l.rows().max(l.cols())).max().unwrap_or(0);
+            let x = grow(&mut sc.x, widest);
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = ((i % 7) as f32 - 3.0) * 0.1);
+            let y = grow(&mut sc.o, widest);
+            for l in lins {
+                l.forward(&sc.x[..l.cols()], 1, y)?;
+            }
+            Ok(())
+        })
+    }
+
     fn check_session(&self, s: &HostSession) -> Result<(), ModelError> {
         let fits = s.model == self.id
             && s.kv.len() == self.layers.len()
