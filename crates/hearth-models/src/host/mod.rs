@@ -43,8 +43,9 @@ use ops::{
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Below this many multiply-adds an attention pass runs on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 15;
+/// Below this many multiply-adds an attention pass runs on the calling thread (a parallel region
+/// costs a few µs of fork/join and wake-ups, about this much work on one core).
+const PAR_MIN_WORK: usize = 1 << 18;
 
 fn host_err(field: &str, reason: impl std::fmt::Display) -> ModelError {
     ModelError::Config {
