@@ -50,8 +50,13 @@ struct ConvertArgs {
 #[derive(Args, Clone)]
 struct QuantizeArgs {
     /// HF checkpoint directory.
+    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Instead of --model, a random-weight model of a real shape (names as for `bench`),
+    /// written without a tokenizer (`tokenizer.ggml.model = "none"`), e.g. to run llama.cpp's
+    /// `llama-bench` on the same file as `hearth bench`.
     #[arg(long)]
-    model: PathBuf,
+    synthetic: Option<String>,
     /// GGUF tensor type of the matrices (e.g. q8_0, q4_0, q4_k, q6_k, f16, f32).
     #[arg(long)]
     quant: String,
@@ -125,7 +130,9 @@ fn parse_quant(s: &str) -> Result<WeightFormat> {
 fn load_model<B: HearthBackend>(path: &Path, dev: &B::Device, opts: &LoadOptions) -> Result<CausalLm<B>> {
     let ctx = || format!("loading {}", path.display());
     if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-        let src = hearth_models::gguf::GgufSource::open(path).with_context(ctx)?;
+        let src = hearth_models::gguf::GgufSource::open(path)
+            .with_context(ctx)?
+            .keep_rope_permutation();
         let cfg = src.config().with_context(ctx)?;
         return CausalLm::load_with(cfg, &src, dev, opts).with_context(ctx);
     }
@@ -301,7 +308,26 @@ fn convert(a: &ConvertArgs) -> Result<()> {
 fn quantize(a: &QuantizeArgs) -> Result<()> {
     let ty = hearth_quant::GgmlType::from_name(&a.quant.to_ascii_uppercase())
         .with_context(|| format!("unknown GGUF type `{}`", a.quant))?;
-    hearth_models::convert::hf_to_gguf(&a.model, &a.out, ty)?;
+    match (&a.model, &a.synthetic) {
+        (Some(dir), None) => hearth_models::convert::hf_to_gguf(dir, &a.out, ty)?,
+        (None, Some(name)) => {
+            use hearth_models::{convert, synthetic};
+            let (cfg, src) = synthetic::SyntheticSource::new(name, 0)?;
+            let tensors: Vec<(String, Option<Vec<usize>>)> = synthetic::tensor_shapes(&cfg, &src)?
+                .into_iter()
+                .map(|(n, shape)| (n, Some(shape)))
+                .collect();
+            let export = convert::GgufExportSource {
+                name,
+                config_file: &format!("synthetic:{name}"),
+                tensors: &tensors,
+                weights: &src,
+                tokenizer_dir: None,
+            };
+            convert::write_gguf(&cfg, &export, &a.out, ty)?;
+        }
+        _ => bail!("quantize needs exactly one of --model or --synthetic"),
+    }
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -608,6 +634,11 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     };
     let rss = peak_rss();
     let bytes = model.decode_weight_bytes();
+    let resident = model.weight_bytes();
+    // the measured sessions' KV cache (host forward: f32, prompt + decode positions)
+    let kv_bytes = host
+        .as_ref()
+        .map(|h| h.new_session(1, Some(a.prompt_len + a.decode + 1)).cache_bytes());
     let best = |runs: &[f64]| runs.iter().copied().fold(0.0, f64::max);
     let decode_tok_s = best(&decode_runs);
     // bandwidth of this machine, measured now, after the model's peak RSS was recorded
@@ -640,6 +671,9 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "burn_decode_tok_s": burn_runs.as_ref().map(|r| best(&r.1)),
         "burn_pct_of_floor": burn_runs.as_ref().and_then(|r| pct(best(&r.1))),
         "peak_rss_bytes": rss,
+        "weight_bytes_resident": resident,
+        "kv_cache_bytes": kv_bytes,
+        "peak_rss_over_weights_and_kv": rss.map(|r| r as f64 / (resident + kv_bytes.unwrap_or(0)) as f64),
     });
     println!("{line}");
     Ok(())

@@ -542,7 +542,8 @@ impl<B: HearthBackend> Engine<B> {
 
     /// [`Self::from_gguf`] with load options.
     pub fn from_gguf_with(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self, EngineError> {
-        let src = GgufSource::open(path)?;
+        // weights computed on as stored (no re-ordered copy of the Q/K rows)
+        let src = GgufSource::open(path)?.keep_rope_permutation();
         let cfg = src.config()?;
         let tokenizer = tokenizer_from_gguf(src.file())?;
         let model = CausalLm::load_with(cfg, &src, device, opts)?;

@@ -9,6 +9,9 @@
 //! divergence on this model. SmolLM2's hidden size (576) is not a multiple of 256, so the
 //! K-quants apply to `down_proj` only; the other types to every matrix.
 //!
+//! The Q4_K and Q8_0 GGUF files that `hearth quantize` writes from the same weights are held to
+//! the same bounds (Q4_K: identical logits to in-situ quantization).
+//!
 //! A second check isolates the kernels: the same quantized weights, dequantized and run
 //! through the f32 path, must give nearly the same divergence (the packed path adds only the
 //! 8-bit activation quantization that llama.cpp also does).
@@ -112,6 +115,42 @@ fn quantized_kl_divergence_is_within_documented_bounds() {
             packed <= 2.0 * weights_only + 0.015,
             "{q:?}: packed kernels diverge more ({packed}) than their weights explain ({weights_only})"
         );
+    }
+
+    // The same quantization written by `hearth quantize` (llama.cpp's GGUF layout: Q/K rows
+    // permuted, Q8_0 also for the embedding table) and read back packed.
+    for (q, bound) in [(WeightFormat::Q4_K, 0.05), (WeightFormat::Q8_0, 0.03)] {
+        let out = dir.join(format!("model.{q:?}.gguf"));
+        hearth_models::convert::hf_to_gguf(&dir, &out, q.ggml()).unwrap();
+        let src = hearth_models::gguf::GgufSource::open(&out).unwrap();
+        let gcfg = src.config().unwrap();
+        let m = CausalLm::<B>::load(gcfg, &src, &dev).unwrap();
+        let mut cache = m.new_cache(1, Some(32));
+        let got = m
+            .forward(std::slice::from_ref(&prompt), &mut cache, ForwardOptions::default())
+            .unwrap()
+            .logits
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let kl = kl_of(&got);
+        eprintln!("{q:?} GGUF from hearth quantize: mean KL {kl:.5} nats (bound {bound})");
+        assert!(
+            kl.is_finite() && kl > 0.0 && kl <= bound,
+            "{q:?} GGUF: KL {kl} outside (0, {bound}]"
+        );
+        if q == WeightFormat::Q4_K {
+            // no K-quant fits SmolLM2's 576-wide rows, so embedding and head stay F32 in both:
+            // the file must compute exactly what in-situ quantization does
+            let in_situ = run(&store, Some(q));
+            let e = got
+                .iter()
+                .zip(&in_situ)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+                / in_situ.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(e <= 1e-6, "Q4_K GGUF vs in-situ: rel err {e}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

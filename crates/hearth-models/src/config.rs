@@ -304,7 +304,10 @@ impl ModelConfig {
             field: "rope_scaling".into(),
             reason: e.to_string(),
         })?;
-        let rope_layout = if mla.is_some() && f.bool_or("rope_interleave", true) {
+        // DeepSeek's MLA defaults to interleaved pairs; other families use HF's rotate-half
+        // unless the config says otherwise (GGUF `llama` files read without un-permuting
+        // their Q/K rows, see `GgufSource::keep_rope_permutation`)
+        let rope_layout = if f.bool_or("rope_interleave", mla.is_some()) {
             RopeLayout::Interleaved
         } else {
             RopeLayout::Half

@@ -119,9 +119,55 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// hf_to_gguf(std::path::Path::new("llama_dir"), std::path::Path::new("llama.gguf"), hearth_quant::GgmlType::F32).unwrap();
 /// ```
 pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError> {
-    let cfg_path = dir.join("config.json");
-    let cfg_file = cfg_path.display().to_string();
+    let cfg_file = dir.join("config.json").display().to_string();
     let cfg = ModelConfig::from_dir(dir)?;
+    let store = WeightStore::open(dir)?;
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    let tensors: Vec<(String, Option<Vec<usize>>)> = store.names().map(|n| (n.to_string(), None)).collect();
+    let source = GgufExportSource {
+        name: &name,
+        config_file: &cfg_file,
+        tensors: &tensors,
+        weights: &store,
+        tokenizer_dir: Some(dir),
+    };
+    write_gguf(&cfg, &source, out, ty)
+}
+
+/// What [`write_gguf`] exports: a model's tensors (HF names) and where its tokenizer lives.
+pub struct GgufExportSource<'a> {
+    /// `general.name`.
+    pub name: &'a str,
+    /// Where the config came from (named in errors).
+    pub config_file: &'a str,
+    /// HF tensor names, with their shapes when the source needs them to produce the values
+    /// (a [`crate::synthetic::SyntheticSource`] does; a checkpoint does not).
+    pub tensors: &'a [(String, Option<Vec<usize>>)],
+    /// The values.
+    pub weights: &'a dyn TensorSource,
+    /// A directory with `tokenizer.json` (+ `tokenizer_config.json`); `None` writes
+    /// `tokenizer.ggml.model = "none"` and `vocab_size` dummy tokens, which llama.cpp loads
+    /// (its `llama-bench` needs no tokenizer).
+    pub tokenizer_dir: Option<&'a Path>,
+}
+
+/// Writes a llama.cpp-compatible GGUF of `cfg` with the tensors of `src` (see [`hf_to_gguf`]
+/// for the layout). A random-weight model of a real shape can be exported with
+/// [`crate::synthetic::SyntheticSource`] and [`crate::synthetic::tensor_shapes`]:
+///
+/// ```no_run
+/// use hearth_models::convert::{GgufExportSource, write_gguf};
+/// use hearth_models::synthetic::{SyntheticSource, tensor_shapes};
+/// let (cfg, src) = SyntheticSource::new("llama-3.2-1b", 0).unwrap();
+/// let tensors: Vec<_> = tensor_shapes(&cfg, &src).unwrap().into_iter().map(|(n, s)| (n, Some(s))).collect();
+/// let export = GgufExportSource { name: "llama-3.2-1b", config_file: "synthetic", tensors: &tensors,
+///     weights: &src, tokenizer_dir: None };
+/// write_gguf(&cfg, &export, std::path::Path::new("llama-3.2-1b.q4_0.gguf"), hearth_quant::GgmlType::Q4_0).unwrap();
+/// ```
+pub fn write_gguf(cfg: &ModelConfig, src: &GgufExportSource<'_>, out: &Path, ty: GgmlType) -> Result<(), ModelError> {
+    let cfg_file = src.config_file.to_string();
     let (arch, permute) = gguf_arch(cfg.arch).ok_or_else(|| ModelError::UnknownModelType {
         file: cfg_file.clone(),
         model_type: format!(
@@ -136,15 +182,11 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
             reason: "sliding-window attention cannot be expressed in GGUF llama metadata".into(),
         });
     }
-    let store = WeightStore::open(dir)?;
     let mut w = GgufWriter::new();
     let gerr = |e: hearth_quant::gguf::GgufError| write_err(out, e);
     let k = |s: &str| format!("{arch}.{s}");
     w.add_metadata("general.architecture", arch).map_err(gerr)?;
-    let name = dir
-        .file_name()
-        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-    w.add_metadata("general.name", name).map_err(gerr)?;
+    w.add_metadata("general.name", src.name).map_err(gerr)?;
     let u = |x: usize| MetadataValue::U32(x as u32);
     w.add_metadata(k("block_count"), u(cfg.num_layers)).map_err(gerr)?;
     w.add_metadata(k("context_length"), u(cfg.max_position_embeddings))
@@ -202,7 +244,7 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
     if let Some(m) = &cfg.moe {
         w.add_metadata(k("expert_count"), u(m.num_experts)).map_err(gerr)?;
         w.add_metadata(k("expert_used_count"), u(m.top_k)).map_err(gerr)?;
-        add_moe_metadata(&cfg, m, &cfg_file, &mut w, &k, out)?;
+        add_moe_metadata(cfg, m, &cfg_file, &mut w, &k, out)?;
     }
     match cfg.rope.scaling {
         RopeScaling::Default => {}
@@ -286,13 +328,18 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
     if let Some(&id) = cfg.eos_token_ids.first() {
         w.add_metadata("tokenizer.ggml.eos_token_id", id).map_err(gerr)?;
     }
-    crate::gguf_vocab::add_tokenizer_metadata(dir, &mut w, cfg.vocab_size)?;
+    match src.tokenizer_dir {
+        Some(dir) => crate::gguf_vocab::add_tokenizer_metadata(dir, &mut w, cfg.vocab_size)?,
+        None => w.add_metadata("tokenizer.ggml.model", "none").map_err(gerr)?,
+    }
 
     // tensors, in a stable order
-    let mut names: Vec<&str> = store.names().collect();
-    names.sort_by_key(|n| natural_key(n));
+    let mut names: Vec<&(String, Option<Vec<usize>>)> = src.tensors.iter().collect();
+    names.sort_by_key(|(n, _)| natural_key(n));
+    names.dedup_by(|a, b| a.0 == b.0);
     let mut merged: std::collections::BTreeMap<String, (Vec<usize>, Vec<Vec<f32>>)> = Default::default();
-    for hf in names {
+    for (hf, expected) in names {
+        let hf = hf.as_str();
         if cfg.tie_word_embeddings && hf == "lm_head.weight" {
             continue;
         }
@@ -303,7 +350,7 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<(), ModelError
                 reason: "tensor has no GGUF equivalent".into(),
             });
         };
-        let (mut v, shape) = store.f32(hf, None)?;
+        let (mut v, shape) = src.weights.f32(hf, expected.as_deref())?;
         if let Some(m) = &cfg.mla
             && hf.ends_with("self_attn.kv_b_proj.weight")
         {

@@ -11,7 +11,7 @@
 use crate::attention::{AttnContext, MultiHeadAttention};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{Linear, Loader, Mlp, RmsNorm};
+use crate::layers::{HostWeight, Linear, LinearWeight, Loader, Mlp, RmsNorm};
 use crate::mla::MlaAttention;
 use crate::moe::MoeBlock;
 use crate::weights::{TensorSource, WeightStore};
@@ -45,14 +45,14 @@ pub(crate) struct DecoderLayer<B: HearthBackend> {
 /// forward ([`crate::host::HostModel`]) and gathered on the host.
 pub(crate) enum Embedding<B: HearthBackend> {
     Device(Tensor<B, 2>),
-    Host(Arc<Vec<f32>>),
+    Host(Arc<HostWeight>),
 }
 
 /// How to load weights.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
     /// Quantize f32/bf16/f16 matrices to this kernel format while loading (CPU backend;
-    /// embeddings and norms stay f32). Matrices whose rows are not whole blocks stay f32.
+    /// the embedding table stays as stored, norms f32). Matrices whose rows are not whole blocks stay f32.
     pub quant: Option<hearth_quant::kernels::WeightFormat>,
     /// Dequantize packed source tensors (GGUF blocks) to f32 instead of keeping them packed:
     /// the exact reference path, at 4–8× the memory.
@@ -126,8 +126,25 @@ impl<B: HearthBackend> CausalLm<B> {
         };
         let (hid, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed_name = "model.embed_tokens.weight";
+        let tied_head = cfg.tie_word_embeddings && !store.contains("lm_head.weight");
+        let lm_head = if tied_head {
+            l.linear("model.embed_tokens", hid, cfg.vocab_size, false)?
+        } else {
+            l.linear("lm_head", hid, cfg.vocab_size, false)?
+        };
         let embed = if B::HOST_KERNELS {
-            Embedding::Host(Arc::new(store.f32(embed_name, Some(&[cfg.vocab_size, hid]))?.0))
+            // kept as stored (GGUF blocks, mapped bf16/f16/f32 rows): no f32 copy of the table
+            let stored = l.host_weight_as(embed_name, cfg.vocab_size, hid, None)?;
+            match &lm_head.weight {
+                // a tied head holding the same blocks in another layout serves the lookups too
+                // (one copy of the table)
+                LinearWeight::Host(h) if tied_head && !opts.unpacked && h.format.base() == stored.format => {
+                    drop(stored);
+                    Embedding::Host(h.clone())
+                }
+                _ if !opts.unpacked => Embedding::Host(Arc::new(stored.into_preferred_layout()?)),
+                _ => Embedding::Host(Arc::new(stored)),
+            }
         } else {
             Embedding::Device(l.tensor(embed_name, [cfg.vocab_size, hid])?)
         };
@@ -153,11 +170,6 @@ impl<B: HearthBackend> CausalLm<B> {
                 window: cfg.sliding_window[i],
             });
         }
-        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
-            l.linear("model.embed_tokens", hid, cfg.vocab_size, false)?
-        } else {
-            l.linear("lm_head", hid, cfg.vocab_size, false)?
-        };
         Ok(Self {
             norm: l.rms_norm("model.norm.weight", hid, eps)?,
             cfg,
@@ -181,6 +193,42 @@ impl<B: HearthBackend> CausalLm<B> {
             total += match &l.ffn {
                 Ffn::Dense(m) => m.weight_bytes(),
                 Ffn::Moe(m) => m.decode_weight_bytes(),
+            };
+        }
+        total
+    }
+
+    /// Bytes of every weight the model holds (packed where packed): embedding table, all
+    /// projections and experts, norms. A tied LM head that computes on the embedding table's
+    /// own bytes (GGUF, mapped checkpoints) is counted once. With [`Self::decode_weight_bytes`]
+    /// this is the yardstick for memory use: peak RSS ≈ this + the KV cache.
+    ///
+    /// ```no_run
+    /// # let model = hearth_models::CausalLm::<hearth_backend::Cpu>::from_dir("ckpt".as_ref(), &Default::default()).unwrap();
+    /// assert!(model.weight_bytes() >= model.decode_weight_bytes());
+    /// ```
+    pub fn weight_bytes(&self) -> usize {
+        let hid = self.cfg.hidden_size;
+        let embed = match &self.embed {
+            Embedding::Device(t) => t.shape().num_elements() * 4,
+            Embedding::Host(e) => e.bytes.len(),
+        };
+        let head_shares_embedding = match (&self.embed, &self.lm_head.weight) {
+            (Embedding::Host(e), crate::layers::LinearWeight::Host(h)) => e.bytes.as_ptr() == h.bytes.as_ptr(),
+            _ => false,
+        };
+        let mut total = embed + (2 * self.layers.len() + 1) * hid * 4;
+        if !head_shares_embedding {
+            total += self.lm_head.weight_bytes();
+        }
+        for l in &self.layers {
+            total += match &l.attn {
+                Attention::Mha(m) => m.weight_bytes(),
+                Attention::Mla(m) => m.weight_bytes(),
+            };
+            total += match &l.ffn {
+                Ffn::Dense(m) => m.weight_bytes(),
+                Ffn::Moe(m) => m.weight_bytes(),
             };
         }
         total
@@ -266,9 +314,9 @@ impl<B: HearthBackend> CausalLm<B> {
                 e.clone().select(0, ids).reshape([b, t, hid])
             }
             Embedding::Host(e) => {
-                let mut rows = Vec::with_capacity(b * t * hid);
-                for id in ids {
-                    rows.extend_from_slice(&e[id as usize * hid..(id as usize + 1) * hid]);
+                let mut rows = vec![0.0f32; b * t * hid];
+                for (r, id) in rows.chunks_exact_mut(hid).zip(ids) {
+                    e.row_f32(id as usize, r);
                 }
                 Tensor::from_data(TensorData::new(rows, [b, t, hid]), &self.device)
             }

@@ -1,14 +1,16 @@
 //! GGUF checkpoints as a [`crate::TensorSource`] and a [`crate::ModelConfig`].
 //!
 //! Supported llama.cpp architectures: `llama` (Llama, Mistral, SmolLM, and Mixtral-style MoE
-//! with per-expert `ffn_gate.{e}` tensors or merged 3-D `ffn_gate_exps` tensors), `qwen2`
-//! and `qwen3`.
+//! with per-expert `ffn_gate.{e}` tensors or merged 3-D `ffn_gate_exps` tensors), `qwen2`,
+//! `qwen3`, `qwen2moe`, `qwen3moe`, `olmoe` and `deepseek2`.
 //!
-//! Tensors are dequantized to f32 when the model asks for them (dequantize-on-load); keeping
-//! the weights packed in memory is future work. For the `llama` architecture,
-//! `convert_hf_to_gguf.py` permutes the rows of `attn_q`/`attn_k` so that ggml's
-//! interleaved RoPE applies; hearth uses the HF rotate-half layout, so [`GgufSource`]
-//! undoes that permutation ([`unpermute_rows`]).
+//! Tensors in a kernel format (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K) are handed out packed,
+//! borrowed from the memory map ([`TensorSource::packed`]); other block types are dequantized
+//! to f32 when the model asks for them. For the `llama` architecture, `convert_hf_to_gguf.py`
+//! permutes the rows of `attn_q`/`attn_k` so that ggml's interleaved RoPE applies. By default
+//! [`GgufSource`] undoes that permutation ([`unpermute_rows`]) and hands out HF-order rows;
+//! [`GgufSource::keep_rope_permutation`] (what the engine and CLI use) keeps the file's rows
+//! and switches the model to interleaved RoPE instead, so nothing is copied.
 //!
 //! ```no_run
 //! use hearth_models::{CausalLm, gguf::GgufSource};
@@ -49,6 +51,9 @@ pub struct GgufSource {
     layout: QkLayout,
     n_head: usize,
     n_head_kv: usize,
+    /// Hand out `attn_q`/`attn_k` rows as stored (llama.cpp's interleaved-RoPE order) and
+    /// say so in the config, instead of un-permuting them into a heap copy.
+    native_rope_rows: bool,
 }
 
 /// Where an HF tensor lives in a GGUF file.
@@ -642,7 +647,39 @@ impl GgufSource {
             layout,
             n_head,
             n_head_kv,
+            native_rope_rows: false,
         })
+    }
+
+    /// Computes on llama.cpp's permuted `attn_q`/`attn_k` rows as they are in the file (memory
+    /// mapped, no re-ordered copy) and applies RoPE to interleaved pairs, as llama.cpp does;
+    /// [`Self::config`] then sets `rope_interleave`. Attention scores are unchanged: the
+    /// permutation pairs dimension `i` with `i + d/2` inside every head, exactly the pairs
+    /// rotate-half RoPE rotates, and it is the same for queries and keys. Without this (the
+    /// default), the rows are returned in HF order, as [`crate::convert::gguf_to_hf`] needs.
+    /// Has no effect on files whose rows are not permuted, or whose RoPE covers only part of
+    /// each head (the pairs would then differ).
+    ///
+    /// ```no_run
+    /// use hearth_models::{CausalLm, gguf::GgufSource};
+    /// let src = GgufSource::open("SmolLM2-135M-Instruct.Q4_1.gguf").unwrap().keep_rope_permutation();
+    /// let cfg = src.config().unwrap();
+    /// assert_eq!(cfg.rope_layout, hearth_attention::RopeLayout::Interleaved);
+    /// let model = CausalLm::<hearth_backend::Cpu>::load(cfg, &src, &Default::default()).unwrap();
+    /// ```
+    pub fn keep_rope_permutation(mut self) -> Self {
+        let arch = &self.arch;
+        let rope_dim = meta_u64(&self.file, &format!("{arch}.rope.dimension_count"));
+        let embd = meta_u64(&self.file, &format!("{arch}.embedding_length"));
+        let head_dim = meta_u64(&self.file, &format!("{arch}.attention.key_length"))
+            .or_else(|| embd.map(|e| e / self.n_head.max(1) as u64));
+        let full_rotary = match (rope_dim, head_dim) {
+            (Some(r), Some(h)) => r == h,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        self.native_rope_rows = self.layout == QkLayout::Permuted && full_rotary;
+        self
     }
 
     /// The underlying GGUF file (metadata, tokenizer, raw tensors).
@@ -652,13 +689,20 @@ impl GgufSource {
 
     /// The model configuration from the file's metadata.
     pub fn config(&self) -> Result<ModelConfig, ModelError> {
-        let v = config_json_from_gguf(&self.file, &self.name)?;
+        let v = self.config_json()?;
         ModelConfig::from_json(&v, &self.name)
     }
 
-    /// The HF `config.json` object from the file's metadata.
+    /// The HF `config.json` object from the file's metadata (with `rope_interleave` when the
+    /// source hands out permuted rows, see [`Self::keep_rope_permutation`]).
     pub fn config_json(&self) -> Result<Value, ModelError> {
-        config_json_from_gguf(&self.file, &self.name)
+        let mut v = config_json_from_gguf(&self.file, &self.name)?;
+        if self.native_rope_rows
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("rope_interleave".into(), json!(true));
+        }
+        Ok(v)
     }
 
     /// HF names of every tensor the file holds (merged expert tensors expand to one name
@@ -682,6 +726,7 @@ impl GgufSource {
     fn locate(&self, hf: &str) -> Option<Loc> {
         let (name, expert) = gguf_name(hf)?;
         let heads = match (self.layout, name.rsplit('.').nth(1)) {
+            _ if self.native_rope_rows => None,
             (QkLayout::Permuted, Some("attn_q")) => Some(Head::Q),
             (QkLayout::Permuted, Some("attn_k")) => Some(Head::K),
             _ => None,

@@ -30,6 +30,63 @@ pub struct HostWeight {
     pub cols: usize,
 }
 
+impl HostWeight {
+    /// Row `row` as f32 (a lookup into a packed embedding table).
+    ///
+    /// ```
+    /// use hearth_models::layers::HostWeight;
+    /// use hearth_quant::kernels::WeightFormat;
+    /// let v = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    /// let w = HostWeight { format: WeightFormat::F32, bytes: bytemuck::cast_slice(&v).to_vec().into(), rows: 2, cols: 3 };
+    /// let mut out = [0.0f32; 3];
+    /// w.row_f32(1, &mut out);
+    /// assert_eq!(out, [4.0, 5.0, 6.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `row >= self.rows` or `out.len() != self.cols` (callers check token ids against the
+    /// vocabulary first).
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
+        assert!(
+            row < self.rows && out.len() == self.cols,
+            "embedding row {row} out of range"
+        );
+        if self.format.is_interleaved() {
+            kernels::interleaved::dequantize_row(self.format, &self.bytes, self.cols, row, out)
+                .expect("interleaved sizes are checked at load");
+            return;
+        }
+        let rb = self.bytes.len() / self.rows;
+        kernels::reference::dequantize_row(self.format, &self.bytes[row * rb..(row + 1) * rb], self.cols, out);
+    }
+
+    /// The same weight in the layout the CPU kernels run fastest on
+    /// ([`WeightFormat::preferred_layout`]: Q8_0/Q4_0 rows interleaved by 16 on AVX-512), or
+    /// itself. A repacked weight's source pages are released if they were memory-mapped, so
+    /// the copy does not add to the resident size.
+    pub fn into_preferred_layout(self) -> Result<Self, ModelError> {
+        let want = self.format.preferred_layout();
+        if want == self.format {
+            return Ok(self);
+        }
+        let (format, bytes) =
+            kernels::interleaved::repack(self.format, &self.bytes, self.rows, self.cols).map_err(|e| {
+                ModelError::Dtype {
+                    file: "<repacking for the CPU kernels>".into(),
+                    tensor: format!("{}×{} {:?}", self.rows, self.cols, self.format),
+                    dtype: e.to_string(),
+                }
+            })?;
+        self.bytes.release_pages();
+        Ok(Self {
+            format,
+            bytes: bytes.into(),
+            rows: self.rows,
+            cols: self.cols,
+        })
+    }
+}
+
 /// `y = x·Wᵀ + b`.
 #[derive(Clone, Debug)]
 pub struct Linear<B: HearthBackend> {
@@ -200,14 +257,30 @@ impl<B: HearthBackend> Loader<'_, B> {
     /// A packed host matrix: the source's own packing if it has one, else f32 quantized to
     /// `self.quant` when the row length allows, else plain f32.
     pub fn host_weight(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight, ModelError> {
+        let w = self.host_weight_as(name, rows, cols, self.quant)?;
+        if self.unpacked {
+            Ok(w)
+        } else {
+            w.into_preferred_layout()
+        }
+    }
+
+    /// [`Self::host_weight`] with an explicit in-situ quantization (`None`: keep the source's
+    /// format; used for embedding tables, which stay as stored).
+    pub fn host_weight_as(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        quant: Option<WeightFormat>,
+    ) -> Result<HostWeight, ModelError> {
         if !self.unpacked
             && let Some(p) = self.store.packed(name, rows, cols)?
         {
             // float checkpoints (mapped in place) still go through in-situ quantization
             let float_src = matches!(p.format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16);
-            let requantize = self
-                .quant
-                .is_some_and(|q| q != p.format && q != WeightFormat::F32 && cols.is_multiple_of(q.block_size()));
+            let requantize =
+                quant.is_some_and(|q| q != p.format && q != WeightFormat::F32 && cols.is_multiple_of(q.block_size()));
             if !(float_src && requantize) {
                 return Ok(HostWeight {
                     format: p.format,
@@ -218,7 +291,7 @@ impl<B: HearthBackend> Loader<'_, B> {
             }
         }
         let (w, _) = self.store.f32(name, Some(&[rows, cols]))?;
-        if let Some(q) = self.quant
+        if let Some(q) = quant
             && q != WeightFormat::F32
             && cols.is_multiple_of(q.block_size())
         {

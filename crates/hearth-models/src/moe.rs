@@ -94,6 +94,14 @@ impl<B: HearthBackend> MoeBlock<B> {
         })
     }
 
+    /// Bytes of all this block's weights: router, every expert, shared expert and its gate.
+    pub fn weight_bytes(&self) -> usize {
+        self.gate.weight_bytes()
+            + self.experts.iter().map(Mlp::weight_bytes).sum::<usize>()
+            + self.shared.as_ref().map_or(0, Mlp::weight_bytes)
+            + self.shared_gate.as_ref().map_or(0, Linear::weight_bytes)
+    }
+
     /// Bytes one token's decode reads: router, shared expert, and top-k routed experts.
     pub fn decode_weight_bytes(&self) -> usize {
         let per_expert = self.experts.first().map_or(0, Mlp::weight_bytes);

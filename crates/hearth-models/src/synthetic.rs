@@ -125,3 +125,75 @@ impl TensorSource for SyntheticSource {
         Ok((v, shape))
     }
 }
+
+/// Records which tensors (HF names, shapes) a model loader asks for, handing out zeroed
+/// stand-ins: matrices as zero-filled packed f32 rows (allocated zeroed, so the pages are never
+/// touched), everything else as zero vectors.
+struct ShapeProbe<'a> {
+    inner: &'a dyn TensorSource,
+    seen: std::sync::Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+impl ShapeProbe<'_> {
+    fn record(&self, name: &str, shape: Vec<usize>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.to_string(), shape));
+    }
+}
+
+impl TensorSource for ShapeProbe<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        let shape = expected
+            .ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.into(),
+                files: "shape probe (shape unknown)".into(),
+            })?
+            .to_vec();
+        self.record(name, shape.clone());
+        Ok((vec![0.0; shape.iter().product()], shape))
+    }
+
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<crate::weights::PackedTensor>, ModelError> {
+        self.record(name, vec![rows, cols]);
+        Ok(Some(crate::weights::PackedTensor {
+            format: hearth_quant::kernels::WeightFormat::F32,
+            bytes: vec![0u8; rows * cols * 4].into(),
+            rows,
+            cols,
+        }))
+    }
+}
+
+/// The tensors (HF names and shapes, in load order, without repeats) that the model of `cfg`
+/// reads from `src`: what a [`SyntheticSource`] must be asked for to export the whole model
+/// (see [`crate::convert::write_gguf`]).
+///
+/// ```
+/// let (cfg, src) = hearth_models::synthetic::SyntheticSource::new("llama-3.2-1b", 0).unwrap();
+/// let t = hearth_models::synthetic::tensor_shapes(&cfg, &src).unwrap();
+/// assert!(t.contains(&("model.layers.15.mlp.down_proj.weight".into(), vec![2048, 8192])));
+/// assert_eq!(t.len(), 1 + 16 * 9 + 1); // embedding (tied head), 9 per layer, final norm
+/// ```
+#[cfg(feature = "cpu")]
+pub fn tensor_shapes(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    let probe = ShapeProbe {
+        inner: src,
+        seen: Default::default(),
+    };
+    let device = Default::default();
+    let model = crate::CausalLm::<hearth_backend::Cpu>::load(cfg.clone(), &probe, &device)?;
+    drop(model);
+    let mut seen = probe
+        .seen
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut names = std::collections::HashSet::new();
+    seen.retain(|(n, _)| names.insert(n.clone()));
+    Ok(seen)
+}

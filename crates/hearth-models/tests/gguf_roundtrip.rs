@@ -6,7 +6,7 @@ mod common;
 use common::{Reference, argmax, host, model_dir, rel_err};
 use hearth_models::convert::{HfDtype, gguf_to_hf, hf_to_gguf};
 use hearth_models::gguf::{GgufSource, config_from_gguf};
-use hearth_models::{CausalLm, ForwardOptions};
+use hearth_models::{CausalLm, ForwardOptions, TensorSource};
 use hearth_quant::GgmlType;
 use std::path::PathBuf;
 
@@ -46,8 +46,13 @@ fn greedy(model: &CausalLm<B>, ids: &[u32], n: usize) -> Vec<u32> {
 }
 
 fn roundtrip(name: &str, ty: GgmlType) -> (CausalLm<B>, CausalLm<B>, PathBuf) {
+    roundtrip_in(name, ty, "")
+}
+
+/// [`roundtrip`] in its own temporary folder (`tag`), for tests running concurrently.
+fn roundtrip_in(name: &str, ty: GgmlType, tag: &str) -> (CausalLm<B>, CausalLm<B>, PathBuf) {
     let dir = model_dir(name);
-    let out = tmp(&format!("{name}-{ty:?}")).join("model.gguf");
+    let out = tmp(&format!("{name}-{ty:?}{tag}")).join("model.gguf");
     hf_to_gguf(&dir, &out, ty).unwrap();
     let src = GgufSource::open(&out).unwrap();
     let cfg = config_from_gguf(src.file()).unwrap();
@@ -85,6 +90,45 @@ fn llama_f32_roundtrip_matches_safetensors() {
         assert_eq!(w0.f32(n, None).unwrap(), w1.f32(n, None).unwrap(), "{n}");
     }
     let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
+
+#[test]
+fn llama_permuted_rows_with_interleaved_rope_match_hf_order() {
+    // `keep_rope_permutation`: compute on llama.cpp's Q/K rows as stored (mapped, no copy)
+    // with interleaved RoPE; must equal the un-permuted (HF-order) model and, for F32, the
+    // safetensors model.
+    let r = Reference::open("llama");
+    let cfg_hf = hearth_models::ModelConfig::from_dir(&model_dir("llama")).unwrap();
+    for ty in [GgmlType::F32, GgmlType::Q8_0] {
+        let (hf_order, st, out) = roundtrip_in("llama", ty, "-native");
+        let src = GgufSource::open(&out).unwrap().keep_rope_permutation();
+        let cfg = src.config().unwrap();
+        assert_eq!(cfg.rope_layout, hearth_attention::RopeLayout::Interleaved);
+        let (rows, cols) = (cfg.num_heads * cfg.head_dim, cfg.hidden_size);
+        let q = src
+            .packed("model.layers.0.self_attn.q_proj.weight", rows, cols)
+            .unwrap()
+            .expect("q_proj is in a kernel format");
+        assert!(
+            q.bytes.is_mapped(),
+            "{ty:?}: Q rows must be borrowed from the map, not copied"
+        );
+        let native = CausalLm::<B>::load(cfg, &src, &Default::default()).unwrap();
+        for p in ["prompt0", "prompt1"] {
+            let ids = r.ids(&format!("{p}.input_ids"));
+            let a = prefill(&native, &ids);
+            let e = rel_err(&a, &prefill(&hf_order, &ids));
+            assert!(e <= 1e-5, "{ty:?} {p}: native vs HF-order rows: rel err {e}");
+            if ty == GgmlType::F32 {
+                let e = rel_err(&a, &prefill(&st, &ids));
+                assert!(e <= 1e-4, "{p}: native vs safetensors: rel err {e}");
+            }
+            let n = r.ids(&format!("{p}.greedy_ids")).len();
+            assert_eq!(greedy(&native, &ids, n), greedy(&hf_order, &ids, n), "{ty:?} {p}");
+        }
+        assert_eq!(cfg_hf.rope_layout, hearth_attention::RopeLayout::Half);
+        let _ = std::fs::remove_dir_all(out.parent().unwrap());
+    }
 }
 
 #[test]

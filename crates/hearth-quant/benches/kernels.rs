@@ -29,6 +29,12 @@ const COLD_SET_BYTES: usize = 640 << 20;
 const BW_BYTES: usize = 1 << 30;
 
 fn random_matrix(fmt: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    if fmt.is_interleaved() {
+        let base = random_matrix(fmt.base(), rows, cols, seed);
+        return hearth_quant::kernels::interleaved::repack(fmt.base(), &base, rows, cols)
+            .unwrap()
+            .1;
+    }
     let mut s = seed;
     let mut next = move || {
         s ^= s << 13;
@@ -52,6 +58,7 @@ fn random_matrix(fmt: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<
                 b[2..4].copy_from_slice(&h);
             }
             WeightFormat::Q6_K => b[208..210].copy_from_slice(&h),
+            WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => unreachable!("generated as their base format"),
         }
     }
     w
@@ -61,6 +68,7 @@ fn formats() -> Vec<WeightFormat> {
     let sel = std::env::var("KERNELS_BENCH_FORMATS").unwrap_or_default();
     WeightFormat::ALL
         .into_iter()
+        .chain([WeightFormat::Q8_0x16, WeightFormat::Q4_0x16])
         .filter(|f| sel.is_empty() || sel.split(',').any(|s| s.eq_ignore_ascii_case(&format!("{f:?}"))))
         .collect()
 }

@@ -40,6 +40,20 @@ impl WeightBytes {
         (start.checked_add(len)? <= map.len()).then_some(Self::Mapped { map, start, len })
     }
 
+    /// Tells the OS this process no longer needs the pages of a mapped range (after the bytes
+    /// were copied into another layout), so they stop counting toward its resident memory.
+    /// The data stays readable: a file-backed page is read back from the file if touched
+    /// again. Does nothing for owned bytes.
+    pub fn release_pages(&self) {
+        if let Self::Mapped { map, start, len } = self {
+            // SAFETY: the map is a read-only file mapping (`memmap2::Mmap`), so MADV_DONTNEED
+            // discards no data: a page touched again is read back from the file, unchanged.
+            // No reference into the range is invalidated (its contents stay the same). The
+            // result is ignored: the advice is an optimisation only.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len) };
+        }
+    }
+
     /// Whether the bytes live in a memory map (not counted as heap).
     pub fn is_mapped(&self) -> bool {
         matches!(self, Self::Mapped { .. })

@@ -2,7 +2,8 @@
 //! scalar references, for ragged shapes, matvec and matmul, plus error cases.
 
 use hearth_quant::kernels::{
-    Buffer, Isa, KernelError, Q8Activations, WeightFormat, matmul, matmul_with_isa, matvec, matvec_with_isa, reference,
+    Buffer, Isa, KernelError, MatvecJob, Q8Activations, WeightFormat, interleaved, matmul, matmul_with_isa, matvec,
+    matvec_many_with_isa, matvec_with_isa, reference,
 };
 
 struct Rng(u64);
@@ -27,6 +28,10 @@ impl Rng {
 }
 
 fn random_weights(fmt: WeightFormat, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    if fmt.is_interleaved() {
+        let base = random_weights(fmt.base(), rows, cols, rng);
+        return interleaved::repack(fmt.base(), &base, rows, cols).unwrap().1;
+    }
     let nblocks = rows * cols / fmt.block_size();
     let mut w = Vec::with_capacity(nblocks * fmt.block_bytes());
     for _ in 0..nblocks {
@@ -61,6 +66,7 @@ fn random_weights(fmt: WeightFormat, rows: usize, cols: usize, rng: &mut Rng) ->
                 }
                 w.extend(rng.f16_bytes(0.0, 0.001));
             }
+            WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => unreachable!("generated as the base format"),
         }
     }
     assert_eq!(w.len(), rows * fmt.row_bytes(cols).unwrap());
@@ -203,6 +209,166 @@ fn matvec_multithreaded_pool_matches_single_thread() {
         assert_eq!(y1, y2, "{fmt:?}: chunking must not change per-row results");
         check_against_references(fmt, &w, rows, cols, &x, &y2, "matvec pool(2)");
     }
+}
+
+#[test]
+fn matvec_many_equals_matvec_per_matrix() {
+    // Mixed formats and ragged row counts in one pass, on a 2-thread pool (the task split
+    // crosses matrix boundaries) and on one thread; every result bit-identical to `matvec`.
+    let mut rng = Rng(11);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let cols = 512;
+    let shapes = [
+        (WeightFormat::Q4_0, 1031),
+        (WeightFormat::Q8_0, 257),
+        (WeightFormat::Q4_K, 77),
+        (WeightFormat::Bf16, 130),
+        (WeightFormat::Q4_0, 3),
+        (WeightFormat::F32, 1),
+    ];
+    let ws: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(f, r)| random_weights(f, r, cols, &mut rng))
+        .collect();
+    let x = random_x(cols, &mut rng);
+    for isa in Isa::available() {
+        let want: Vec<Vec<f32>> = shapes
+            .iter()
+            .zip(&ws)
+            .map(|(&(f, r), w)| {
+                let mut y = vec![0.0f32; r];
+                matvec_with_isa(isa, f, w, r, cols, &x, &mut y).unwrap();
+                y
+            })
+            .collect();
+        for threads in [1, 2] {
+            let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, r)| vec![f32::NAN; r]).collect();
+            let mut jobs: Vec<MatvecJob<'_>> = shapes
+                .iter()
+                .zip(&ws)
+                .zip(ys.iter_mut())
+                .map(|((&(fmt, _), w), y)| MatvecJob { fmt, weight: w, y })
+                .collect();
+            let run = || matvec_many_with_isa(isa, &mut jobs, cols, &x).unwrap();
+            if threads == 2 {
+                pool.install(run);
+            } else {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap()
+                    .install(run);
+            }
+            for (i, (got, want)) in ys.iter().zip(&want).enumerate() {
+                assert_eq!(got, want, "{isa:?}, {threads} threads, matrix {i} ({:?})", shapes[i].0);
+            }
+        }
+        // a wrong-sized output is a typed error, not a panic
+        let mut short = vec![0.0f32; 2];
+        let mut jobs = [MatvecJob {
+            fmt: WeightFormat::Q4_0,
+            weight: &ws[4],
+            y: &mut short,
+        }];
+        assert!(matches!(
+            matvec_many_with_isa(isa, &mut jobs, cols, &x),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+    }
+}
+
+#[test]
+fn interleaved_layouts_match_reference_on_ragged_shapes() {
+    // Q8_0x16 / Q4_0x16: every ISA path (AVX-512 kernel, portable fallback), ragged row
+    // counts around the 16-row groups and the 4-group matvec passes, ragged block counts,
+    // 1 and 2 threads; matmul (n = 2, 3, 4, 5, 9) equals matvec row by row exactly.
+    let mut rng = Rng(21);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for base in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        for &rows in &[1usize, 15, 16, 17, 63, 64, 65, 100, 1027] {
+            for &cols in &[32usize, 96, 512, 2080] {
+                let w = random_weights(base, rows, cols, &mut rng);
+                let (fmt, packed) = interleaved::repack(base, &w, rows, cols).unwrap();
+                assert_eq!(packed.len(), fmt.stored_rows(rows) * base.row_bytes(cols).unwrap());
+                assert_eq!(interleaved::to_gguf(fmt, &packed, rows, cols).unwrap(), w);
+                let x = random_x(cols, &mut rng);
+                for isa in Isa::available() {
+                    let mut y = vec![f32::NAN; rows];
+                    pool.install(|| matvec_with_isa(isa, fmt, &packed, rows, cols, &x, &mut y).unwrap());
+                    check_against_references(base, &w, rows, cols, &x, &y, &format!("{fmt:?} {isa:?}"));
+                    let mut y1 = vec![f32::NAN; rows];
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .unwrap()
+                        .install(|| matvec_with_isa(isa, fmt, &packed, rows, cols, &x, &mut y1).unwrap());
+                    assert_eq!(y, y1, "{fmt:?} {isa:?}: thread count must not change results");
+                    if rows > 100 || cols > 512 {
+                        continue;
+                    }
+                    // from 16 tokens on AVX-512 the token-parallel kernel runs on the
+                    // groups turned back into rows: identical to the row-major weights
+                    for n in [17usize, 40] {
+                        let xs: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
+                        let (mut yi, mut yb) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+                        pool.install(|| {
+                            matmul_with_isa(isa, fmt, &packed, rows, cols, &xs, n, &mut yi).unwrap();
+                            matmul_with_isa(isa, base, &w, rows, cols, &xs, n, &mut yb).unwrap();
+                        });
+                        if isa == Isa::Avx512 {
+                            assert_eq!(yi, yb, "{fmt:?} n={n}: token-parallel on interleaved weights");
+                        } else {
+                            for t in 0..n {
+                                let xt = &xs[t * cols..(t + 1) * cols];
+                                let what = format!("{fmt:?} {isa:?} n={n} token {t}");
+                                check_against_references(
+                                    base,
+                                    &w,
+                                    rows,
+                                    cols,
+                                    xt,
+                                    &yi[t * rows..(t + 1) * rows],
+                                    &what,
+                                );
+                            }
+                        }
+                    }
+                    for n in [2usize, 3, 4, 5, 9] {
+                        let xs: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
+                        let mut ym = vec![f32::NAN; n * rows];
+                        pool.install(|| matmul_with_isa(isa, fmt, &packed, rows, cols, &xs, n, &mut ym).unwrap());
+                        for t in 0..n {
+                            let mut yv = vec![0.0f32; rows];
+                            let xt = &xs[t * cols..(t + 1) * cols];
+                            matvec_with_isa(isa, fmt, &packed, rows, cols, xt, &mut yv).unwrap();
+                            assert_eq!(
+                                &ym[t * rows..(t + 1) * rows],
+                                &yv[..],
+                                "{fmt:?} {isa:?} n={n} token {t}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // typed errors
+    let w = vec![0u8; 3 * 18];
+    assert!(matches!(
+        interleaved::repack(WeightFormat::Q4_K, &w, 3, 32),
+        Err(KernelError::NotInterleavable(WeightFormat::Q4_K))
+    ));
+    assert!(matches!(
+        interleaved::repack(WeightFormat::Q4_0, &w[1..], 3, 32),
+        Err(KernelError::LengthMismatch { .. })
+    ));
+    let (fmt, packed) = interleaved::repack(WeightFormat::Q4_0, &w, 3, 32).unwrap();
+    let mut y = [0.0f32; 3];
+    // the interleaved buffer holds 16 rows: a row-major-sized buffer is rejected
+    assert!(matches!(
+        matvec(fmt, &packed[..3 * 18], 3, 32, &[0.0; 32], &mut y),
+        Err(KernelError::LengthMismatch { .. })
+    ));
 }
 
 #[test]

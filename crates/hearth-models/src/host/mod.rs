@@ -102,7 +102,8 @@ impl HostLinear {
                 })
             }
         };
-        let expected = w.format.row_bytes(w.cols).map_err(|e| host_err("linear weight", e))? * w.rows;
+        let expected =
+            w.format.row_bytes(w.cols).map_err(|e| host_err("linear weight", e))? * w.format.stored_rows(w.rows);
         if w.bytes.len() != expected {
             return Err(host_err(
                 "linear weight",
@@ -137,10 +138,42 @@ impl HostLinear {
     }
 }
 
-/// Runs two projections of the same input concurrently (both with their own parallelism).
-fn join2(a: (&HostLinear, &mut [f32]), b: (&HostLinear, &mut [f32]), x: &[f32], n: usize) -> Result<(), ModelError> {
-    let (ra, rb) = rayon::join(|| a.0.forward(x, n, a.1), || b.0.forward(x, n, b.1));
-    ra.and(rb)
+/// Runs projections of the same input `x` (`n` rows): for one row (decode) as one
+/// [`kernels::matvec_many`] pass (activations quantized once, one fork/join for all), for more
+/// rows concurrently, each with its own parallelism.
+fn forward_many<const K: usize>(lins: [(&HostLinear, &mut [f32]); K], x: &[f32], n: usize) -> Result<(), ModelError> {
+    if n == 1 && lins.iter().all(|(l, _)| l.cols() == lins[0].0.cols()) {
+        let cols = lins[0].0.cols();
+        let mut lins = lins;
+        {
+            // an array, not a Vec: the decode step allocates nothing of its own
+            let mut jobs = lins.each_mut().map(|(l, y)| kernels::MatvecJob {
+                fmt: l.w.format,
+                weight: &l.w.bytes,
+                y: &mut y[..l.rows()],
+            });
+            kernels::matvec_many(&mut jobs, cols, &x[..cols]).map_err(|e| host_err("packed matvec", e))?;
+        }
+        for (l, y) in lins {
+            if let Some(b) = &l.bias {
+                y[..l.rows()].iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        return Ok(());
+    }
+    let mut lins = lins;
+    forward_rest(&mut lins, x, n)
+}
+
+fn forward_rest(lins: &mut [(&HostLinear, &mut [f32])], x: &[f32], n: usize) -> Result<(), ModelError> {
+    match lins {
+        [] => Ok(()),
+        [(a, ya)] => a.forward(x, n, ya),
+        [(a, ya), rest @ ..] => {
+            let (ra, rr) = rayon::join(|| a.forward(x, n, ya), || forward_rest(rest, x, n));
+            ra.and(rr)
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -181,7 +214,7 @@ impl HostMlp {
     fn forward(&self, x: &[f32], n: usize, g: &mut [f32], u: &mut [f32], y: &mut [f32]) -> Result<(), ModelError> {
         let i = self.inter();
         let (g, u) = (&mut g[..n * i], &mut u[..n * i]);
-        join2((&self.gate, &mut *g), (&self.up, &mut *u), x, n)?;
+        forward_many([(&self.gate, &mut *g), (&self.up, &mut *u)], x, n)?;
         silu_mul(g, u);
         self.down.forward(g, n, y)
     }
@@ -262,7 +295,7 @@ struct HostLayer {
 /// threads, one [`HostSession`] per sequence batch.
 pub struct HostModel {
     cfg: ModelConfig,
-    embed: Arc<Vec<f32>>,
+    embed: Arc<HostWeight>,
     layers: Vec<HostLayer>,
     norm: Norm,
     lm_head: HostLinear,
@@ -289,7 +322,15 @@ impl HostModel {
         let cfg = m.cfg.clone();
         let embed = match &m.embed {
             Embedding::Host(e) => e.clone(),
-            Embedding::Device(t) => Arc::new(host_vec(t, "embedding")?),
+            Embedding::Device(t) => {
+                let v = host_vec(t, "embedding")?;
+                Arc::new(HostWeight {
+                    format: WeightFormat::F32,
+                    bytes: bytemuck::cast_slice(&v).to_vec().into(),
+                    rows: cfg.vocab_size,
+                    cols: cfg.hidden_size,
+                })
+            }
         };
         let mut layers = Vec::with_capacity(m.layers.len());
         for l in &m.layers {
@@ -351,7 +392,7 @@ impl HostModel {
                 window: l.window,
             });
         }
-        if embed.len() != cfg.vocab_size * cfg.hidden_size {
+        if embed.rows != cfg.vocab_size || embed.cols != cfg.hidden_size {
             return Err(host_err("embedding", "size does not match vocab_size × hidden_size"));
         }
         Ok(Self {
@@ -622,7 +663,7 @@ impl HostModel {
 
         let x = grow(&mut sc.x, n * hid);
         for (xr, &id) in x.chunks_exact_mut(hid).zip(tokens.iter().flatten()) {
-            xr.copy_from_slice(&self.embed[id as usize * hid..(id as usize + 1) * hid]);
+            self.embed.row_f32(id as usize, xr);
         }
         let n_layers = self.layers.len();
         *hidden_count = 0;
@@ -727,13 +768,7 @@ impl HostModel {
         let q = grow(&mut sc.q, n * h * d);
         let k = grow(&mut sc.k, n * hkv * d);
         let v = grow(&mut sc.v, n * hkv * d);
-        {
-            let (rq, (rk, rv)) = rayon::join(
-                || a.q.forward(hn, n, q),
-                || rayon::join(|| a.k.forward(hn, n, k), || a.v.forward(hn, n, v)),
-            );
-            rq.and(rk).and(rv)?;
-        }
+        forward_many([(&a.q, &mut *q), (&a.k, &mut *k), (&a.v, &mut *v)], hn, n)?;
         match (a.qk_norm, &a.q_norm, &a.k_norm) {
             (QkNorm::Full, Some(qn), Some(kn)) => {
                 q.chunks_exact_mut(h * d)

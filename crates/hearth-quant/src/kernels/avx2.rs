@@ -31,6 +31,9 @@ pub(super) unsafe fn dot_rows(
         WeightFormat::Q4_1 => rows.for_each(|(r, o)| *o = row_q4_x::<true>(r, p.q8())),
         WeightFormat::Q4_K => rows.for_each(|(r, o)| *o = row_q4_k(r, p.q8())),
         WeightFormat::Q6_K => rows.for_each(|(r, o)| *o = row_q6_k(r, p.q8())),
+        WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => {
+            unreachable!("interleaved formats are dispatched by `kernels::dot_rows`")
+        }
     }
 }
 

@@ -341,6 +341,9 @@ pub(super) unsafe fn dot_rows(
         WeightFormat::Q4_1 => rows_win::<F_Q4_1>(chunk, row_bytes, p.win(), out),
         WeightFormat::Q4_K => rows_k::<true>(chunk, row_bytes, p.kq(), out),
         WeightFormat::Q6_K => rows_k::<false>(chunk, row_bytes, p.kq(), out),
+        WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => {
+            unreachable!("interleaved formats are dispatched by `kernels::dot_rows`")
+        }
     }
 }
 
@@ -637,11 +640,16 @@ pub(super) unsafe fn matmul_tok(
     y: &mut [f32],
 ) {
     use rayon::prelude::*;
-    let f = win_selector(fmt).expect("token-parallel matmul on a 32-block format");
+    let f = win_selector(fmt.base()).expect("token-parallel matmul on a 32-block format");
     let (wf, _) = win_fmt(f);
     let nb = cols / 32;
     let rb = nb * wf.bb;
-    assert!(cols.is_multiple_of(32) && weight.len() == rows * rb && x.len() == n * cols && y.len() == n * rows);
+    assert!(
+        cols.is_multiple_of(32)
+            && weight.len() == fmt.stored_rows(rows) * rb
+            && x.len() == n * cols
+            && y.len() == n * rows
+    );
     let groups = n.div_ceil(TOK_GROUP);
     let gl = nb * TOK_LINES;
     let mut packs = vec![Line([0; 64]); groups * gl];
@@ -651,11 +659,18 @@ pub(super) unsafe fn matmul_tok(
     });
     // Token blocks (in groups) whose packs stay within ~768 KiB (L2).
     let gblk = ((768usize << 10) / (gl * 64)).clamp(2, 16) & !1;
-    let cr = super::chunk_rows(rows);
+    let cr = super::align_rows(fmt, super::chunk_rows(rows));
     let mut scratch = vec![0.0f32; rows * n];
     let run = |(out, w): (&mut [f32], &[u8])| {
         // `w` is whole rows of `rb` bytes; the closure inherits this function's CPU features.
-        tok_rows(f, w, rb, nb, &packs, gblk, n, out)
+        if fmt.is_interleaved() {
+            // whole 16-row groups: back to GGUF rows once per task, amortised over all n tokens
+            let rows_major =
+                super::interleaved::to_gguf(fmt, w, out.len() / n, cols).expect("tasks hold whole interleaved groups");
+            tok_rows(f, &rows_major, rb, nb, &packs, gblk, n, out)
+        } else {
+            tok_rows(f, w, rb, nb, &packs, gblk, n, out)
+        }
     };
     if rayon::current_num_threads() <= 1 || rows <= cr {
         run((&mut scratch, weight));

@@ -35,6 +35,7 @@ mod act;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod interleaved;
 pub mod reference;
 mod scalar;
 
@@ -73,6 +74,11 @@ pub enum WeightFormat {
     Q4_K,
     /// Super-blocks of 256 (210 bytes): `ql[128]`, `qh[64]`, `i8 scales[16]`, `f16 d`.
     Q6_K,
+    /// Q8_0 blocks with 16 rows interleaved per block column (see [`interleaved`]): the
+    /// layout the AVX-512 kernels stream at memory bandwidth. Rows are padded to 16.
+    Q8_0x16,
+    /// Q4_0 blocks with 16 rows interleaved per block column (see [`interleaved`]).
+    Q4_0x16,
 }
 
 impl WeightFormat {
@@ -115,6 +121,54 @@ impl WeightFormat {
             WeightFormat::Q4_1 => G::Q4_1,
             WeightFormat::Q4_K => G::Q4_K,
             WeightFormat::Q6_K => G::Q6_K,
+            WeightFormat::Q8_0x16 => G::Q8_0,
+            WeightFormat::Q4_0x16 => G::Q4_0,
+        }
+    }
+
+    /// The GGUF row-major format with the same blocks (`Q8_0` for `Q8_0x16`; itself otherwise).
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::Q4_0x16.base(), WeightFormat::Q4_0);
+    /// assert_eq!(WeightFormat::Q6_K.base(), WeightFormat::Q6_K);
+    /// ```
+    pub fn base(self) -> Self {
+        match self {
+            WeightFormat::Q8_0x16 => WeightFormat::Q8_0,
+            WeightFormat::Q4_0x16 => WeightFormat::Q4_0,
+            f => f,
+        }
+    }
+
+    /// Whether rows are interleaved in groups of [`interleaved::GROUP`] (not row-major).
+    pub fn is_interleaved(self) -> bool {
+        self != self.base()
+    }
+
+    /// Rows the weight buffer holds for a `rows`-row matrix (padded to 16 when interleaved).
+    ///
+    /// ```
+    /// use hearth_quant::kernels::WeightFormat;
+    /// assert_eq!(WeightFormat::Q8_0x16.stored_rows(17), 32);
+    /// assert_eq!(WeightFormat::Q8_0.stored_rows(17), 17);
+    /// ```
+    pub fn stored_rows(self, rows: usize) -> usize {
+        if self.is_interleaved() {
+            rows.next_multiple_of(interleaved::GROUP)
+        } else {
+            rows
+        }
+    }
+
+    /// The layout hearth's kernels run fastest on for weights of this format on this CPU:
+    /// `Q8_0x16` / `Q4_0x16` where AVX-512 (with VNNI) is available, else the format itself.
+    /// See [`interleaved::repack`].
+    pub fn preferred_layout(self) -> Self {
+        match (self, Isa::detect()) {
+            (WeightFormat::Q8_0, Isa::Avx512) => WeightFormat::Q8_0x16,
+            (WeightFormat::Q4_0, Isa::Avx512) => WeightFormat::Q4_0x16,
+            (f, _) => f,
         }
     }
 }
@@ -147,6 +201,7 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+            WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => 32,
             WeightFormat::Q4_K | WeightFormat::Q6_K => 256,
         }
     }
@@ -161,8 +216,8 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => 4,
             WeightFormat::Bf16 | WeightFormat::F16 => 2,
-            WeightFormat::Q8_0 => 34,
-            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q8_0 | WeightFormat::Q8_0x16 => 34,
+            WeightFormat::Q4_0 | WeightFormat::Q4_0x16 => 18,
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q4_K => 144,
             WeightFormat::Q6_K => 210,
@@ -201,6 +256,7 @@ impl WeightFormat {
     pub fn activation_block(self) -> Option<usize> {
         match self {
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => Some(32),
+            WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => Some(32),
             WeightFormat::Q4_K | WeightFormat::Q6_K => Some(256),
             _ => None,
         }
@@ -266,6 +322,9 @@ pub enum KernelError {
     /// A forced instruction-set path is not supported by this CPU.
     #[error("instruction set {0:?} is not available on this CPU")]
     IsaUnavailable(Isa),
+    /// Only Q8_0 and Q4_0 have a row-interleaved layout.
+    #[error("{0:?} has no row-interleaved layout (Q8_0 and Q4_0 do)")]
+    NotInterleavable(WeightFormat),
 }
 
 /// Instruction-set path of the kernels.
@@ -401,7 +460,7 @@ impl<'a> Prepared<'a> {
             (Some(_), _) | (_, Some(_)) => None,
             _ => fmt
                 .activation_block()
-                .map(|b| Q8Activations::quantize_with(x, b, isa == Isa::Avx2)),
+                .map(|b| Q8Activations::quantize_with(x, b, isa == Isa::Avx2 && !fmt.is_interleaved())),
         };
         let group = match (isa, fmt) {
             (Isa::Avx2, WeightFormat::Bf16) => 16,
@@ -452,6 +511,17 @@ fn dot_rows(
     p: &Prepared<'_>,
     out: &mut [f32],
 ) {
+    if fmt.is_interleaved() {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 {
+            // SAFETY: `Isa::Avx512.is_available()` was checked by the entry point; the chunk
+            // holds whole groups and `p.q8` was prepared from `cols` values.
+            unsafe { interleaved::gemm_groups(fmt, chunk, cols, &[p.q8()], out) };
+            return;
+        }
+        interleaved::dot_groups_portable(fmt, chunk, cols, p, out);
+        return;
+    }
     debug_assert_eq!(chunk.len(), row_bytes * out.len());
     match isa {
         Isa::Scalar => scalar::dot_rows(fmt, chunk, row_bytes, cols, p, out),
@@ -489,6 +559,15 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(tasks).next_multiple_of(4).max(4)
 }
 
+/// Rounds a task's row count to whole interleaved groups for interleaved formats.
+fn align_rows(fmt: WeightFormat, rows: usize) -> usize {
+    if fmt.is_interleaved() {
+        rows.next_multiple_of(interleaved::GROUP)
+    } else {
+        rows
+    }
+}
+
 /// Rows per rayon task of the row-by-row `matmul` path: at most ~256 KiB of weights, so a
 /// task's rows stay in L2 while every activation row passes over them.
 fn matmul_chunk_rows(rows: usize, row_bytes: usize) -> usize {
@@ -502,7 +581,7 @@ fn validate(isa: Isa, fmt: WeightFormat, weight: &[u8], rows: usize, cols: usize
         return Err(KernelError::IsaUnavailable(isa));
     }
     let rb = fmt.row_bytes(cols)?;
-    let total = rb.checked_mul(rows).ok_or(KernelError::SizeOverflow)?;
+    let total = rb.checked_mul(fmt.stored_rows(rows)).ok_or(KernelError::SizeOverflow)?;
     if weight.len() != total {
         return Err(KernelError::LengthMismatch {
             buffer: Buffer::Weight,
@@ -578,7 +657,7 @@ pub fn matvec_with_isa(
         return Ok(());
     }
     let p = Prepared::new(isa, fmt, x);
-    let cr = chunk_rows(rows);
+    let cr = align_rows(fmt, chunk_rows(rows));
     if rayon::current_num_threads() <= 1 || rows <= cr || weight.len() < SERIAL_BYTES {
         dot_rows(isa, fmt, weight, rb, cols, &p, y);
     } else {
@@ -586,6 +665,83 @@ pub fn matvec_with_isa(
             .zip(weight.par_chunks(cr * rb))
             .for_each(|(out, w)| dot_rows(isa, fmt, w, rb, cols, &p, out));
     }
+    Ok(())
+}
+
+/// One matrix of a [`matvec_many`] call: `y = W · x` for a `[y.len(), cols]` weight.
+pub struct MatvecJob<'a> {
+    /// Storage format of the rows.
+    pub fmt: WeightFormat,
+    /// `y.len() * fmt.row_bytes(cols)` bytes.
+    pub weight: &'a [u8],
+    /// Output, one value per weight row.
+    pub y: &'a mut [f32],
+}
+
+/// Several matrix–vector products of the same input `x` in one parallel pass: the
+/// activations are prepared (quantized) once per format, and the rows of all matrices are
+/// split into one set of tasks by bytes, so e.g. a layer's Q, K and V projections cost one
+/// fork/join instead of three and no thread idles at the end of a small matrix. Results are
+/// bit-identical to [`matvec`] on each matrix.
+///
+/// ```
+/// use hearth_quant::kernels::{matvec_many, MatvecJob, WeightFormat};
+/// let a: Vec<u8> = [1.0f32, 2.].iter().flat_map(|v| v.to_le_bytes()).collect(); // [[1, 2]]
+/// let b: Vec<u8> = [3.0f32, 4., 5., 6.].iter().flat_map(|v| v.to_le_bytes()).collect(); // [[3, 4], [5, 6]]
+/// let (mut ya, mut yb) = ([0.0f32; 1], [0.0f32; 2]);
+/// let mut jobs = [
+///     MatvecJob { fmt: WeightFormat::F32, weight: &a, y: &mut ya },
+///     MatvecJob { fmt: WeightFormat::F32, weight: &b, y: &mut yb },
+/// ];
+/// matvec_many(&mut jobs, 2, &[1.0, 1.0]).unwrap();
+/// assert_eq!((ya, yb), ([3.0], [7.0, 11.0]));
+/// ```
+pub fn matvec_many(jobs: &mut [MatvecJob<'_>], cols: usize, x: &[f32]) -> Result<(), KernelError> {
+    matvec_many_with_isa(Isa::detect(), jobs, cols, x)
+}
+
+/// [`matvec_many`] on a forced instruction-set path (errors if the CPU lacks it).
+pub fn matvec_many_with_isa(isa: Isa, jobs: &mut [MatvecJob<'_>], cols: usize, x: &[f32]) -> Result<(), KernelError> {
+    check_len(Buffer::Input, cols, x.len())?;
+    for j in jobs.iter() {
+        validate(isa, j.fmt, j.weight, j.y.len(), cols)?;
+    }
+    if cols == 0 {
+        jobs.iter_mut().for_each(|j| j.y.fill(0.0));
+        return Ok(());
+    }
+    // activations prepared once per distinct format (a fixed table: no allocation of its own)
+    let mut preps: [Option<(WeightFormat, Prepared<'_>)>; 10] = [const { None }; 10];
+    for j in jobs.iter() {
+        if !preps.iter().flatten().any(|(f, _)| *f == j.fmt) {
+            let slot = preps
+                .iter_mut()
+                .find(|p| p.is_none())
+                .expect("fewer formats than slots");
+            *slot = Some((j.fmt, Prepared::new(isa, j.fmt, x)));
+        }
+    }
+    let prep = |f: WeightFormat| &preps.iter().flatten().find(|(g, _)| *g == f).expect("prepared above").1;
+    let total_bytes: usize = jobs.iter().map(|j| j.weight.len()).sum();
+    let threads = rayon::current_num_threads().max(1);
+    if threads <= 1 || total_bytes < SERIAL_BYTES {
+        for j in jobs.iter_mut() {
+            let rb = j.fmt.row_bytes(cols)?;
+            dot_rows(isa, j.fmt, j.weight, rb, cols, prep(j.fmt), j.y);
+        }
+        return Ok(());
+    }
+    // tasks of about equal bytes, a multiple of 4 rows each, never spanning two matrices
+    let tasks = threads * TASKS_PER_THREAD.load(Ordering::Relaxed);
+    let task_bytes = total_bytes.div_ceil(tasks).max(1);
+    jobs.par_iter_mut().for_each(|j| {
+        let rb = j.fmt.row_bytes(cols).expect("validated above");
+        let cr = align_rows(j.fmt, (task_bytes / rb.max(1)).next_multiple_of(4).max(4));
+        let (f, p) = (j.fmt, prep(j.fmt));
+        j.y.par_chunks_mut(cr)
+            .zip(j.weight.par_chunks(cr * rb))
+            .for_each(|(y, w)| dot_rows(isa, f, w, rb, cols, p, y));
+    });
     Ok(())
 }
 
@@ -656,7 +812,7 @@ pub fn matmul_with_isa(
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && n >= TOKEN_PARALLEL_MIN && avx512::win_selector(fmt).is_some() {
+    if isa == Isa::Avx512 && n >= TOKEN_PARALLEL_MIN && avx512::win_selector(fmt.base()).is_some() {
         // SAFETY: `validate` checked that the CPU supports `Isa::Avx512`; lengths were checked above.
         unsafe { avx512::matmul_tok(fmt, weight, rows, cols, x, n, y) };
         return Ok(());
@@ -668,17 +824,25 @@ pub fn matmul_with_isa(
     };
     #[cfg(target_arch = "x86_64")]
     let wins: Vec<&act::WinAct> = preps.iter().filter_map(|p| p.win.as_ref()).collect();
-    let cr = matmul_chunk_rows(rows, rb);
+    let cr = align_rows(fmt, matmul_chunk_rows(rows, rb));
     // Scratch laid out chunk by chunk, each chunk as [n][rows_in_chunk].
     let mut scratch = vec![0.0f32; rows * n];
+    #[cfg(target_arch = "x86_64")]
+    let q8s: Vec<&Q8Activations> = preps.iter().filter_map(|p| p.q8.as_ref()).collect();
     let run = |(out, w): (&mut [f32], &[u8])| {
+        #[cfg(target_arch = "x86_64")]
+        if fmt.is_interleaved() && isa == Isa::Avx512 {
+            // SAFETY: `validate` checked `Isa::Avx512`; each chunk holds whole groups.
+            unsafe { interleaved::gemm_groups(fmt, w, cols, &q8s, out) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if wins.len() == n {
             // SAFETY: window activations exist only for `Isa::Avx512`, checked available by `validate`.
             unsafe { avx512::gemm_win(fmt, w, rb, &wins, out) };
             return;
         }
-        let r = w.len() / rb;
+        let r = out.len() / n;
         for (p, o) in preps.iter().zip(out.chunks_mut(r)) {
             dot_rows(isa, fmt, w, rb, cols, p, o);
         }

@@ -17,6 +17,8 @@ use super::{Buffer, KernelError, Q8Activations, WeightFormat, f16_at, q4k_scales
 /// assert_eq!(out[3], 1.5);
 /// ```
 pub fn dequantize_row(fmt: WeightFormat, row: &[u8], cols: usize, out: &mut [f32]) {
+    // an interleaved format's row, once gathered (`interleaved::gguf_row`), is a GGUF row
+    let fmt = fmt.base();
     let rb = fmt.row_bytes(cols).expect("cols must be a multiple of the block size");
     assert_eq!(row.len(), rb, "row byte length");
     assert_eq!(out.len(), cols, "output length");
@@ -62,6 +64,7 @@ pub fn dequantize_row(fmt: WeightFormat, row: &[u8], cols: usize, out: &mut [f32
                     *v = d * (b[192 + e / 16] as i8) as f32 * (q6k_quant(b, e) - 32) as f32;
                 }
             }
+            WeightFormat::Q8_0x16 | WeightFormat::Q4_0x16 => unreachable!("mapped to the base format above"),
         }
     }
 }
@@ -129,6 +132,10 @@ pub fn matvec(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    if fmt.is_interleaved() {
+        let rows_major = super::interleaved::to_gguf(fmt, weight, rows, cols)?;
+        return matvec(fmt.base(), &rows_major, rows, cols, x, y);
+    }
     let rb = check(fmt, weight, rows, cols, x, y)?;
     let mut tmp = vec![0.0f32; cols];
     for (r, yr) in y.iter_mut().enumerate() {
@@ -160,6 +167,10 @@ pub fn matvec_quantized(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    if fmt.is_interleaved() {
+        let rows_major = super::interleaved::to_gguf(fmt, weight, rows, cols)?;
+        return matvec_quantized(fmt.base(), &rows_major, rows, cols, x, y);
+    }
     let Some(ab) = fmt.activation_block() else {
         return matvec(fmt, weight, rows, cols, x, y);
     };

@@ -1,0 +1,438 @@
+//! Row-interleaved layouts of Q8_0 and Q4_0 ([`WeightFormat::Q8_0x16`],
+//! [`WeightFormat::Q4_0x16`]) and their AVX-512 kernels.
+//!
+//! GGUF stores a matrix row by row, so a SIMD kernel over one row must shuffle each block's
+//! scale next to its quants. Here 16 rows are interleaved instead: for every group of 16 rows
+//! and every block column `b` there is one *tile*
+//!
+//! ```text
+//! [16 × f16 scales, row r at 2r] [quant registers: 64 bytes each, row r's 4 bytes at 4r]
+//! ```
+//!
+//! Q8_0 has 8 quant registers per tile (register `k` holds elements `4k..4k+4` of every row,
+//! stored as `q + 128` so that they are unsigned bytes), Q4_0 has 4 (register `k` holds the
+//! GGUF block bytes `4k..4k+4` of every row: low nibbles are elements `4k..`, high nibbles
+//! elements `16 + 4k..`). A tile is exactly 16 GGUF blocks (544 or 288 bytes), so the matrix
+//! keeps its size; the row count is padded to a multiple of 16 with zero rows.
+//!
+//! One `vpdpbusd` then multiplies 16 rows × 4 weights by 4 broadcast activation bytes, lane
+//! `r` accumulating row `r`; one `vcvtph2ps` gives the 16 rows' scales as a vector. Per 64
+//! bytes of Q8_0 weights that is one load and one `vpdpbusd` (two plus two nibble masks for
+//! Q4_0), against ~8 instructions in the row-major window kernels, which is what lets decode
+//! run at memory bandwidth on two cores. The activations are the same 8-bit blocks of 32 as
+//! llama.cpp's `q8_0` ([`Q8Activations`]); the `+128` (Q8_0) and `−8` (Q4_0) offsets are
+//! taken out exactly with each block's quant sum, so results equal
+//! [`super::reference::matvec_quantized`] up to f32 rounding of the per-block scale products.
+
+use super::{KernelError, Q8Activations, WeightFormat};
+
+/// Rows per interleaved group.
+pub const GROUP: usize = 16;
+
+fn tile_bytes(fmt: WeightFormat) -> usize {
+    GROUP * fmt.block_bytes()
+}
+
+fn check_fmt(fmt: WeightFormat) -> Result<WeightFormat, KernelError> {
+    match fmt {
+        WeightFormat::Q8_0 => Ok(WeightFormat::Q8_0x16),
+        WeightFormat::Q4_0 => Ok(WeightFormat::Q4_0x16),
+        other => Err(KernelError::NotInterleavable(other)),
+    }
+}
+
+/// Repacks a row-major GGUF `Q8_0`/`Q4_0` matrix (`rows × cols`) into the interleaved layout,
+/// returning the new format and bytes (`rows` padded to a multiple of 16 with zero rows).
+///
+/// ```
+/// use hearth_quant::kernels::{interleaved, matvec, WeightFormat};
+/// let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let w: Vec<f32> = (0..5 * 64).map(|i| (i as f32 * 0.11).cos()).collect();
+/// let q = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q8_0, &w).unwrap();
+/// let (fmt, packed) = interleaved::repack(WeightFormat::Q8_0, &q, 5, 64).unwrap();
+/// assert_eq!(fmt, WeightFormat::Q8_0x16);
+/// assert_eq!(packed.len(), 16 * 2 * 34); // 5 rows padded to 16, 2 blocks each
+/// let (mut a, mut b) = ([0.0f32; 5], [0.0f32; 5]);
+/// matvec(WeightFormat::Q8_0, &q, 5, 64, &x, &mut a).unwrap();
+/// matvec(fmt, &packed, 5, 64, &x, &mut b).unwrap();
+/// for (a, b) in a.iter().zip(&b) { assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0)); }
+/// ```
+pub fn repack(fmt: WeightFormat, src: &[u8], rows: usize, cols: usize) -> Result<(WeightFormat, Vec<u8>), KernelError> {
+    let out_fmt = check_fmt(fmt)?;
+    let rb = fmt.row_bytes(cols)?;
+    let expected = rb.checked_mul(rows).ok_or(KernelError::SizeOverflow)?;
+    if src.len() != expected {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Weight,
+            expected,
+            actual: src.len(),
+        });
+    }
+    let (nb, bb) = (cols / 32, fmt.block_bytes());
+    let groups = rows.div_ceil(GROUP);
+    let tb = tile_bytes(fmt);
+    let mut out = vec![0u8; groups * nb * tb];
+    for (g, gout) in out.chunks_exact_mut(nb * tb).enumerate() {
+        for (b, tile) in gout.chunks_exact_mut(tb).enumerate() {
+            for lane in 0..GROUP {
+                let r = g * GROUP + lane;
+                if r >= rows {
+                    // padding rows: zero scale (quant bytes are irrelevant under a zero scale)
+                    continue;
+                }
+                let blk = &src[r * rb + b * bb..r * rb + (b + 1) * bb];
+                tile[2 * lane..2 * lane + 2].copy_from_slice(&blk[..2]);
+                let quants = &blk[2..];
+                let nreg = quants.len() / 4;
+                for k in 0..nreg {
+                    let dst = 32 + 64 * k + 4 * lane;
+                    for i in 0..4 {
+                        let q = quants[4 * k + i];
+                        tile[dst + i] = if fmt == WeightFormat::Q8_0 { q ^ 0x80 } else { q };
+                    }
+                }
+            }
+        }
+    }
+    Ok((out_fmt, out))
+}
+
+/// The GGUF bytes of row `row` of an interleaved matrix (`out.len()` = the base format's row
+/// bytes), e.g. for an embedding lookup or a reference computation.
+///
+/// ```
+/// use hearth_quant::kernels::{interleaved, WeightFormat};
+/// let w: Vec<f32> = (0..3 * 32).map(|i| i as f32 / 50.0 - 1.0).collect();
+/// let q = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q4_0, &w).unwrap();
+/// let (fmt, packed) = interleaved::repack(WeightFormat::Q4_0, &q, 3, 32).unwrap();
+/// let mut row = [0u8; 18];
+/// interleaved::gguf_row(fmt, &packed, 32, 2, &mut row).unwrap();
+/// assert_eq!(&row[..], &q[36..54]);
+/// ```
+pub fn gguf_row(fmt: WeightFormat, packed: &[u8], cols: usize, row: usize, out: &mut [u8]) -> Result<(), KernelError> {
+    let base = fmt.base();
+    if !fmt.is_interleaved() {
+        return Err(KernelError::NotInterleavable(fmt));
+    }
+    let (rb, bb, nb) = (base.row_bytes(cols)?, base.block_bytes(), cols / 32);
+    let tb = tile_bytes(base);
+    let (g, lane) = (row / GROUP, row % GROUP);
+    if out.len() != rb {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Output,
+            expected: rb,
+            actual: out.len(),
+        });
+    }
+    let need = (g + 1) * nb * tb;
+    if packed.len() < need {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Weight,
+            expected: need,
+            actual: packed.len(),
+        });
+    }
+    for b in 0..nb {
+        let tile = &packed[(g * nb + b) * tb..(g * nb + b + 1) * tb];
+        let blk = &mut out[b * bb..(b + 1) * bb];
+        blk[..2].copy_from_slice(&tile[2 * lane..2 * lane + 2]);
+        let nreg = (bb - 2) / 4;
+        for k in 0..nreg {
+            let src = 32 + 64 * k + 4 * lane;
+            for i in 0..4 {
+                let q = tile[src + i];
+                blk[2 + 4 * k + i] = if base == WeightFormat::Q8_0 { q ^ 0x80 } else { q };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Row `row` of an interleaved matrix dequantized to f32 (an embedding lookup), without
+/// allocating.
+///
+/// ```
+/// use hearth_quant::kernels::{interleaved, reference, WeightFormat};
+/// let w: Vec<f32> = (0..20 * 64).map(|i| ((i * 5) % 17) as f32 / 8.0 - 1.0).collect();
+/// let q = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q4_0, &w).unwrap();
+/// let (fmt, packed) = interleaved::repack(WeightFormat::Q4_0, &q, 20, 64).unwrap();
+/// let (mut a, mut b) = ([0.0f32; 64], [0.0f32; 64]);
+/// interleaved::dequantize_row(fmt, &packed, 64, 18, &mut a).unwrap();
+/// reference::dequantize_row(WeightFormat::Q4_0, &q[18 * 36..19 * 36], 64, &mut b);
+/// assert_eq!(a, b);
+/// ```
+pub fn dequantize_row(
+    fmt: WeightFormat,
+    packed: &[u8],
+    cols: usize,
+    row: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !fmt.is_interleaved() {
+        return Err(KernelError::NotInterleavable(fmt));
+    }
+    let base = fmt.base();
+    base.row_bytes(cols)?;
+    let (nb, tb) = (cols / 32, tile_bytes(base));
+    let (g, lane) = (row / GROUP, row % GROUP);
+    if out.len() != cols {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Output,
+            expected: cols,
+            actual: out.len(),
+        });
+    }
+    if packed.len() < (g + 1) * nb * tb {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Weight,
+            expected: (g + 1) * nb * tb,
+            actual: packed.len(),
+        });
+    }
+    for (b, o) in out.chunks_exact_mut(32).enumerate() {
+        let tile = &packed[(g * nb + b) * tb..(g * nb + b + 1) * tb];
+        let d = super::f16_at(tile, 2 * lane);
+        if base == WeightFormat::Q8_0 {
+            for (e, v) in o.iter_mut().enumerate() {
+                let q = (tile[32 + 64 * (e / 4) + 4 * lane + e % 4] ^ 0x80) as i8;
+                *v = d * q as f32;
+            }
+        } else {
+            for j in 0..16 {
+                let q = tile[32 + 64 * (j / 4) + 4 * lane + j % 4];
+                o[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+                o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole matrix back in GGUF row-major layout (`rows × base row bytes`), the inverse of
+/// [`repack`].
+///
+/// ```
+/// use hearth_quant::kernels::{interleaved, WeightFormat};
+/// let w: Vec<f32> = (0..17 * 64).map(|i| ((i * 7) % 23) as f32 - 11.0).collect();
+/// let q = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q8_0, &w).unwrap();
+/// let (fmt, packed) = interleaved::repack(WeightFormat::Q8_0, &q, 17, 64).unwrap();
+/// assert_eq!(interleaved::to_gguf(fmt, &packed, 17, 64).unwrap(), q);
+/// ```
+pub fn to_gguf(fmt: WeightFormat, packed: &[u8], rows: usize, cols: usize) -> Result<Vec<u8>, KernelError> {
+    let rb = fmt.base().row_bytes(cols)?;
+    let expected = rb.checked_mul(fmt.stored_rows(rows)).ok_or(KernelError::SizeOverflow)?;
+    if packed.len() != expected {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Weight,
+            expected,
+            actual: packed.len(),
+        });
+    }
+    let mut out = vec![0u8; rows * rb];
+    for (r, row) in out.chunks_exact_mut(rb.max(1)).enumerate() {
+        gguf_row(fmt, packed, cols, r, row)?;
+    }
+    Ok(out)
+}
+
+/// Portable path: each row rebuilt in GGUF layout and dotted by the scalar kernel of the base
+/// format (used when AVX-512 is not available or another path is forced).
+pub(super) fn dot_groups_portable(
+    fmt: WeightFormat,
+    chunk: &[u8],
+    cols: usize,
+    p: &super::Prepared<'_>,
+    out: &mut [f32],
+) {
+    let base = fmt.base();
+    let rb = base.row_bytes(cols).expect("validated by the caller");
+    let mut row = vec![0u8; rb];
+    for (r, o) in out.iter_mut().enumerate() {
+        gguf_row(fmt, chunk, cols, r, &mut row).expect("chunk holds whole groups");
+        super::scalar::dot_rows(base, &row, rb, cols, p, std::slice::from_mut(o));
+    }
+}
+
+/// `out[c][r] = row r of chunk · acts[c]` for `out` laid out `[acts.len()][rows]`, with
+/// `rows = out.len() / acts.len()` (the chunk holds `rows.div_ceil(16)` whole groups).
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set; every `acts[c]` must hold
+/// `cols` values quantized in blocks of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub(super) unsafe fn gemm_groups(
+    fmt: WeightFormat,
+    chunk: &[u8],
+    cols: usize,
+    acts: &[&Q8Activations],
+    out: &mut [f32],
+) {
+    let n = acts.len();
+    let rows = out.len() / n;
+    let nb = cols / 32;
+    let group_bytes = nb * tile_bytes(fmt.base());
+    assert!(chunk.len() >= rows.div_ceil(GROUP) * group_bytes);
+    for a in acts {
+        assert!(a.qs.len() == cols && a.d.len() == nb && a.sum16.len() == 2 * nb);
+    }
+    let q4 = fmt == WeightFormat::Q4_0x16;
+    let groups = rows.div_ceil(GROUP);
+    let store = |acc: &[f32; GROUP], g: usize, c: usize, out: &mut [f32]| {
+        let r0 = g * GROUP;
+        let m = GROUP.min(rows - r0);
+        out[c * rows + r0..c * rows + r0 + m].copy_from_slice(&acc[..m]);
+    };
+    let mut g = 0;
+    if n == 1 {
+        // matvec: four groups at a time (four independent accumulation chains)
+        while g + 4 <= groups {
+            // SAFETY: groups g..g+4 lie inside `chunk` (asserted above); CPU features as above.
+            let r = unsafe {
+                if q4 {
+                    tile_dot::<true, 4, 1>(chunk.as_ptr().add(g * group_bytes), group_bytes, nb, [acts[0]])
+                } else {
+                    tile_dot::<false, 4, 1>(chunk.as_ptr().add(g * group_bytes), group_bytes, nb, [acts[0]])
+                }
+            };
+            for (i, acc) in r.iter().enumerate() {
+                store(&acc[0], g + i, 0, out);
+            }
+            g += 4;
+        }
+        while g < groups {
+            // SAFETY: as above, one group.
+            let r = unsafe {
+                if q4 {
+                    tile_dot::<true, 1, 1>(chunk.as_ptr().add(g * group_bytes), group_bytes, nb, [acts[0]])
+                } else {
+                    tile_dot::<false, 1, 1>(chunk.as_ptr().add(g * group_bytes), group_bytes, nb, [acts[0]])
+                }
+            };
+            store(&r[0][0], g, 0, out);
+            g += 1;
+        }
+        return;
+    }
+    // small batches: one group × four activation vectors per pass (weights unpacked once)
+    for g in 0..groups {
+        let w = chunk[g * group_bytes..].as_ptr();
+        let mut c = 0;
+        while c + 4 <= n {
+            let a = [acts[c], acts[c + 1], acts[c + 2], acts[c + 3]];
+            // SAFETY: group g lies inside `chunk`; CPU features as above.
+            let r = unsafe {
+                if q4 {
+                    tile_dot::<true, 1, 4>(w, group_bytes, nb, a)
+                } else {
+                    tile_dot::<false, 1, 4>(w, group_bytes, nb, a)
+                }
+            };
+            for (j, acc) in r[0].iter().enumerate() {
+                store(acc, g, c + j, out);
+            }
+            c += 4;
+        }
+        while c < n {
+            // SAFETY: as above.
+            let r = unsafe {
+                if q4 {
+                    tile_dot::<true, 1, 1>(w, group_bytes, nb, [acts[c]])
+                } else {
+                    tile_dot::<false, 1, 1>(w, group_bytes, nb, [acts[c]])
+                }
+            };
+            store(&r[0][0], g, c, out);
+            c += 1;
+        }
+    }
+}
+
+/// Dot products of `NG` consecutive 16-row groups (starting at `w`, `group_bytes` apart)
+/// with `C` activation vectors: `out[g][c][lane]` = row `16g + lane` · activations `c`.
+///
+/// # Safety
+/// The CPU must support the AVX-512 feature set; `w` must be valid for reading `NG` groups of
+/// `nb` tiles; every activation vector must have `nb` blocks of 32.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+#[allow(clippy::needless_range_loop)] // lanes of several arrays advance together
+unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
+    w: *const u8,
+    group_bytes: usize,
+    nb: usize,
+    acts: [&Q8Activations; C],
+) -> [[[f32; GROUP]; C]; NG] {
+    // SAFETY: the caller guarantees the CPU features and that `w` covers `NG` groups of `nb`
+    // tiles; every pointer below stays inside one tile or one activation block.
+    unsafe {
+        use std::arch::x86_64::*;
+        let tb = if Q4 { GROUP * 18 } else { GROUP * 34 };
+        let offset: i32 = if Q4 { -8 } else { -128 };
+        let pf = super::prefetch_distance();
+        let m4 = _mm512_set1_epi8(0x0F);
+        let gf_hi = _mm512_set1_epi64(0x1020_4080_0000_0000);
+        let mut acc = [[_mm512_setzero_ps(); C]; NG];
+        for b in 0..nb {
+            let mut dx = [_mm512_setzero_ps(); C];
+            let mut bias = [_mm512_setzero_si512(); C];
+            let mut xq = [std::ptr::null::<u8>(); C];
+            for c in 0..C {
+                let a = acts[c];
+                dx[c] = _mm512_set1_ps(a.d[b]);
+                bias[c] = _mm512_set1_epi32(offset * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
+                xq[c] = a.qs.as_ptr().add(32 * b) as *const u8;
+            }
+            for g in 0..NG {
+                // SAFETY (whole block): tile `b` of group `g` is `tb` bytes inside the caller's
+                // buffer; activation reads stay inside block `b` of `cols` quants.
+                let t = w.add(g * group_bytes + b * tb);
+                if pf > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 64) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 128) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 192) as *const i8);
+                    if !Q4 {
+                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 256) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 320) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 384) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 448) as *const i8);
+                    }
+                }
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t as *const __m256i));
+                let mut isum = bias;
+                if Q4 {
+                    for k in 0..4 {
+                        let raw = _mm512_loadu_si512(t.add(32 + 64 * k) as *const _);
+                        let lo = _mm512_and_si512(raw, m4);
+                        let hi = _mm512_gf2p8affine_epi64_epi8::<0>(raw, gf_hi);
+                        for c in 0..C {
+                            let xl = _mm512_set1_epi32((xq[c].add(4 * k) as *const i32).read_unaligned());
+                            let xh = _mm512_set1_epi32((xq[c].add(16 + 4 * k) as *const i32).read_unaligned());
+                            isum[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(isum[c], lo, xl), hi, xh);
+                        }
+                    }
+                } else {
+                    for k in 0..8 {
+                        let raw = _mm512_loadu_si512(t.add(32 + 64 * k) as *const _);
+                        for c in 0..C {
+                            let xk = _mm512_set1_epi32((xq[c].add(4 * k) as *const i32).read_unaligned());
+                            isum[c] = _mm512_dpbusd_epi32(isum[c], raw, xk);
+                        }
+                    }
+                }
+                for c in 0..C {
+                    acc[g][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[c]), _mm512_mul_ps(dw, dx[c]), acc[g][c]);
+                }
+            }
+        }
+        let mut out = [[[0.0f32; GROUP]; C]; NG];
+        for g in 0..NG {
+            for c in 0..C {
+                _mm512_storeu_ps(out[g][c].as_mut_ptr(), acc[g][c]);
+            }
+        }
+        out
+    }
+}
