@@ -990,3 +990,91 @@ unsafe fn q6k_dot<const R: usize>(w: [*const u8; R], a: &KAct, nsb: usize) -> [f
     }
     std::array::from_fn(|r| _mm512_reduce_add_ps(facc[r]))
 }
+
+/// Weight rows per tile of [`gemm_float`].
+const GF_ROWS: usize = 4;
+/// Activation rows per tile of [`gemm_float`].
+const GF_TOKENS: usize = 6;
+
+/// Blocked matmul for F32/BF16/F16 weights (prefill): `out` is `[n][rows of chunk]` for the
+/// `n × cols` activations `x`. Each tile of 4 weight rows is converted to f32 once (into a
+/// zero-padded scratch that stays in L1/L2) and then multiplied against every activation row,
+/// 6 at a time: 24 accumulators, 10 loads per 24 FMAs. f32 accumulation; results differ from
+/// `matvec` only by summation order.
+///
+/// # Safety
+/// The CPU must support the [`super::Isa::Avx512`] feature set; `chunk` holds whole rows of
+/// `fmt.row_bytes(cols)` bytes, `x.len() == n * cols`, `out.len() == n * rows`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub(super) unsafe fn gemm_float(fmt: WeightFormat, chunk: &[u8], cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    let rb = fmt.row_bytes(cols).expect("float formats take any row length");
+    let rows = chunk.len() / rb;
+    assert!(chunk.len() == rows * rb && x.len() == n * cols && out.len() == n * rows && n > 0);
+    let kp = cols.next_multiple_of(16);
+    let tail = cols % 16;
+    let tail_mask: u16 = if tail == 0 { u16::MAX } else { (1u16 << tail) - 1 };
+    let full = cols / 16;
+    let mut wt = vec![0.0f32; GF_ROWS * kp];
+    for r0 in (0..rows).step_by(GF_ROWS) {
+        let nr = GF_ROWS.min(rows - r0);
+        for i in 0..GF_ROWS {
+            let dst = &mut wt[i * kp..(i + 1) * kp];
+            if i >= nr {
+                dst.fill(0.0);
+                continue;
+            }
+            let row = &chunk[(r0 + i) * rb..(r0 + i + 1) * rb];
+            match fmt {
+                WeightFormat::F32 => {
+                    for (d, b) in dst.iter_mut().zip(row.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+                WeightFormat::Bf16 => {
+                    for (d, b) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                        *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                    }
+                }
+                _ => {
+                    for (d, b) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                        *d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                    }
+                }
+            }
+        }
+        for c0 in (0..n).step_by(GF_TOKENS) {
+            let nc = GF_TOKENS.min(n - c0);
+            // tokens past `n` repeat the last one (their results are not stored)
+            let xp: [*const f32; GF_TOKENS] = std::array::from_fn(|c| x[(c0 + c.min(nc - 1)) * cols..].as_ptr());
+            let wp: [*const f32; GF_ROWS] = std::array::from_fn(|r| wt[r * kp..].as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); GF_TOKENS]; GF_ROWS];
+            // SAFETY: `wt` rows hold `kp` floats; activation rows hold `cols` floats, read whole
+            // for the first `full` registers and through `tail_mask` for the last one.
+            unsafe {
+                for k in 0..full {
+                    let w: [__m512; GF_ROWS] = std::array::from_fn(|r| _mm512_loadu_ps(wp[r].add(16 * k)));
+                    for c in 0..GF_TOKENS {
+                        let xv = _mm512_loadu_ps(xp[c].add(16 * k));
+                        for r in 0..GF_ROWS {
+                            acc[r][c] = _mm512_fmadd_ps(w[r], xv, acc[r][c]);
+                        }
+                    }
+                }
+                if tail > 0 {
+                    let w: [__m512; GF_ROWS] = std::array::from_fn(|r| _mm512_loadu_ps(wp[r].add(16 * full)));
+                    for c in 0..GF_TOKENS {
+                        let xv = _mm512_maskz_loadu_ps(tail_mask, xp[c].add(16 * full));
+                        for r in 0..GF_ROWS {
+                            acc[r][c] = _mm512_fmadd_ps(w[r], xv, acc[r][c]);
+                        }
+                    }
+                }
+            }
+            for (r, ar) in acc.iter().enumerate().take(nr) {
+                for (c, v) in ar.iter().enumerate().take(nc) {
+                    out[(c0 + c) * rows + r0 + r] = _mm512_reduce_add_ps(*v);
+                }
+            }
+        }
+    }
+}

@@ -228,9 +228,25 @@ pub fn to_gguf(fmt: WeightFormat, packed: &[u8], rows: usize, cols: usize) -> Re
             actual: packed.len(),
         });
     }
+    let base = fmt.base();
+    let (nb, bb, tb) = (cols / 32, base.block_bytes(), tile_bytes(base));
+    let nreg = (bb - 2) / 4;
+    let flip = if base == WeightFormat::Q8_0 { 0x8080_8080u32 } else { 0 };
     let mut out = vec![0u8; rows * rb];
-    for (r, row) in out.chunks_exact_mut(rb.max(1)).enumerate() {
-        gguf_row(fmt, packed, cols, r, row)?;
+    // tile by tile, four bytes at a time (this runs once per prefill task over its weights)
+    for (g, group) in packed.chunks_exact(nb * tb).enumerate() {
+        for (b, tile) in group.chunks_exact(tb).enumerate() {
+            for lane in 0..GROUP.min(rows.saturating_sub(g * GROUP)) {
+                let r = g * GROUP + lane;
+                let blk = &mut out[r * rb + b * bb..r * rb + (b + 1) * bb];
+                blk[..2].copy_from_slice(&tile[2 * lane..2 * lane + 2]);
+                for k in 0..nreg {
+                    let src = 32 + 64 * k + 4 * lane;
+                    let v = u32::from_le_bytes([tile[src], tile[src + 1], tile[src + 2], tile[src + 3]]) ^ flip;
+                    blk[2 + 4 * k..6 + 4 * k].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
     }
     Ok(out)
 }

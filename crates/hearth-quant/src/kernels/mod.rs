@@ -29,6 +29,10 @@
 //! weight register unpacked once per tile; results bit-identical to `matvec`); from 16 rows on,
 //! a token-parallel kernel (16 activation rows per `vpdpbusd`, each unpacked 4-byte weight
 //! group broadcast), whose results differ from `matvec` only by f32 summation order.
+//! F32/BF16/F16 weights run a blocked GEMM for more than one activation row (tiles of 4
+//! weight rows converted to f32 once × 6 activation rows, 24 FMA accumulators; f32
+//! summation order differs from `matvec`). Q8_0/Q4_0 matrices repacked into the
+//! [`interleaved`] layouts run 16 rows per instruction for matvec and small batches.
 
 mod act;
 #[cfg(target_arch = "x86_64")]
@@ -834,6 +838,12 @@ pub fn matmul_with_isa(
         if fmt.is_interleaved() && isa == Isa::Avx512 {
             // SAFETY: `validate` checked `Isa::Avx512`; each chunk holds whole groups.
             unsafe { interleaved::gemm_groups(fmt, w, cols, &q8s, out) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && matches!(fmt, WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16) {
+            // SAFETY: `validate` checked `Isa::Avx512`; `w` is whole rows, `x` is `n × cols`.
+            unsafe { avx512::gemm_float(fmt, w, cols, x, n, out) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
