@@ -184,18 +184,21 @@ impl<B: HearthBackend> CausalLm<B> {
     /// each MoE layer (assuming average expert size), one embedding row. The bandwidth floor of
     /// decode is this ÷ memory bandwidth.
     pub fn decode_weight_bytes(&self) -> usize {
-        let mut total = self.lm_head.weight_bytes() + self.cfg.hidden_size * 4;
-        for l in &self.layers {
-            total += match &l.attn {
-                Attention::Mha(m) => m.weight_bytes(),
-                Attention::Mla(m) => m.weight_bytes(),
-            };
-            total += match &l.ffn {
-                Ffn::Dense(m) => m.weight_bytes(),
-                Ffn::Moe(m) => m.decode_weight_bytes(),
-            };
-        }
-        total
+        self.lm_head.weight_bytes() + self.cfg.hidden_size * 4 + self.layer_weight_bytes(true)
+    }
+
+    /// Projection and expert bytes of all layers (`decode`: only the top-k routed experts).
+    fn layer_weight_bytes(&self, decode: bool) -> usize {
+        let attn = |l: &DecoderLayer<B>| match &l.attn {
+            Attention::Mha(m) => m.weight_bytes(),
+            Attention::Mla(m) => m.weight_bytes(),
+        };
+        let ffn = |l: &DecoderLayer<B>| match &l.ffn {
+            Ffn::Dense(m) => m.weight_bytes(),
+            Ffn::Moe(m) if decode => m.decode_weight_bytes(),
+            Ffn::Moe(m) => m.weight_bytes(),
+        };
+        self.layers.iter().map(|l| attn(l) + ffn(l)).sum()
     }
 
     /// Bytes of every weight the model holds (packed where packed): embedding table, all
@@ -221,17 +224,7 @@ impl<B: HearthBackend> CausalLm<B> {
         if !head_shares_embedding {
             total += self.lm_head.weight_bytes();
         }
-        for l in &self.layers {
-            total += match &l.attn {
-                Attention::Mha(m) => m.weight_bytes(),
-                Attention::Mla(m) => m.weight_bytes(),
-            };
-            total += match &l.ffn {
-                Ffn::Dense(m) => m.weight_bytes(),
-                Ffn::Moe(m) => m.weight_bytes(),
-            };
-        }
-        total
+        total + self.layer_weight_bytes(false)
     }
 
     /// The model's configuration.
