@@ -25,7 +25,7 @@ pub mod cube;
 pub mod ops;
 mod packed;
 
-pub use packed::{BLOCK as PACKED_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
+pub use packed::{BLOCK as PACKED_BLOCK, K_BLOCK as PACKED_K_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
 
 /// The CPU backend used by default (burn's ndarray backend, f32).
 #[cfg(feature = "cpu")]
@@ -92,7 +92,7 @@ pub enum BackendError {
         reason: String,
     },
     /// The packed format name is not one hearth's device kernels know.
-    #[error("unknown packed weight format `{0}` (expected f32, q8_0 or q4_0)")]
+    #[error("unknown packed weight format `{0}` (expected f32, q8_0, q4_0, q4_k or q6_k)")]
     UnknownPackedFormat(String),
     /// Packed weight bytes do not match the matrix shape.
     #[error("packed {format:?} weight: {reason}")]
@@ -393,6 +393,33 @@ pub trait HearthBackend: Backend {
         w.check_input(x.dims())?;
         match w.storage() {
             PackedStorage::Dense(t) => Ok(Self::matmul(x, t.clone())),
+            PackedStorage::Words(_) => Err(BackendError::PackedShape {
+                format: w.format(),
+                reason: "device-packed blocks need a backend with packed kernels".into(),
+            }),
+        }
+    }
+
+    /// The packed `W: [rows, cols]` as a dense row-major `[rows, cols]` f32 tensor on its
+    /// device (to copy a device weight elsewhere, or to check a kernel). The fallback
+    /// transposes its dense storage back; the cubecl backends dequantize their blocks on the
+    /// device.
+    ///
+    /// Errors: [`BackendError::PackedShape`] for storage this backend cannot read.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend, PackedFormat};
+    /// let bytes: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    /// let w = Cpu::upload_packed(PackedFormat::F32, &bytes, 2, 32, &Default::default()).unwrap();
+    /// let d = Cpu::dequantize_packed(&w).unwrap();
+    /// assert_eq!(d.dims(), [2, 32]);
+    /// assert_eq!(d.into_data().to_vec::<f32>().unwrap()[33], 33.0);
+    /// # }
+    /// ```
+    fn dequantize_packed(w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError> {
+        match w.storage() {
+            PackedStorage::Dense(t) => Ok(t.clone().transpose()),
             PackedStorage::Words(_) => Err(BackendError::PackedShape {
                 format: w.format(),
                 reason: "device-packed blocks need a backend with packed kernels".into(),

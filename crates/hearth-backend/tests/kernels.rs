@@ -257,40 +257,76 @@ fn attention<B: HearthBackend>(dev: &B::Device) {
     }
 }
 
-fn gguf_bytes(format: PackedFormat, w: &[f32]) -> Vec<u8> {
-    match format {
-        PackedFormat::F32 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        PackedFormat::Q8_0 => hearth_quant::quantize_to_vec(GgmlType::Q8_0, w).unwrap(),
-        PackedFormat::Q4_0 => hearth_quant::quantize_to_vec(GgmlType::Q4_0, w).unwrap(),
-    }
-}
-
 fn ggml(format: PackedFormat) -> GgmlType {
     match format {
         PackedFormat::F32 => GgmlType::F32,
         PackedFormat::Q8_0 => GgmlType::Q8_0,
         PackedFormat::Q4_0 => GgmlType::Q4_0,
+        PackedFormat::Q4_K => GgmlType::Q4_K,
+        PackedFormat::Q6_K => GgmlType::Q6_K,
     }
+}
+
+fn gguf_bytes(format: PackedFormat, w: &[f32]) -> Vec<u8> {
+    match format {
+        PackedFormat::F32 => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => hearth_quant::quantize_to_vec(ggml(format), w).unwrap(),
+    }
+}
+
+/// Random weights whose 16-value groups have their own scale and offset, so that the
+/// K-quants' sub-block scales and mins differ within a super-block.
+fn weights(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut w = rng.vec(n);
+    for g in w.chunks_mut(16) {
+        let (scale, offset) = (0.05 + 2.0 * (rng.f() + 1.0), 0.5 * rng.f());
+        for v in g {
+            *v = *v * scale + offset;
+        }
+    }
+    w
+}
+
+/// `(m, n, k)` products for `format`: activation rows `m` (1, 3, 5, 17 among them: both sides
+/// of [`hearth_backend::cube::MATVEC_MAX_ROWS`]), weight rows `n` (odd ones included), `k` a
+/// whole number of the format's blocks.
+fn packed_cases(format: PackedFormat, rng: &mut Rng) -> Vec<(usize, usize, usize)> {
+    let mut cases = if format.block_len() == 32 {
+        vec![
+            (1, 1, 32),
+            (1, 5, 64),
+            (3, 17, 96),
+            (4, 1, 1056),
+            (5, 9, 160),
+            (9, 33, 64),
+            (17, 7, 224),
+        ]
+    } else {
+        vec![
+            (1, 1, 256),
+            (1, 7, 768),
+            (3, 17, 512),
+            (4, 3, 2304),
+            (5, 9, 256),
+            (17, 13, 1024),
+        ]
+    };
+    let blocks = if format.block_len() == 32 { 40 } else { 6 };
+    for _ in 0..5 {
+        let n = 1 + 2 * rng.below(60); // odd
+        cases.push((1 + rng.below(18), n, format.block_len() * (1 + rng.below(blocks))));
+    }
+    cases
 }
 
 fn packed<B: HearthBackend>(dev: &B::Device, cube_checks: CubeChecks<B>) {
     let mut rng = Rng::new(6);
-    let mut cases = vec![
-        (1, 1, 32),
-        (1, 5, 64),
-        (3, 17, 96),
-        (4, 1, 1056),
-        (5, 9, 160),
-        (9, 33, 64),
-    ];
-    for _ in 0..6 {
-        cases.push((1 + rng.below(12), 1 + rng.below(150), 32 * (1 + rng.below(40))));
-    }
     for plane in [true, false] {
         hearth_backend::cube::set_plane_reductions(plane);
-        for format in [PackedFormat::F32, PackedFormat::Q8_0, PackedFormat::Q4_0] {
-            for &(m, n, k) in &cases {
-                let w = rng.vec(n * k);
+        for format in PackedFormat::ALL {
+            let mut worst = 0.0f64;
+            for (m, n, k) in packed_cases(format, &mut rng) {
+                let w = weights(&mut rng, n * k);
                 let bytes = gguf_bytes(format, &w);
                 // hearth_quant's dequantization is the definition of the format
                 let deq = hearth_quant::dequantize_to_vec(ggml(format), &bytes).unwrap();
@@ -313,11 +349,25 @@ fn packed<B: HearthBackend>(dev: &B::Device, cube_checks: CubeChecks<B>) {
                     _ => unreachable!(),
                 }));
                 let e = matmul_err(&got, &want, &mag);
+                worst = worst.max(e);
                 assert!(e <= F32_MATMUL_TOL, "{format:?} m{m} n{n} k{k} plane={plane}: {e:e}");
                 assert!(rel_err(&got, &reference, 1e-3) < 5e-3, "{format:?} vs fallback");
-                assert_eq!(kernel.device_bytes(), n * k / 32 * format.words_per_block() * 4);
+                let words = n * k / format.block_len() * format.words_per_block();
+                assert_eq!(kernel.device_bytes(), words * 4);
+                if format != PackedFormat::F32 {
+                    // what packing is for: at most ~2/7 of the f32 bytes on the device
+                    assert!(kernel.device_bytes() * 7 <= n * k * 4 * 2, "{format:?} device bytes");
+                }
+                // the trait's dequantization, both representations
+                assert_eq!(host(B::dequantize_packed(&fallback).unwrap()), deq, "fallback dequant");
+                assert_eq!(
+                    host(B::dequantize_packed(&kernel).unwrap()),
+                    deq,
+                    "{format:?} device dequant"
+                );
                 cube_checks(&kernel, tx, &deq, &want, &mag);
             }
+            println!("packed {format:?} plane={plane}: worst error {worst:.1e}");
         }
     }
     hearth_backend::cube::set_plane_reductions(true);
@@ -335,6 +385,16 @@ fn packed_errors<B: HearthBackend>(dev: &B::Device) {
     ));
     assert!(matches!(
         B::upload_packed(PackedFormat::Q4_0, &bytes, 2, 48, dev),
+        Err(BackendError::PackedShape { .. })
+    ));
+    // K-quant rows must be whole 256-value super-blocks
+    let kbytes = gguf_bytes(PackedFormat::Q4_K, &[0.5; 256]);
+    assert!(matches!(
+        B::upload_packed(PackedFormat::Q4_K, &kbytes, 4, 64, dev),
+        Err(BackendError::PackedShape { .. })
+    ));
+    assert!(matches!(
+        B::upload_packed(PackedFormat::Q6_K, &kbytes, 1, 256, dev),
         Err(BackendError::PackedShape { .. })
     ));
     let w = B::upload_packed(PackedFormat::Q8_0, &bytes, 2, 32, dev).unwrap();

@@ -77,7 +77,8 @@ struct ModelArgs {
     /// uses every core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Quantize f32/bf16 weights while loading: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
+    /// Quantize f32/bf16 weights while loading: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k
+    /// (GPU backends: q8_0, q4_0, q4_k, q6_k, kept packed in device memory).
     #[arg(long)]
     quant: Option<String>,
     /// Dequantize GGUF blocks to f32 on load instead of computing on them packed (reference path).

@@ -51,8 +51,10 @@ pub(crate) enum Embedding<B: HearthBackend> {
 /// How to load weights.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Quantize f32/bf16/f16 matrices to this kernel format while loading (CPU backend;
-    /// the embedding table stays as stored, norms f32). Matrices whose rows are not whole blocks stay f32.
+    /// Quantize f32/bf16/f16 matrices to this kernel format while loading (the embedding
+    /// table stays as stored, norms f32). Every format on the CPU backend; on GPU backends
+    /// Q8_0, Q4_0, Q4_K and Q6_K, kept packed on the device (others are a
+    /// [`ModelError::Config`] error). Matrices whose rows are not whole blocks stay f32.
     pub quant: Option<hearth_quant::kernels::WeightFormat>,
     /// Dequantize packed source tensors (GGUF blocks) to f32 instead of keeping them packed:
     /// the exact reference path, at 4–8× the memory.
@@ -100,22 +102,28 @@ impl<B: HearthBackend> CausalLm<B> {
         Self::load_with(cfg, store, device, &LoadOptions::default())
     }
 
-    /// [`Self::load`] with options (in-situ quantization).
+    /// [`Self::load`] with options (in-situ quantization, the unpacked reference path).
+    ///
+    /// Errors: those of loading, and [`ModelError::Config`] when `opts.quant` asks a
+    /// non-host backend for a format without a device kernel.
     pub fn load_with(
         cfg: ModelConfig,
         store: &dyn TensorSource,
         device: &B::Device,
         opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        if opts
-            .quant
-            .is_some_and(|q| q != hearth_quant::kernels::WeightFormat::F32)
+        if let Some(q) = opts.quant
+            && q != hearth_quant::kernels::WeightFormat::F32
             && !B::HOST_KERNELS
+            && crate::layers::device_format(q).is_none()
         {
             return Err(ModelError::Config {
                 file: "--quant".into(),
                 field: "quant".into(),
-                reason: "in-situ quantization runs on the CPU kernels; this backend computes in f32".into(),
+                reason: format!(
+                    "{q:?} has no device kernel: this backend quantizes weights to q8_0, q4_0, q4_k or q6_k \
+                     (or computes in f32 without --quant); the CPU backend runs every format"
+                ),
             });
         }
         let l = Loader::<B> {

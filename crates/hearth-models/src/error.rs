@@ -105,6 +105,15 @@ pub enum ModelError {
         #[source]
         source: hearth_moe::MoeError,
     },
+    /// The backend refused a weight (e.g. a packed upload whose bytes do not match its shape).
+    #[error("tensor `{tensor}`: {source}")]
+    Backend {
+        /// Tensor name.
+        tensor: String,
+        /// Cause.
+        #[source]
+        source: hearth_backend::BackendError,
+    },
     /// An empty batch or a row with no tokens.
     #[error("empty input: {0}")]
     EmptyInput(String),

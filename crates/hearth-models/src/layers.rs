@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
-use hearth_backend::HearthBackend;
+use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix};
 use hearth_quant::kernels::{self, WeightFormat};
 use std::sync::Arc;
 
@@ -13,6 +13,10 @@ use std::sync::Arc;
 pub enum LinearWeight<B: HearthBackend> {
     /// A device tensor, transposed to `[in, out]` so the product is a plain matmul.
     Device(Tensor<B, 2>),
+    /// Packed blocks `[out, in]` on the device (GGUF Q8_0/Q4_0/Q4_K/Q6_K re-laid-out by
+    /// [`HearthBackend::upload_packed`]), multiplied by [`HearthBackend::packed_matmul`]: what
+    /// non-host backends use for quantized weights, at the packed size in device memory.
+    Packed(PackedMatrix<B>),
     /// Packed rows `[out, in]` in host memory, multiplied by hearth's CPU kernels.
     Host(Arc<HostWeight>),
 }
@@ -101,6 +105,7 @@ impl<B: HearthBackend> Linear<B> {
     pub fn in_features(&self) -> usize {
         match &self.weight {
             LinearWeight::Device(w) => w.dims()[0],
+            LinearWeight::Packed(p) => p.cols(),
             LinearWeight::Host(h) => h.cols,
         }
     }
@@ -109,6 +114,7 @@ impl<B: HearthBackend> Linear<B> {
     pub fn out_features(&self) -> usize {
         match &self.weight {
             LinearWeight::Device(w) => w.dims()[1],
+            LinearWeight::Packed(p) => p.rows(),
             LinearWeight::Host(h) => h.rows,
         }
     }
@@ -117,6 +123,7 @@ impl<B: HearthBackend> Linear<B> {
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             LinearWeight::Device(w) => w.shape().num_elements() * 4,
+            LinearWeight::Packed(p) => p.device_bytes(),
             LinearWeight::Host(h) => h.bytes.len(),
         }
     }
@@ -128,6 +135,9 @@ impl<B: HearthBackend> Linear<B> {
         let (inp, out) = (self.in_features(), self.out_features());
         let y = match &self.weight {
             LinearWeight::Device(w) => B::matmul(x.reshape([rows, inp]), w.clone()),
+            LinearWeight::Packed(p) => {
+                B::packed_matmul(x.reshape([rows, inp]), p).expect("packed weight sizes are checked at upload")
+            }
             LinearWeight::Host(h) => {
                 let device = x.device();
                 let xs = x
@@ -197,7 +207,9 @@ pub struct Loader<'a, B: HearthBackend> {
     pub store: &'a dyn TensorSource,
     /// Target device.
     pub device: B::Device,
-    /// Quantize f32/bf16 matrices to this format while loading (host backends).
+    /// Quantize f32/bf16 matrices to this format while loading: any kernel format on host
+    /// backends; on device backends the formats with a device kernel ([`device_format`]),
+    /// uploaded packed.
     pub quant: Option<WeightFormat>,
     /// Ignore the source's packed form and dequantize to f32.
     pub unpacked: bool,
@@ -237,11 +249,14 @@ impl<B: HearthBackend> Loader<'_, B> {
 
     /// A linear layer `{prefix}.weight` (`[out, in]` on disk) and optional `{prefix}.bias`.
     /// On host-memory backends the weight stays packed in row-major `[out, in]` for the CPU
-    /// kernels; elsewhere it becomes a transposed device tensor.
+    /// kernels; elsewhere it is uploaded packed when [`Self::device_packed`] gives blocks, and
+    /// otherwise becomes a transposed f32 device tensor.
     pub fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
         let weight = if B::HOST_KERNELS {
             LinearWeight::Host(Arc::new(self.host_weight(&name, out, inp)?))
+        } else if let Some(p) = self.device_packed(&name, out, inp)? {
+            LinearWeight::Packed(p)
         } else {
             let w = self.transposed(&name, out, inp)?;
             LinearWeight::Device(Tensor::from_data(TensorData::new(w, [inp, out]), &self.device))
@@ -252,6 +267,45 @@ impl<B: HearthBackend> Loader<'_, B> {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// A `[rows, cols]` matrix as device blocks, when it should be one: the source's own
+    /// packing if the device runs it ([`device_format`]: GGUF Q8_0/Q4_0/Q4_K/Q6_K) and
+    /// `unpacked` is off, else — for float sources, or any source with `unpacked` — the f32
+    /// values quantized on the host to `self.quant` when that is a device format and the row
+    /// length allows (as [`Self::host_weight`] does for the CPU kernels). `Ok(None)` means
+    /// "use f32" (no `quant`, packed formats without a device kernel such as Q4_1, rows that
+    /// are not whole blocks).
+    pub fn device_packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedMatrix<B>>, ModelError> {
+        let upload = |format: PackedFormat, bytes: &[u8]| {
+            B::upload_packed(format, bytes, rows, cols, &self.device).map_err(|source| ModelError::Backend {
+                tensor: name.into(),
+                source,
+            })
+        };
+        if !self.unpacked
+            && let Some(p) = self.store.packed(name, rows, cols)?
+        {
+            if let Some(f) = device_format(p.format) {
+                return upload(f, &p.bytes).map(Some);
+            }
+            if !matches!(p.format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16) {
+                return Ok(None); // blocks the device cannot run: dequantized to f32
+            }
+        }
+        if let Some(q) = self.quant
+            && let Some(f) = device_format(q)
+            && cols.is_multiple_of(q.block_size())
+        {
+            let (w, _) = self.store.f32(name, Some(&[rows, cols]))?;
+            let bytes = hearth_quant::quantize_to_vec(q.ggml(), &w).map_err(|e| ModelError::Dtype {
+                file: "<in-situ quantization>".into(),
+                tensor: name.into(),
+                dtype: format!("{q:?}: {e}"),
+            })?;
+            return upload(f, &bytes).map(Some);
+        }
+        Ok(None)
     }
 
     /// A packed host matrix: the source's own packing if it has one, else f32 quantized to
@@ -329,6 +383,33 @@ impl<B: HearthBackend> Loader<'_, B> {
             up: self.linear(&format!("{prefix}.{}", names[1]), hidden, inter, bias)?,
             down: self.linear(&format!("{prefix}.{}", names[2]), inter, hidden, bias)?,
         })
+    }
+}
+
+/// The device packed format of a kernel weight format, for the formats the device kernels run
+/// on their blocks (Q8_0, Q4_0, Q4_K, Q6_K); `None` for float formats (those become f32
+/// device tensors) and for blocks without a device kernel (Q4_1).
+///
+/// ```
+/// use hearth_models::layers::device_format;
+/// use hearth_quant::kernels::WeightFormat;
+/// assert_eq!(device_format(WeightFormat::Q4_K), Some(hearth_backend::PackedFormat::Q4_K));
+/// assert_eq!(device_format(WeightFormat::Q4_1), None);
+/// assert_eq!(device_format(WeightFormat::F32), None);
+/// ```
+pub fn device_format(f: WeightFormat) -> Option<PackedFormat> {
+    match f {
+        WeightFormat::Q8_0 => Some(PackedFormat::Q8_0),
+        WeightFormat::Q4_0 => Some(PackedFormat::Q4_0),
+        WeightFormat::Q4_K => Some(PackedFormat::Q4_K),
+        WeightFormat::Q6_K => Some(PackedFormat::Q6_K),
+        // (the interleaved CPU layouts never come from a source: they are made at load)
+        WeightFormat::F32
+        | WeightFormat::Bf16
+        | WeightFormat::F16
+        | WeightFormat::Q4_1
+        | WeightFormat::Q8_0x16
+        | WeightFormat::Q4_0x16 => None,
     }
 }
 

@@ -2,9 +2,12 @@
 //! dequantization kernel for products with many rows.
 //!
 //! The weight is `[rows = N, cols = K]` in the block layout of [`PackedFormat::to_words`]
-//! (`u32` words, `K / 32` blocks per row). The matvec kernel runs one cube per output element
-//! `(m, n)`: its units stride over the row's blocks, dequantize each block in registers and dot
-//! it with `x[m]` in f32, then the cube reduces (plane + shared memory).
+//! (`u32` words, `K / block_len` blocks per row). The kernels work in 32-value chunks: a block
+//! of F32/Q8_0/Q4_0 is one chunk, a Q4_K/Q6_K super-block is eight (Q4_K's sub-blocks with their
+//! own 6-bit scale and min; for Q6_K two groups of 16 with their `i8` scales). The matvec kernel
+//! runs one cube per output element `(m, n)`: its units stride over the row's chunks,
+//! dequantize each chunk in registers and dot it with `x[m]` in f32, then the cube reduces
+//! (plane + shared memory).
 
 use super::reduce::cube_sum;
 use super::{MATVEC_MAX_ROWS, kernel_float, matmul_f32, plane_reductions, prim, reduction_cube_dim, wrap};
@@ -19,18 +22,57 @@ use cubecl::{calculate_cube_count_elemwise, prelude::*};
 const FMT_F32: u32 = 0;
 const FMT_Q8_0: u32 = 1;
 const FMT_Q4_0: u32 = 2;
+const FMT_Q4_K: u32 = 3;
+const FMT_Q6_K: u32 = 4;
 
 fn format_id(f: PackedFormat) -> u32 {
     match f {
         PackedFormat::F32 => FMT_F32,
         PackedFormat::Q8_0 => FMT_Q8_0,
         PackedFormat::Q4_0 => FMT_Q4_0,
+        PackedFormat::Q4_K => FMT_Q4_K,
+        PackedFormat::Q6_K => FMT_Q6_K,
     }
 }
 
-/// Dot product of one 32-value block (at word `wb` of `w`) with `x[xb..xb + 32]`, in f32.
+/// 32-value chunks per block of `f` (1, or 8 for the K-quants' super-blocks).
+fn chunks_per_block(f: PackedFormat) -> usize {
+    f.block_len() / PACKED_BLOCK
+}
+
+/// Byte `k` (runtime) of the byte array that starts at word `base` of `w`.
 #[cube]
-fn block_dot<F: Float>(w: &Array<u32>, wb: usize, x: &Tensor<F>, xb: usize, #[comptime] format: u32) -> f32 {
+fn byte_at(w: &Array<u32>, base: usize, k: usize) -> u32 {
+    (w[base + k / 4] >> (u32::cast_from(k % 4) * 8u32)) & 0xFFu32
+}
+
+/// Scale and min (6 bits each) of sub-block `j` of a Q4_K super-block whose 12 packed scale
+/// bytes start at word `base`, as f32.
+#[cube]
+fn q4_k_scale_min(w: &Array<u32>, base: usize, j: usize) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (byte_at(w, base, j) & 63u32, byte_at(w, base, j + 4) & 63u32)
+    } else {
+        let hi = byte_at(w, base, j + 4);
+        (
+            (hi & 0xFu32) | ((byte_at(w, base, j - 4) >> 6u32) << 4u32),
+            (hi >> 4u32) | ((byte_at(w, base, j) >> 6u32) << 4u32),
+        )
+    };
+    (f32::cast_from(sc), f32::cast_from(m))
+}
+
+/// Sign-extended `i8` in the low byte of `byte`, as f32.
+#[cube]
+fn i8_value(byte: u32) -> f32 {
+    // (byte ^ 0x80) - 128
+    f32::cast_from(byte ^ 0x80u32) - 128.0f32
+}
+
+/// Dot product of the 32-value chunk `j` of the block at word `wb` of `w` with
+/// `x[xb..xb + 32]`, in f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
+#[cube]
+fn chunk_dot<F: Float>(w: &Array<u32>, wb: usize, j: usize, x: &Tensor<F>, xb: usize, #[comptime] format: u32) -> f32 {
     let mut s = 0.0f32;
     if comptime!(format == FMT_F32) {
         #[unroll]
@@ -40,31 +82,83 @@ fn block_dot<F: Float>(w: &Array<u32>, wb: usize, x: &Tensor<F>, xb: usize, #[co
     } else if comptime!(format == FMT_Q8_0) {
         let mut q = 0.0f32;
         #[unroll]
-        for j in 0..8usize {
-            let word = w[wb + 1 + j];
+        for t in 0..8usize {
+            let word = w[wb + 1 + t];
             #[unroll]
             for b in 0..4usize {
                 let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                // sign-extend the i8: (byte ^ 0x80) - 128
-                let v = f32::cast_from(byte ^ 0x80u32) - 128.0f32;
-                q += v * f32::cast_from(x[xb + j * 4 + b]);
+                q += i8_value(byte) * f32::cast_from(x[xb + t * 4 + b]);
             }
         }
         s = f32::reinterpret(w[wb]) * q;
-    } else {
+    } else if comptime!(format == FMT_Q4_0) {
         let mut q = 0.0f32;
         #[unroll]
-        for j in 0..4usize {
-            let word = w[wb + 1 + j];
+        for t in 0..4usize {
+            let word = w[wb + 1 + t];
             #[unroll]
             for b in 0..4usize {
                 let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
                 let lo = f32::cast_from(byte & 0xFu32) - 8.0f32;
                 let hi = f32::cast_from(byte >> 4u32) - 8.0f32;
-                q += lo * f32::cast_from(x[xb + j * 4 + b]) + hi * f32::cast_from(x[xb + j * 4 + b + 16]);
+                q += lo * f32::cast_from(x[xb + t * 4 + b]) + hi * f32::cast_from(x[xb + t * 4 + b + 16]);
             }
         }
         s = f32::reinterpret(w[wb]) * q;
+    } else if comptime!(format == FMT_Q4_K) {
+        // words: d, dmin, 3 of scales, 32 of nibbles (sub-blocks 2i, 2i+1 share 8 words)
+        let (sc, m) = q4_k_scale_min(w, wb + 2, j);
+        let qb = wb + 5 + (j / 2) * 8;
+        let shift = u32::cast_from(j % 2) * 4u32;
+        let mut qx = 0.0f32;
+        let mut sx = 0.0f32;
+        #[unroll]
+        for t in 0..8usize {
+            let word = w[qb + t] >> shift;
+            #[unroll]
+            for b in 0..4usize {
+                let q = f32::cast_from((word >> comptime!((b * 8) as u32)) & 0xFu32);
+                let xv = f32::cast_from(x[xb + t * 4 + b]);
+                qx += q * xv;
+                sx += xv;
+            }
+        }
+        let dl = f32::reinterpret(w[wb]) * sc;
+        let ml = f32::reinterpret(w[wb + 1]) * m;
+        s = dl * qx - ml * sx;
+    } else {
+        // Q6_K words: d, 32 of ql, 16 of qh, 4 of i8 scales. Chunk j is elements
+        // 128·g + 32·sub + l of the super-block with g = j / 4, sub = j % 4.
+        let g = j / 4;
+        let sub = j % 4;
+        let lb = wb + 1 + g * 16 + (sub % 2) * 8;
+        let hb = wb + 33 + g * 8;
+        let lshift = u32::cast_from(sub / 2) * 4u32;
+        let hshift = u32::cast_from(sub) * 2u32;
+        let mut q0 = 0.0f32;
+        let mut q1 = 0.0f32;
+        #[unroll]
+        for t in 0..8usize {
+            let lw = w[lb + t] >> lshift;
+            let hw = w[hb + t] >> hshift;
+            #[unroll]
+            for b in 0..4usize {
+                let lo = (lw >> comptime!((b * 8) as u32)) & 0xFu32;
+                let hi = (hw >> comptime!((b * 8) as u32)) & 3u32;
+                let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
+                let v = q * f32::cast_from(x[xb + t * 4 + b]);
+                if comptime!(t < 4) {
+                    q0 += v;
+                } else {
+                    q1 += v;
+                }
+            }
+        }
+        let d = f32::reinterpret(w[wb]);
+        let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
+        let s0 = i8_value(sw & 0xFFu32);
+        let s1 = i8_value((sw >> 8u32) & 0xFFu32);
+        s = (d * s0) * q0 + (d * s1) * q1;
     }
     s
 }
@@ -77,9 +171,10 @@ fn packed_matvec_kernel<F: Float>(
     out: &mut Tensor<F>,
     n_rows: u32,
     m_rows: u32,
-    blocks: u32,
+    chunks: u32,
     #[comptime] format: u32,
     #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
     #[comptime] cube_dim: usize,
     #[comptime] use_plane: bool,
     #[define(F)] _dtype: StorageType,
@@ -91,13 +186,14 @@ fn packed_matvec_kernel<F: Float>(
     }
     let n = c % nr;
     let m = c / nr;
-    let nb = blocks as usize;
-    let row = n * nb * words_per_block;
+    let nc = chunks as usize;
+    let row = n * (nc / chunks_per_block) * words_per_block;
     let x_row = m * x.stride(0);
     let mut acc = 0.0f32;
     let mut b = UNIT_POS as usize;
-    while b < nb {
-        acc += block_dot::<F>(w, row + b * words_per_block, x, x_row + b * 32, format);
+    while b < nc {
+        let wb = row + (b / chunks_per_block) * words_per_block;
+        acc += chunk_dot::<F>(w, wb, b % chunks_per_block, x, x_row + b * 32, format);
         b += cube_dim;
     }
     let mut shared = SharedMemory::<f32>::new(cube_dim);
@@ -111,18 +207,20 @@ fn packed_matvec_kernel<F: Float>(
 fn dequantize_kernel<F: Float>(
     w: &Array<u32>,
     out: &mut Tensor<F>,
-    total_blocks: u32,
-    blocks: u32,
+    total_chunks: u32,
+    chunks: u32,
     #[comptime] format: u32,
     #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
-    if i < total_blocks as usize {
-        let nb = blocks as usize;
-        let n = i / nb;
-        let wb = i * words_per_block;
-        let ob = n * out.stride(0) + (i % nb) * 32;
+    if i < total_chunks as usize {
+        let nc = chunks as usize;
+        let n = i / nc;
+        let wb = (i / chunks_per_block) * words_per_block;
+        let j = i % chunks_per_block;
+        let ob = n * out.stride(0) + (i % nc) * 32;
         if comptime!(format == FMT_F32) {
             #[unroll]
             for e in 0..32usize {
@@ -131,25 +229,66 @@ fn dequantize_kernel<F: Float>(
         } else if comptime!(format == FMT_Q8_0) {
             let d = f32::reinterpret(w[wb]);
             #[unroll]
-            for j in 0..8usize {
-                let word = w[wb + 1 + j];
+            for t in 0..8usize {
+                let word = w[wb + 1 + t];
                 #[unroll]
                 for b in 0..4usize {
                     let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                    let v = f32::cast_from(byte ^ 0x80u32) - 128.0f32;
-                    out[ob + j * 4 + b] = F::cast_from(v * d);
+                    out[ob + t * 4 + b] = F::cast_from(i8_value(byte) * d);
+                }
+            }
+        } else if comptime!(format == FMT_Q4_0) {
+            let d = f32::reinterpret(w[wb]);
+            #[unroll]
+            for t in 0..4usize {
+                let word = w[wb + 1 + t];
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    out[ob + t * 4 + b] = F::cast_from((f32::cast_from(byte & 0xFu32) - 8.0f32) * d);
+                    out[ob + t * 4 + b + 16] = F::cast_from((f32::cast_from(byte >> 4u32) - 8.0f32) * d);
+                }
+            }
+        } else if comptime!(format == FMT_Q4_K) {
+            let (sc, m) = q4_k_scale_min(w, wb + 2, j);
+            let dl = f32::reinterpret(w[wb]) * sc;
+            let ml = f32::reinterpret(w[wb + 1]) * m;
+            let qb = wb + 5 + (j / 2) * 8;
+            let shift = u32::cast_from(j % 2) * 4u32;
+            #[unroll]
+            for t in 0..8usize {
+                let word = w[qb + t] >> shift;
+                #[unroll]
+                for b in 0..4usize {
+                    let q = f32::cast_from((word >> comptime!((b * 8) as u32)) & 0xFu32);
+                    out[ob + t * 4 + b] = F::cast_from(dl * q - ml);
                 }
             }
         } else {
+            let g = j / 4;
+            let sub = j % 4;
+            let lb = wb + 1 + g * 16 + (sub % 2) * 8;
+            let hb = wb + 33 + g * 8;
+            let lshift = u32::cast_from(sub / 2) * 4u32;
+            let hshift = u32::cast_from(sub) * 2u32;
             let d = f32::reinterpret(w[wb]);
+            let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
+            let d0 = d * i8_value(sw & 0xFFu32);
+            let d1 = d * i8_value((sw >> 8u32) & 0xFFu32);
             #[unroll]
-            for j in 0..4usize {
-                let word = w[wb + 1 + j];
+            for t in 0..8usize {
+                let lw = w[lb + t] >> lshift;
+                let hw = w[hb + t] >> hshift;
                 #[unroll]
                 for b in 0..4usize {
-                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                    out[ob + j * 4 + b] = F::cast_from((f32::cast_from(byte & 0xFu32) - 8.0f32) * d);
-                    out[ob + j * 4 + b + 16] = F::cast_from((f32::cast_from(byte >> 4u32) - 8.0f32) * d);
+                    let lo = (lw >> comptime!((b * 8) as u32)) & 0xFu32;
+                    let hi = (hw >> comptime!((b * 8) as u32)) & 3u32;
+                    let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
+                    if comptime!(t < 4) {
+                        out[ob + t * 4 + b] = F::cast_from(d0 * q);
+                    } else {
+                        out[ob + t * 4 + b] = F::cast_from(d1 * q);
+                    }
                 }
             }
         }
@@ -167,8 +306,9 @@ fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let PackedStorage::Words(t) = w.storage() else {
         return Err(bad("not stored as device blocks (made by the fallback upload)".into()));
     };
-    let expected = w.rows() * w.cols() / PACKED_BLOCK * w.format().words_per_block();
-    if w.rows() == 0 || !w.cols().is_multiple_of(PACKED_BLOCK) || w.cols() == 0 || t.dims() != [expected] {
+    let block = w.format().block_len();
+    let expected = w.format().matrix_words(w.rows(), w.cols());
+    if w.rows() == 0 || !w.cols().is_multiple_of(block) || w.cols() == 0 || t.dims() != [expected] {
         return Err(bad(format!(
             "{:?} words for a [{}, {}] matrix (expected {expected})",
             t.dims(),
@@ -233,8 +373,8 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     if m == 0 {
         return Ok(wrap(out));
     }
-    let blocks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&client, blocks);
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&client, chunks);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     packed_matvec_kernel::launch::<R>(
@@ -246,9 +386,10 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         out.clone().into_tensor_arg(),
         n as u32,
         m as u32,
-        blocks as u32,
+        chunks as u32,
         format_id(w.format()),
         w.format().words_per_block(),
+        chunks_per_block(w.format()),
         cube_dim as usize,
         use_plane,
         dtype.into(),
@@ -257,7 +398,7 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
 }
 
 /// Dequantizes a device-packed `[N, K]` matrix to a dense `[N, K]` tensor of `dtype` on the
-/// device (one unit per block).
+/// device (one unit per 32-value chunk).
 ///
 /// Errors: [`BackendError::PackedShape`] for a matrix not stored as device blocks or a
 /// non-float `dtype`.
@@ -275,8 +416,8 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     let (n, k) = (w.rows(), w.cols());
     let client = words.client.clone();
     let out = empty_device_dtype(client.clone(), words.device.clone(), Shape::new([n, k]), dtype);
-    let blocks = k / PACKED_BLOCK;
-    let total = n * blocks;
+    let chunks = k / PACKED_BLOCK;
+    let total = n * chunks;
     let cube_dim = CubeDim::new(&client, total);
     let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
     dequantize_kernel::launch::<R>(
@@ -286,9 +427,10 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
         words.into_array_arg(),
         out.clone().into_tensor_arg(),
         total as u32,
-        blocks as u32,
+        chunks as u32,
         format_id(w.format()),
         w.format().words_per_block(),
+        chunks_per_block(w.format()),
         dtype.into(),
     );
     Ok(wrap(out))

@@ -7,7 +7,7 @@
 //!   accumulation, plane + shared-memory reduction);
 //! - [`HearthBackend::silu_mul`] with the fused [`silu_mul`] kernel;
 //! - [`HearthBackend::upload_packed`] / [`HearthBackend::packed_matmul`] with packed
-//!   F32/Q8_0/Q4_0 blocks on the device, multiplied by [`packed_matmul`] (matrix × vector with
+//!   F32/Q8_0/Q4_0/Q4_K/Q6_K blocks on the device, multiplied by [`packed_matmul`] (matrix × vector with
 //!   dequantization fused into the load for a few rows; dequantize + [`matmul_f32`] for more).
 //!
 //! Every kernel has a burn-op fallback in [`crate::ops`] and is tested against it.
@@ -174,6 +174,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
                 Ok(Self::matmul(x, t.clone()))
             }
             PackedStorage::Words(_) => packed_matmul(x, w),
+        }
+    }
+
+    fn dequantize_packed(w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError> {
+        match w.storage() {
+            PackedStorage::Dense(t) => Ok(t.clone().transpose()),
+            PackedStorage::Words(_) => dequantize_packed(w, DType::F32),
         }
     }
 }

@@ -101,6 +101,18 @@ impl HostLinear {
                     cols: inp,
                 })
             }
+            // device blocks → dequantized `[out, in]` f32 rows (the host kernels run f32)
+            #[allow(clippy::useless_conversion)]
+            LinearWeight::Packed(p) => {
+                let t = B::dequantize_packed(p).map_err(|e| host_err("linear weight", e))?;
+                let v = host_vec(&t, "linear weight")?;
+                Arc::new(HostWeight {
+                    format: WeightFormat::F32,
+                    bytes: bytemuck::cast_slice(&v).to_vec().into(),
+                    rows: p.rows(),
+                    cols: p.cols(),
+                })
+            }
         };
         let expected =
             w.format.row_bytes(w.cols).map_err(|e| host_err("linear weight", e))? * w.format.stored_rows(w.rows);
