@@ -15,6 +15,14 @@
 /// assert_eq!(q.qs()[0], -127);
 /// assert_eq!(q.qs()[16], 0);
 /// ```
+/// Buffer sets kept per thread for [`Q8Activations::quantize_pooled`] (a layer's products
+/// need at most a few at once).
+const POOL_SIZE: usize = 4;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Q8Activations>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[derive(Clone, Debug)]
 pub struct Q8Activations {
     block: usize,
@@ -72,6 +80,43 @@ impl Q8Activations {
     /// [`Q8Activations::quantize`]; `lanes = false` skips the per-4-element lane helpers
     /// (only the AVX2 kernels read them).
     pub(crate) fn quantize_with(x: &[f32], block_size: usize, lanes: bool) -> Self {
+        let mut q = Q8Activations {
+            block: block_size,
+            qs: Vec::new(),
+            d: Vec::new(),
+            sum16: Vec::new(),
+            lane_d: Vec::new(),
+            lane_bias: Vec::new(),
+            lane_s: Vec::new(),
+        };
+        q.refill(x, block_size, lanes);
+        q
+    }
+
+    /// [`Self::quantize_with`] into a buffer set taken from this thread's pool (see
+    /// [`Self::recycle`]): after the first calls of a decode step, quantizing allocates nothing.
+    pub(crate) fn quantize_pooled(x: &[f32], block_size: usize, lanes: bool) -> Self {
+        match POOL.with(|p| p.borrow_mut().pop()) {
+            Some(mut q) => {
+                q.refill(x, block_size, lanes);
+                q
+            }
+            None => Self::quantize_with(x, block_size, lanes),
+        }
+    }
+
+    /// Gives the buffers back to this thread's pool for [`Self::quantize_pooled`].
+    pub(crate) fn recycle(self) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_SIZE {
+                p.push(self);
+            }
+        });
+    }
+
+    /// Re-quantizes `x` into these buffers (growing them only when `x` is longer than before).
+    fn refill(&mut self, x: &[f32], block_size: usize, lanes: bool) {
         assert!(
             block_size > 0 && block_size.is_multiple_of(16),
             "activation block size must be a positive multiple of 16"
@@ -81,8 +126,12 @@ impl Q8Activations {
             "activation length must be a multiple of the block size"
         );
         let nb = x.len() / block_size;
-        let mut qs = vec![0i8; x.len()];
-        let mut d = vec![0.0f32; nb];
+        self.block = block_size;
+        let (qs, d) = (&mut self.qs, &mut self.d);
+        qs.clear();
+        qs.resize(x.len(), 0);
+        d.clear();
+        d.resize(nb, 0.0);
         #[cfg(target_arch = "x86_64")]
         let simd = super::Isa::Avx2.is_available();
         #[cfg(not(target_arch = "x86_64"))]
@@ -91,34 +140,25 @@ impl Q8Activations {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2/FMA support was checked just above.
             unsafe {
-                super::avx2::quantize_blocks(x, block_size, &mut qs, &mut d)
+                super::avx2::quantize_blocks(x, block_size, qs, d)
             };
         } else {
-            quantize_portable(x, block_size, &mut qs, &mut d);
+            quantize_portable(x, block_size, qs, d);
         }
-        let sum16: Vec<i32> = qs.chunks_exact(16).map(|c| c.iter().map(|&v| v as i32).sum()).collect();
-        let (mut lane_d, mut lane_bias, mut lane_s) = (Vec::new(), Vec::new(), Vec::new());
+        self.sum16.clear();
+        self.sum16
+            .extend(qs.chunks_exact(16).map(|c| c.iter().map(|&v| v as i32).sum::<i32>()));
+        self.lane_d.clear();
+        self.lane_bias.clear();
+        self.lane_s.clear();
         if lanes && block_size == 32 {
-            let lanes = x.len() / 4;
-            lane_d.reserve_exact(lanes);
-            lane_bias.reserve_exact(lanes);
-            lane_s.reserve_exact(lanes);
             for (i, c) in qs.chunks_exact(4).enumerate() {
                 let s: i32 = c.iter().map(|&v| v as i32).sum();
                 let db = d[i / 8];
-                lane_d.push(db);
-                lane_bias.push(-8 * s);
-                lane_s.push(db * s as f32);
+                self.lane_d.push(db);
+                self.lane_bias.push(-8 * s);
+                self.lane_s.push(db * s as f32);
             }
-        }
-        Q8Activations {
-            block: block_size,
-            qs,
-            d,
-            sum16,
-            lane_d,
-            lane_bias,
-            lane_s,
         }
     }
 

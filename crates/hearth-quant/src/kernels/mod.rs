@@ -431,6 +431,31 @@ pub(crate) fn prefetch_distance() -> usize {
     PREFETCH_DISTANCE.load(Ordering::Relaxed)
 }
 
+thread_local! {
+    /// Buffers of de-interleaved BF16 activations, reused across calls on this thread.
+    static XD_POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Returns pooled buffers: the decode step's activation preparation allocates nothing once warm
+/// (for the Q8_0/Q4_0 interleaved, BF16 and AVX2/portable integer paths; the AVX-512 window
+/// and K-quant layouts still allocate theirs).
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if let Some(q) = self.q8.take() {
+            q.recycle();
+        }
+        if self.xd.capacity() > 0 {
+            let xd = std::mem::take(&mut self.xd);
+            XD_POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < 4 {
+                    p.push(xd);
+                }
+            });
+        }
+    }
+}
+
 /// Activations prepared once per input vector for a given (isa, format).
 pub(crate) struct Prepared<'a> {
     /// Original activations.
@@ -464,7 +489,7 @@ impl<'a> Prepared<'a> {
             (Some(_), _) | (_, Some(_)) => None,
             _ => fmt
                 .activation_block()
-                .map(|b| Q8Activations::quantize_with(x, b, isa == Isa::Avx2 && !fmt.is_interleaved())),
+                .map(|b| Q8Activations::quantize_pooled(x, b, isa == Isa::Avx2 && !fmt.is_interleaved())),
         };
         let group = match (isa, fmt) {
             (Isa::Avx2, WeightFormat::Bf16) => 16,
@@ -473,7 +498,9 @@ impl<'a> Prepared<'a> {
         };
         let mut xd = Vec::new();
         if group > 0 {
-            xd.reserve_exact(x.len());
+            xd = XD_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+            xd.clear();
+            xd.reserve(x.len());
             let mut chunks = x.chunks_exact(group);
             for c in &mut chunks {
                 xd.extend(c.iter().step_by(2));
