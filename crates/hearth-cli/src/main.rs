@@ -600,6 +600,23 @@ fn kernels_only(host: &HostModel, a: &BenchArgs) -> Result<f64> {
     Ok(best)
 }
 
+/// Device memory read bandwidth (bytes/s), measured now: the best of 5 full reductions of a
+/// 1 GiB f32 tensor (burn's sum kernel; a lower bound of what the device streams).
+fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
+    let n = 1usize << 28;
+    let t = burn::tensor::Tensor::<B, 1>::ones([n], dev);
+    let _ = t.clone().sum().into_scalar(); // compile and warm the kernel
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s = t.clone().sum().into_scalar();
+        let dt = t0.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt);
+    }
+    best
+}
+
 /// Peak resident set size of this process (VmHWM), in bytes.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -652,7 +669,7 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let bw = if B::HOST_KERNELS {
         Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, threads))
     } else {
-        None
+        Some(device_read_bandwidth::<B>(dev))
     };
     let pct = |tok_s: f64| bw.map(|b| 100.0 * tok_s * bytes as f64 / b);
     let line = serde_json::json!({
