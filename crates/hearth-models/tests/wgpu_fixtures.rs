@@ -7,9 +7,11 @@
 //! no adapter exists at all, burn-wgpu panics ("No possible adapter available for backend") and
 //! every test here fails: nothing falls back to the CPU backend.
 //!
-//! `HearthBackend for Wgpu` overrides none of the trait's methods, so the burn-op fallbacks are
-//! the wgpu path and there is no kernel to test against them yet; linear layers run burn's
-//! matmul on the device (`LinearWeight::Device`), not hearth's host kernels.
+//! On wgpu the models run hearth's cubecl kernels (`hearth_backend::cube`: exact-f32 matmul,
+//! fused RMSNorm and SiLU·mul); f32 linear layers are device tensors (`LinearWeight::Device`),
+//! quantized ones stay packed on the device (`LinearWeight::Packed`, tested in
+//! `wgpu_packed.rs`). The kernels themselves are tested against the burn-op fallbacks in
+//! hearth-backend's `tests/kernels.rs`.
 #![cfg(feature = "wgpu")]
 
 mod common;
