@@ -609,7 +609,7 @@ fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
     let x = burn::tensor::Tensor::<B, 1>::ones([n], dev);
     let pass = || {
         let y = x.clone().add_scalar(1.0);
-        y.slice([0..1]).into_scalar()
+        y.narrow(0, 0, 1).into_scalar()
     };
     let _ = pass(); // compile and warm the kernel
     let mut best = 0.0f64;
