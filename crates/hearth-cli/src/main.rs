@@ -99,7 +99,10 @@ impl ModelArgs {
     /// `--burn-forward` was not given.
     fn host_model<B: HearthBackend>(&self, model: &CausalLm<B>) -> Result<Option<HostModel>> {
         if B::HOST_KERNELS && !self.burn_forward {
-            Ok(Some(HostModel::from_model(model)?))
+            let host = HostModel::from_model(model)?;
+            // a dedicated pool of spinning workers (`--threads`, default: every core)
+            let threads = self.threads.unwrap_or_else(rayon::current_num_threads);
+            Ok(Some(host.with_threads(threads)?))
         } else {
             Ok(None)
         }
@@ -644,15 +647,27 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         _ => bail!("bench needs exactly one of --model or --synthetic"),
     };
     let load_s = t_load.elapsed().as_secs_f64();
+    if std::env::var_os("HEARTH_DEBUG_RSS").is_some() {
+        let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        for l in st.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS") || l.starts_with("Rss")) {
+            eprintln!("after load: {l}");
+        }
+    }
     let host = a.model.host_model(&model)?;
     let dec = decoder(&model, &host);
     let cfg = model.config();
     // loading used every core; the measurement runs on `--threads` (default: all)
     let threads = a.model.threads.unwrap_or_else(rayon::current_num_threads).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let (prefill_tok_s, decode_runs) = pool.install(|| measure(dec, a))?;
+    // the host forward runs on the host model's own pool of `threads` (called from this thread,
+    // which then sleeps); burn's forward on `pool`
+    let (prefill_tok_s, decode_runs) = if dec.is_host() {
+        measure(dec, a)?
+    } else {
+        pool.install(|| measure(dec, a))?
+    };
     let kernels_tok_s = match &host {
-        Some(h) => Some(pool.install(|| kernels_only(h, a))?),
+        Some(h) => Some(kernels_only(h, a)?),
         None => None,
     };
     let burn_runs = if a.compare_burn && dec.is_host() {

@@ -6,7 +6,12 @@ use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
 use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix};
 use hearth_quant::kernels::{self, WeightFormat};
+use hearth_quant::{AlignedBytes, WeightBytes};
 use std::sync::Arc;
+
+/// Weights at least this large that do not start on a cache line are copied to one that does
+/// (by [`HostWeight::into_preferred_layout`]).
+const MIN_ALIGNED_COPY: usize = 64 * 1024;
 
 /// Where a linear layer's weight lives.
 #[derive(Clone, Debug)]
@@ -65,26 +70,35 @@ impl HostWeight {
     }
 
     /// The same weight in the layout the CPU kernels run fastest on
-    /// ([`WeightFormat::preferred_layout`]: Q8_0/Q4_0 rows interleaved by 16 on AVX-512), or
-    /// itself. A repacked weight's source pages are released if they were memory-mapped, so
-    /// the copy does not add to the resident size.
+    /// ([`WeightFormat::preferred_layout`]: Q8_0/Q4_0 rows interleaved by 16 on AVX-512), in a
+    /// buffer aligned to 64 bytes; a weight already in that layout is kept as it is if it is
+    /// aligned (or small), else copied to an aligned buffer. The source pages of a repacked or
+    /// copied weight are released if they were memory-mapped, so the copy does not add to the
+    /// resident size.
     pub fn into_preferred_layout(self) -> Result<Self, ModelError> {
         let want = self.format.preferred_layout();
-        if want == self.format {
+        let err = |e: kernels::KernelError| ModelError::Dtype {
+            file: "<repacking for the CPU kernels>".into(),
+            tensor: format!("{}×{} {:?}", self.rows, self.cols, self.format),
+            dtype: e.to_string(),
+        };
+        let bytes = if want != self.format {
+            let len = want.row_bytes(self.cols).map_err(err)? * want.stored_rows(self.rows);
+            let mut out = AlignedBytes::zeroed(len);
+            kernels::interleaved::repack_into(self.format, &self.bytes, self.rows, self.cols, out.as_mut_slice())
+                .map_err(err)?;
+            out
+        } else if !self.bytes.is_aligned() && self.bytes.len() >= MIN_ALIGNED_COPY {
+            // rows on cache-line boundaries (a GGUF aligns tensors to 32 bytes, safetensors
+            // to 8): no SIMD load straddles two lines
+            AlignedBytes::copy_of(&self.bytes)
+        } else {
             return Ok(self);
-        }
-        let (format, bytes) =
-            kernels::interleaved::repack(self.format, &self.bytes, self.rows, self.cols).map_err(|e| {
-                ModelError::Dtype {
-                    file: "<repacking for the CPU kernels>".into(),
-                    tensor: format!("{}×{} {:?}", self.rows, self.cols, self.format),
-                    dtype: e.to_string(),
-                }
-            })?;
+        };
         self.bytes.release_pages();
         Ok(Self {
-            format,
-            bytes: bytes.into(),
+            format: want,
+            bytes: WeightBytes::Aligned(bytes),
             rows: self.rows,
             cols: self.cols,
         })

@@ -186,7 +186,11 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
             pct.push(100.0 * g / bw);
         }
         let hot = hot_on.then(|| {
-            let hr = ((1usize << 20) / rb).clamp(1, rows);
+            let mut hr = ((1usize << 20) / rb).clamp(1, rows);
+            if fmt.is_interleaved() {
+                // whole 16-row groups
+                hr = (hr / 16 * 16).max(16).min(rows);
+            }
             let hot_w = &base[..hr * rb];
             let t = median_secs(50, Duration::from_millis(300), |_| {
                 matvec(fmt, hot_w, hr, cols, &x, &mut y[..hr])

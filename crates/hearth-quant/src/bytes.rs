@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub enum WeightBytes {
     /// A heap buffer.
     Owned(Vec<u8>),
+    /// A heap buffer whose first byte is aligned to [`ALIGN`] bytes.
+    Aligned(AlignedBytes),
     /// `len` bytes at `start` of a memory-mapped file, kept alive by the `Arc`.
     Mapped {
         /// The map.
@@ -25,7 +27,62 @@ pub enum WeightBytes {
     },
 }
 
+/// Alignment of [`AlignedBytes`]: one cache line, so that no 64-byte SIMD load of a row that
+/// starts on a multiple of 64 bytes straddles two lines.
+pub const ALIGN: usize = 64;
+
+/// A zero-initialised heap buffer whose first byte is [`ALIGN`]-byte aligned.
+///
+/// ```
+/// let mut b = hearth_quant::AlignedBytes::zeroed(100);
+/// b.as_mut_slice()[99] = 7;
+/// assert_eq!(b.as_slice().len(), 100);
+/// assert_eq!(b.as_slice().as_ptr() as usize % hearth_quant::bytes::ALIGN, 0);
+/// ```
+pub struct AlignedBytes {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes, aligned.
+    pub fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + ALIGN - 1];
+        // the heap block never moves while `buf` lives (it is never grown)
+        let start = buf.as_ptr().align_offset(ALIGN).min(ALIGN - 1);
+        AlignedBytes { buf, start, len }
+    }
+
+    /// An aligned copy of `src`.
+    pub fn copy_of(src: &[u8]) -> Self {
+        let mut a = Self::zeroed(src.len());
+        a.as_mut_slice().copy_from_slice(src);
+        a
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
 impl WeightBytes {
+    /// Whether the first byte is aligned to [`ALIGN`] bytes.
+    ///
+    /// ```
+    /// use hearth_quant::{AlignedBytes, WeightBytes};
+    /// assert!(WeightBytes::Aligned(AlignedBytes::zeroed(10)).is_aligned());
+    /// ```
+    pub fn is_aligned(&self) -> bool {
+        (self.as_ptr() as usize).is_multiple_of(ALIGN)
+    }
+
     /// A range of `map`; `None` when it is out of bounds.
     ///
     /// ```no_run
@@ -65,6 +122,7 @@ impl std::ops::Deref for WeightBytes {
     fn deref(&self) -> &[u8] {
         match self {
             Self::Owned(v) => v,
+            Self::Aligned(a) => a.as_slice(),
             Self::Mapped { map, start, len } => &map[*start..*start + *len],
         }
     }
@@ -78,7 +136,11 @@ impl From<Vec<u8>> for WeightBytes {
 
 impl std::fmt::Debug for WeightBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if self.is_mapped() { "mapped" } else { "owned" };
+        let kind = match self {
+            Self::Owned(_) => "owned",
+            Self::Aligned(_) => "owned, aligned",
+            Self::Mapped { .. } => "mapped",
+        };
         write!(f, "WeightBytes({kind}, {} bytes)", self.len())
     }
 }
@@ -87,6 +149,7 @@ impl Clone for WeightBytes {
     fn clone(&self) -> Self {
         match self {
             Self::Owned(v) => Self::Owned(v.clone()),
+            Self::Aligned(a) => Self::Aligned(AlignedBytes::copy_of(a.as_slice())),
             Self::Mapped { map, start, len } => Self::Mapped {
                 map: map.clone(),
                 start: *start,

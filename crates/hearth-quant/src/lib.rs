@@ -15,11 +15,11 @@
 //! ```
 
 pub mod blocks;
-mod bytes;
+pub mod bytes;
 pub mod gguf;
 pub mod kernels;
 pub mod types;
 
 pub use blocks::{QuantError, dequantize, dequantize_to_vec, quantize, quantize_to_vec};
-pub use bytes::WeightBytes;
+pub use bytes::{AlignedBytes, WeightBytes};
 pub use types::GgmlType;

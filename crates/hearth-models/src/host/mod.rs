@@ -23,6 +23,7 @@
 //! ```
 
 pub mod ops;
+mod pool;
 mod runner;
 
 pub use runner::{DecodeSession, Decoder, Logits};
@@ -311,7 +312,7 @@ pub struct HostModel {
     layers: Vec<HostLayer>,
     norm: Norm,
     lm_head: HostLinear,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<Arc<pool::SpinPool>>,
     decode_weight_bytes: usize,
     /// Identifies this model's sessions.
     id: u64,
@@ -420,7 +421,9 @@ impl HostModel {
     }
 
     /// Runs this model's forwards on a dedicated pool of `threads` threads (default: the global
-    /// rayon pool, see `hearth_backend::set_cpu_threads`).
+    /// rayon pool, see `hearth_backend::set_cpu_threads`). The pool's workers spin instead of
+    /// sleeping while a forward is in flight (and for a few ms after), so the many short
+    /// parallel regions of a decode step start without wake-up latency; they park when idle.
     ///
     /// ```no_run
     /// # use hearth_models::{CausalLm, host::HostModel};
@@ -430,10 +433,7 @@ impl HostModel {
     /// # Ok::<(), hearth_models::ModelError>(())
     /// ```
     pub fn with_threads(mut self, threads: usize) -> Result<Self, ModelError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build()
-            .map_err(|e| host_err("threads", e))?;
+        let pool = pool::SpinPool::new(threads).map_err(|e| host_err("threads", e))?;
         self.pool = Some(Arc::new(pool));
         Ok(self)
     }
@@ -442,7 +442,7 @@ impl HostModel {
     pub fn threads(&self) -> usize {
         self.pool
             .as_ref()
-            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+            .map_or_else(rayon::current_num_threads, |p| p.threads())
     }
 
     /// The model's configuration.

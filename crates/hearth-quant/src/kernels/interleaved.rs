@@ -3,11 +3,16 @@
 //!
 //! GGUF stores a matrix row by row, so a SIMD kernel over one row must shuffle each block's
 //! scale next to its quants. Here 16 rows are interleaved instead: for every group of 16 rows
-//! and every block column `b` there is one *tile*
+//! and every block column `b` there is one *tile* of quant registers (64 bytes each, row `r`'s
+//! 4 bytes at `4r`) and one row of 16 f16 scales (row `r` at `2r`). A group stores all its
+//! tiles' quant registers first, then all their scales:
 //!
 //! ```text
-//! [16 × f16 scales, row r at 2r] [quant registers: 64 bytes each, row r's 4 bytes at 4r]
+//! group g: [tile 0 quants][tile 1 quants] … [tile nb−1 quants] [scales 0][scales 1] … [scales nb−1]
 //! ```
+//!
+//! so that every quant register is 64-byte aligned when the buffer is (see [`repack_into`]) and
+//! `nb` is even, and no SIMD load straddles two cache lines.
 //!
 //! Q8_0 has 8 quant registers per tile (register `k` holds elements `4k..4k+4` of every row,
 //! stored as `q + 128` so that they are unsigned bytes), Q4_0 has 4 (register `k` holds the
@@ -31,6 +36,38 @@ pub const GROUP: usize = 16;
 
 fn tile_bytes(fmt: WeightFormat) -> usize {
     GROUP * fmt.block_bytes()
+}
+
+/// Byte offsets inside one 16-row group (see the module docs).
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Tiles (blocks of 32) per row.
+    nb: usize,
+    /// Quant bytes per tile (16 rows × the block's quant bytes).
+    qb: usize,
+}
+
+impl Layout {
+    fn new(base: WeightFormat, cols: usize) -> Self {
+        Layout {
+            nb: cols / 32,
+            qb: GROUP * (base.block_bytes() - 2),
+        }
+    }
+
+    fn group_bytes(self) -> usize {
+        self.nb * (self.qb + 2 * GROUP)
+    }
+
+    /// Byte `4 · lane` of quant register `k` of tile `b`.
+    fn quant(self, b: usize, k: usize, lane: usize) -> usize {
+        b * self.qb + 64 * k + 4 * lane
+    }
+
+    /// The f16 scale of row `lane` of tile `b`.
+    fn scale(self, b: usize, lane: usize) -> usize {
+        self.nb * self.qb + 2 * GROUP * b + 2 * lane
+    }
 }
 
 fn check_fmt(fmt: WeightFormat) -> Result<WeightFormat, KernelError> {
@@ -59,6 +96,31 @@ fn check_fmt(fmt: WeightFormat) -> Result<WeightFormat, KernelError> {
 /// ```
 pub fn repack(fmt: WeightFormat, src: &[u8], rows: usize, cols: usize) -> Result<(WeightFormat, Vec<u8>), KernelError> {
     let out_fmt = check_fmt(fmt)?;
+    let mut out = vec![0u8; out_fmt.row_bytes(cols)? * out_fmt.stored_rows(rows)];
+    repack_into(fmt, src, rows, cols, &mut out)?;
+    Ok((out_fmt, out))
+}
+
+/// [`repack`] into a buffer of the caller's (e.g. one aligned to 64 bytes, so that the kernels'
+/// loads never straddle cache lines): `out` must hold exactly
+/// `new_fmt.row_bytes(cols) · new_fmt.stored_rows(rows)` bytes. Returns the new format.
+///
+/// ```
+/// use hearth_quant::kernels::{interleaved, WeightFormat};
+/// let w: Vec<f32> = (0..3 * 64).map(|i| (i as f32 * 0.2).cos()).collect();
+/// let q = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q4_0, &w).unwrap();
+/// let mut out = vec![0u8; 16 * 2 * 18];
+/// let fmt = interleaved::repack_into(WeightFormat::Q4_0, &q, 3, 64, &mut out).unwrap();
+/// assert_eq!((fmt, out), interleaved::repack(WeightFormat::Q4_0, &q, 3, 64).unwrap());
+/// ```
+pub fn repack_into(
+    fmt: WeightFormat,
+    src: &[u8],
+    rows: usize,
+    cols: usize,
+    out: &mut [u8],
+) -> Result<WeightFormat, KernelError> {
+    let out_fmt = check_fmt(fmt)?;
     let rb = fmt.row_bytes(cols)?;
     let expected = rb.checked_mul(rows).ok_or(KernelError::SizeOverflow)?;
     if src.len() != expected {
@@ -68,33 +130,49 @@ pub fn repack(fmt: WeightFormat, src: &[u8], rows: usize, cols: usize) -> Result
             actual: src.len(),
         });
     }
-    let (nb, bb) = (cols / 32, fmt.block_bytes());
-    let groups = rows.div_ceil(GROUP);
-    let tb = tile_bytes(fmt);
-    let mut out = vec![0u8; groups * nb * tb];
-    for (g, gout) in out.chunks_exact_mut(nb * tb).enumerate() {
-        for (b, tile) in gout.chunks_exact_mut(tb).enumerate() {
-            for lane in 0..GROUP {
-                let r = g * GROUP + lane;
-                if r >= rows {
-                    // padding rows: zero scale (quant bytes are irrelevant under a zero scale)
-                    continue;
+    let total = rb
+        .checked_mul(out_fmt.stored_rows(rows))
+        .ok_or(KernelError::SizeOverflow)?;
+    if out.len() != total {
+        return Err(KernelError::LengthMismatch {
+            buffer: super::Buffer::Output,
+            expected: total,
+            actual: out.len(),
+        });
+    }
+    let bb = fmt.block_bytes();
+    let lay = Layout::new(fmt, cols);
+    let nreg = (bb - 2) / 4;
+    let flip = if fmt == WeightFormat::Q8_0 { 0x80 } else { 0 };
+    if lay.nb == 0 {
+        return Ok(out_fmt);
+    }
+    for (g, gout) in out.chunks_exact_mut(lay.group_bytes()).enumerate() {
+        for lane in 0..GROUP {
+            let r = g * GROUP + lane;
+            if r >= rows {
+                // padding rows: zero scale and zero quants
+                for b in 0..lay.nb {
+                    gout[lay.scale(b, lane)..lay.scale(b, lane) + 2].fill(0);
+                    for k in 0..nreg {
+                        gout[lay.quant(b, k, lane)..lay.quant(b, k, lane) + 4].fill(0);
+                    }
                 }
+                continue;
+            }
+            for b in 0..lay.nb {
                 let blk = &src[r * rb + b * bb..r * rb + (b + 1) * bb];
-                tile[2 * lane..2 * lane + 2].copy_from_slice(&blk[..2]);
-                let quants = &blk[2..];
-                let nreg = quants.len() / 4;
+                gout[lay.scale(b, lane)..lay.scale(b, lane) + 2].copy_from_slice(&blk[..2]);
                 for k in 0..nreg {
-                    let dst = 32 + 64 * k + 4 * lane;
+                    let dst = lay.quant(b, k, lane);
                     for i in 0..4 {
-                        let q = quants[4 * k + i];
-                        tile[dst + i] = if fmt == WeightFormat::Q8_0 { q ^ 0x80 } else { q };
+                        gout[dst + i] = blk[2 + 4 * k + i] ^ flip;
                     }
                 }
             }
         }
     }
-    Ok((out_fmt, out))
+    Ok(out_fmt)
 }
 
 /// The GGUF bytes of row `row` of an interleaved matrix (`out.len()` = the base format's row
@@ -116,6 +194,7 @@ pub fn gguf_row(fmt: WeightFormat, packed: &[u8], cols: usize, row: usize, out: 
     }
     let (rb, bb, nb) = (base.row_bytes(cols)?, base.block_bytes(), cols / 32);
     let tb = tile_bytes(base);
+    let lay = Layout::new(base, cols);
     let (g, lane) = (row / GROUP, row % GROUP);
     if out.len() != rb {
         return Err(KernelError::LengthMismatch {
@@ -132,15 +211,15 @@ pub fn gguf_row(fmt: WeightFormat, packed: &[u8], cols: usize, row: usize, out: 
             actual: packed.len(),
         });
     }
+    let group = &packed[g * nb * tb..(g + 1) * nb * tb];
     for b in 0..nb {
-        let tile = &packed[(g * nb + b) * tb..(g * nb + b + 1) * tb];
         let blk = &mut out[b * bb..(b + 1) * bb];
-        blk[..2].copy_from_slice(&tile[2 * lane..2 * lane + 2]);
+        blk[..2].copy_from_slice(&group[lay.scale(b, lane)..lay.scale(b, lane) + 2]);
         let nreg = (bb - 2) / 4;
         for k in 0..nreg {
-            let src = 32 + 64 * k + 4 * lane;
+            let src = lay.quant(b, k, lane);
             for i in 0..4 {
-                let q = tile[src + i];
+                let q = group[src + i];
                 blk[2 + 4 * k + i] = if base == WeightFormat::Q8_0 { q ^ 0x80 } else { q };
             }
         }
@@ -189,17 +268,18 @@ pub fn dequantize_row(
             actual: packed.len(),
         });
     }
+    let lay = Layout::new(base, cols);
+    let group = &packed[g * nb * tb..(g + 1) * nb * tb];
     for (b, o) in out.chunks_exact_mut(32).enumerate() {
-        let tile = &packed[(g * nb + b) * tb..(g * nb + b + 1) * tb];
-        let d = super::f16_at(tile, 2 * lane);
+        let d = super::f16_at(group, lay.scale(b, lane));
         if base == WeightFormat::Q8_0 {
             for (e, v) in o.iter_mut().enumerate() {
-                let q = (tile[32 + 64 * (e / 4) + 4 * lane + e % 4] ^ 0x80) as i8;
+                let q = (group[lay.quant(b, e / 4, lane) + e % 4] ^ 0x80) as i8;
                 *v = d * q as f32;
             }
         } else {
             for j in 0..16 {
-                let q = tile[32 + 64 * (j / 4) + 4 * lane + j % 4];
+                let q = group[lay.quant(b, j / 4, lane) + j % 4];
                 o[j] = d * ((q & 0x0F) as i32 - 8) as f32;
                 o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
             }
@@ -234,15 +314,19 @@ pub fn to_gguf(fmt: WeightFormat, packed: &[u8], rows: usize, cols: usize) -> Re
     let flip = if base == WeightFormat::Q8_0 { 0x8080_8080u32 } else { 0 };
     let mut out = vec![0u8; rows * rb];
     // tile by tile, four bytes at a time (this runs once per prefill task over its weights)
+    let lay = Layout::new(base, cols);
+    if nb == 0 {
+        return Ok(out);
+    }
     for (g, group) in packed.chunks_exact(nb * tb).enumerate() {
-        for (b, tile) in group.chunks_exact(tb).enumerate() {
+        for b in 0..nb {
             for lane in 0..GROUP.min(rows.saturating_sub(g * GROUP)) {
                 let r = g * GROUP + lane;
                 let blk = &mut out[r * rb + b * bb..r * rb + (b + 1) * bb];
-                blk[..2].copy_from_slice(&tile[2 * lane..2 * lane + 2]);
+                blk[..2].copy_from_slice(&group[lay.scale(b, lane)..lay.scale(b, lane) + 2]);
                 for k in 0..nreg {
-                    let src = 32 + 64 * k + 4 * lane;
-                    let v = u32::from_le_bytes([tile[src], tile[src + 1], tile[src + 2], tile[src + 3]]) ^ flip;
+                    let src = lay.quant(b, k, lane);
+                    let v = u32::from_le_bytes([group[src], group[src + 1], group[src + 2], group[src + 3]]) ^ flip;
                     blk[2 + 4 * k..6 + 4 * k].copy_from_slice(&v.to_le_bytes());
                 }
             }
@@ -384,11 +468,11 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
     // tiles; every pointer below stays inside one tile or one activation block.
     unsafe {
         use std::arch::x86_64::*;
-        let tb = if Q4 { GROUP * 18 } else { GROUP * 34 };
+        // quant bytes per tile; a group's scales follow its `nb` tiles of quants
+        let qb = if Q4 { GROUP * 16 } else { GROUP * 32 };
         let offset: i32 = if Q4 { -8 } else { -128 };
         let pf = super::prefetch_distance();
         let m4 = _mm512_set1_epi8(0x0F);
-        let gf_hi = _mm512_set1_epi64(0x1020_4080_0000_0000);
         let mut acc = [[_mm512_setzero_ps(); C]; NG];
         for b in 0..nb {
             let mut dx = [_mm512_setzero_ps(); C];
@@ -396,19 +480,26 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
             let mut xq = [std::ptr::null::<u8>(); C];
             for c in 0..C {
                 let a = acts[c];
-                dx[c] = _mm512_set1_ps(a.d[b]);
+                // (Q4_0: the tile sums come out ×16, see below; ×1/16 is exact)
+                dx[c] = _mm512_set1_ps(if Q4 { a.d[b] * 0.0625 } else { a.d[b] });
                 bias[c] = _mm512_set1_epi32(offset * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
                 xq[c] = a.qs.as_ptr().add(32 * b) as *const u8;
             }
             for g in 0..NG {
-                // SAFETY (whole block): tile `b` of group `g` is `tb` bytes inside the caller's
-                // buffer; activation reads stay inside block `b` of `cols` quants.
-                let t = w.add(g * group_bytes + b * tb);
+                // SAFETY (whole block): tile `b` of group `g` (`qb` quant bytes) and its 32
+                // scale bytes lie inside the caller's buffer; activation reads stay inside
+                // block `b` of `cols` quants; prefetches may point anywhere (they never fault).
+                let t = w.add(g * group_bytes + b * qb);
+                let sc = w.add(g * group_bytes + nb * qb + 2 * GROUP * b);
                 if pf > 0 {
                     _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 64) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 128) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 192) as *const i8);
+                    if b % 2 == 0 {
+                        // the scales' stream, as far ahead in tiles as the quants'
+                        _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add(pf * 2 * GROUP / qb) as *const i8);
+                    }
                     if !Q4 {
                         _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 256) as *const i8);
                         _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 320) as *const i8);
@@ -416,26 +507,42 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
                         _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 448) as *const i8);
                     }
                 }
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t as *const __m256i));
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc as *const __m256i));
                 let mut isum = bias;
+                // two independent `vpdpbusd` chains per tile, joined at its end
+                let mut isum2 = [_mm512_setzero_si512(); C];
                 if Q4 {
+                    // high nibbles stay in place (`raw & 0xF0` = 16 · nibble), so one mask each
+                    // and no shift per register: the tile's sum is 16 · lo + hi16, and `dx`
+                    // carries the exact factor 1/16
                     for k in 0..4 {
-                        let raw = _mm512_loadu_si512(t.add(32 + 64 * k) as *const _);
+                        let raw = _mm512_loadu_si512(t.add(64 * k) as *const _);
                         let lo = _mm512_and_si512(raw, m4);
-                        let hi = _mm512_gf2p8affine_epi64_epi8::<0>(raw, gf_hi);
+                        let hi16 = _mm512_andnot_si512(m4, raw);
                         for c in 0..C {
                             let xl = _mm512_set1_epi32((xq[c].add(4 * k) as *const i32).read_unaligned());
                             let xh = _mm512_set1_epi32((xq[c].add(16 + 4 * k) as *const i32).read_unaligned());
-                            isum[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(isum[c], lo, xl), hi, xh);
+                            isum[c] = _mm512_dpbusd_epi32(isum[c], lo, xl);
+                            isum2[c] = _mm512_dpbusd_epi32(isum2[c], hi16, xh);
                         }
+                    }
+                    for c in 0..C {
+                        isum[c] = _mm512_add_epi32(_mm512_slli_epi32::<4>(isum[c]), isum2[c]);
                     }
                 } else {
                     for k in 0..8 {
-                        let raw = _mm512_loadu_si512(t.add(32 + 64 * k) as *const _);
+                        let raw = _mm512_loadu_si512(t.add(64 * k) as *const _);
                         for c in 0..C {
                             let xk = _mm512_set1_epi32((xq[c].add(4 * k) as *const i32).read_unaligned());
-                            isum[c] = _mm512_dpbusd_epi32(isum[c], raw, xk);
+                            if k % 2 == 0 {
+                                isum[c] = _mm512_dpbusd_epi32(isum[c], raw, xk);
+                            } else {
+                                isum2[c] = _mm512_dpbusd_epi32(isum2[c], raw, xk);
+                            }
                         }
+                    }
+                    for c in 0..C {
+                        isum[c] = _mm512_add_epi32(isum[c], isum2[c]);
                     }
                 }
                 for c in 0..C {
