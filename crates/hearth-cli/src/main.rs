@@ -647,12 +647,8 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         _ => bail!("bench needs exactly one of --model or --synthetic"),
     };
     let load_s = t_load.elapsed().as_secs_f64();
-    if std::env::var_os("HEARTH_DEBUG_RSS").is_some() {
-        let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        for l in st.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS") || l.starts_with("Rss")) {
-            eprintln!("after load: {l}");
-        }
-    }
+    // the load's own peak (before prefill scratch and the measured sessions)
+    let load_rss = peak_rss();
     let host = a.model.host_model(&model)?;
     let dec = decoder(&model, &host);
     let cfg = model.config();
@@ -717,6 +713,8 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "weight_bytes_resident": resident,
         "kv_cache_bytes": kv_bytes,
         "peak_rss_over_weights_and_kv": rss.map(|r| r as f64 / (resident + kv_bytes.unwrap_or(0)) as f64),
+        "load_peak_rss_bytes": load_rss,
+        "load_peak_rss_over_weights": load_rss.map(|r| r as f64 / resident as f64),
     });
     println!("{line}");
     Ok(())

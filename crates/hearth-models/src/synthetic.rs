@@ -75,13 +75,28 @@ impl SyntheticSource {
             ),
         })?;
         let cfg = ModelConfig::from_json(&v, &format!("synthetic:{name}"))?;
-        Ok((
-            cfg.clone(),
-            Self {
-                tied: cfg.tie_word_embeddings,
-                seed,
-            },
-        ))
+        let src = Self::for_config(&cfg, seed);
+        Ok((cfg, src))
+    }
+
+    /// Random weights (the same recipe as the named shapes) for any config, e.g. a small model
+    /// with every width a multiple of 256 for the K-quant kernels.
+    ///
+    /// ```
+    /// use hearth_models::{ModelConfig, synthetic::SyntheticSource, weights::TensorSource};
+    /// let v = serde_json::json!({"model_type": "llama", "vocab_size": 512, "hidden_size": 256,
+    ///     "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+    ///     "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64});
+    /// let cfg = ModelConfig::from_json(&v, "tiny").unwrap();
+    /// let src = SyntheticSource::for_config(&cfg, 7);
+    /// let (w, shape) = src.f32("model.embed_tokens.weight", Some(&[512, 256])).unwrap();
+    /// assert_eq!((w.len(), shape), (512 * 256, vec![512, 256]));
+    /// ```
+    pub fn for_config(cfg: &ModelConfig, seed: u64) -> Self {
+        Self {
+            tied: cfg.tie_word_embeddings,
+            seed,
+        }
     }
 }
 

@@ -29,6 +29,6 @@ mod stats;
 
 pub use balance::{BiasBalancer, BiasBalancerConfig};
 pub use error::MoeError;
-pub use router::{ExpertGroup, GroupLimit, RouterSpec, Routing, ScoringFunc, hf_defaults};
+pub use router::{ExpertGroup, GroupLimit, RouterSpec, Routing, RoutingBuffers, ScoringFunc, hf_defaults};
 pub use shared::{SharedExpertGate, SharedExpertSpec};
 pub use stats::{EntropyUnit, LoadStats, format_table};

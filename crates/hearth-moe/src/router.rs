@@ -527,6 +527,32 @@ impl RouterSpec {
     /// # Ok::<(), hearth_moe::MoeError>(())
     /// ```
     pub fn route(&self, router_logits: &[f32], n_tokens: usize, bias: Option<&[f32]>) -> Result<Routing, MoeError> {
+        let mut buf = RoutingBuffers::new();
+        self.route_into(router_logits, n_tokens, bias, &mut buf)?;
+        Ok(buf.routing)
+    }
+
+    /// [`Self::route`] into reusable buffers: the same result, and once the buffers have seen
+    /// a batch this large, no allocation (a decode loop routes every step into one
+    /// [`RoutingBuffers`]).
+    ///
+    /// ```
+    /// use hearth_moe::{RouterSpec, RoutingBuffers};
+    /// let spec = RouterSpec::mixtral(4, 2)?;
+    /// let logits = [3.0, 2.0, 0.0, 0.0];
+    /// let mut buf = RoutingBuffers::new();
+    /// let r = spec.route_into(&logits, 1, None, &mut buf)?;
+    /// assert_eq!(r.token_experts(0), &[0, 1]);
+    /// assert_eq!(*r, spec.route(&logits, 1, None)?);
+    /// # Ok::<(), hearth_moe::MoeError>(())
+    /// ```
+    pub fn route_into<'b>(
+        &self,
+        router_logits: &[f32],
+        n_tokens: usize,
+        bias: Option<&[f32]>,
+        buf: &'b mut RoutingBuffers,
+    ) -> Result<&'b Routing, MoeError> {
         self.validate()?;
         let n = self.n_experts;
         let k = self.top_k;
@@ -541,15 +567,23 @@ impl RouterSpec {
         }
         let bias = self.check_bias(bias)?;
 
-        let mut scratch = Scratch::new(n, self.group_limit.map_or(0, |g| g.n_group), k);
-        let mut experts = Vec::with_capacity(n_tokens * k);
-        let mut weights = Vec::with_capacity(n_tokens * k);
+        let RoutingBuffers {
+            scratch,
+            routing,
+            start,
+        } = buf;
+        let (mut experts, mut weights) = routing.take_tables();
         for (t, row) in router_logits.chunks_exact(n).enumerate() {
-            self.route_row(t, row, bias, &mut scratch)?;
+            if let Err(e) = self.route_row(t, row, bias, scratch) {
+                routing.topk_experts = experts;
+                routing.topk_weights = weights;
+                return Err(e);
+            }
             experts.extend_from_slice(&scratch.selected);
             weights.extend_from_slice(&scratch.weights);
         }
-        Ok(Routing::build(n, k, experts, weights))
+        routing.rebuild(n, k, experts, weights, start);
+        Ok(routing)
     }
 
     fn check_bias<'a>(&self, bias: Option<&'a [f32]>) -> Result<Option<&'a [f32]>, MoeError> {
@@ -708,7 +742,34 @@ fn top_k_stable(
     }
 }
 
+/// Reusable buffers of [`RouterSpec::route_into`]: the routing of the last call and the
+/// per-token scratch it was computed with.
+///
+/// ```
+/// let buf = hearth_moe::RoutingBuffers::new();
+/// assert_eq!(buf.routing().n_tokens(), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct RoutingBuffers {
+    scratch: Scratch,
+    routing: Routing,
+    start: Vec<usize>,
+}
+
+impl RoutingBuffers {
+    /// Empty buffers (they grow on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The routing of the last successful [`RouterSpec::route_into`] call (empty before).
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+}
+
 /// Per-call scratch buffers, reused across the tokens of one `route` call.
+#[derive(Debug, Default)]
 struct Scratch {
     scores: Vec<f64>,
     choice: Vec<f64>,
@@ -719,22 +780,6 @@ struct Scratch {
     raw: Vec<f64>,
     selected: Vec<usize>,
     weights: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(n_experts: usize, n_group: usize, k: usize) -> Self {
-        Self {
-            scores: Vec::with_capacity(n_experts),
-            choice: Vec::with_capacity(n_experts),
-            group_scores: Vec::with_capacity(n_group),
-            group_top: Vec::with_capacity(n_group + 1),
-            group_kept: Vec::with_capacity(n_group),
-            top: Vec::with_capacity(k + 1),
-            raw: Vec::with_capacity(k),
-            selected: Vec::with_capacity(k),
-            weights: Vec::with_capacity(k),
-        }
-    }
 }
 
 /// The tokens (and their weights) routed to one expert: the unit of grouped dispatch
@@ -773,7 +818,7 @@ pub struct ExpertGroup<'a> {
 /// assert_eq!(r.expert_counts(), vec![1, 2, 1, 0]);
 /// # Ok::<(), hearth_moe::MoeError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Routing {
     n_tokens: usize,
     n_experts: usize,
@@ -809,42 +854,65 @@ impl Routing {
         if let Some(&index) = experts.iter().find(|&&e| e >= n_experts) {
             return Err(MoeError::ExpertIndexOutOfRange { index, n_experts });
         }
-        Ok(Self::build(n_experts, top_k, experts, weights))
+        let mut r = Routing::default();
+        r.rebuild(n_experts, top_k, experts, weights, &mut Vec::new());
+        Ok(r)
     }
 
-    fn build(n_experts: usize, top_k: usize, experts: Vec<usize>, weights: Vec<f32>) -> Self {
-        let n_tokens = experts.len() / top_k;
+    /// The top-k tables, emptied, to be refilled and handed back to [`Self::rebuild`].
+    fn take_tables(&mut self) -> (Vec<usize>, Vec<f32>) {
+        let mut e = std::mem::take(&mut self.topk_experts);
+        let mut w = std::mem::take(&mut self.topk_weights);
+        e.clear();
+        w.clear();
+        (e, w)
+    }
+
+    /// Sets this routing to the given top-k tables (validated by the caller) and groups them by
+    /// expert, reusing every buffer (`start`: scratch of at least `n_experts + 1` entries).
+    fn rebuild(
+        &mut self,
+        n_experts: usize,
+        top_k: usize,
+        experts: Vec<usize>,
+        weights: Vec<f32>,
+        start: &mut Vec<usize>,
+    ) {
+        let len = experts.len();
+        self.n_tokens = len / top_k;
+        self.n_experts = n_experts;
+        self.top_k = top_k;
         // counting sort by expert; tokens stay ascending inside each expert
-        let mut start = vec![0usize; n_experts + 1];
+        start.clear();
+        start.resize(n_experts + 1, 0);
         for &e in &experts {
             start[e + 1] += 1;
         }
         for e in 0..n_experts {
             start[e + 1] += start[e];
         }
-        let mut cursor = start.clone();
-        let mut expert_tokens = vec![0usize; experts.len()];
-        let mut expert_weights = vec![0f32; experts.len()];
+        self.active_experts.clear();
+        self.offsets.clear();
+        for e in 0..n_experts {
+            if start[e + 1] > start[e] {
+                self.active_experts.push(e);
+                self.offsets.push(start[e]);
+            }
+        }
+        self.offsets.push(len);
+        // `start[e]` becomes the cursor of expert e
+        self.expert_tokens.clear();
+        self.expert_tokens.resize(len, 0);
+        self.expert_weights.clear();
+        self.expert_weights.resize(len, 0.0);
         for (slot, (&e, &w)) in experts.iter().zip(&weights).enumerate() {
-            let at = cursor[e];
-            expert_tokens[at] = slot / top_k;
-            expert_weights[at] = w;
-            cursor[e] += 1;
+            let at = start[e];
+            self.expert_tokens[at] = slot / top_k;
+            self.expert_weights[at] = w;
+            start[e] += 1;
         }
-        let active_experts: Vec<usize> = (0..n_experts).filter(|&e| start[e + 1] > start[e]).collect();
-        let mut offsets: Vec<usize> = active_experts.iter().map(|&e| start[e]).collect();
-        offsets.push(experts.len());
-        Self {
-            n_tokens,
-            n_experts,
-            top_k,
-            topk_experts: experts,
-            topk_weights: weights,
-            active_experts,
-            offsets,
-            expert_tokens,
-            expert_weights,
-        }
+        self.topk_experts = experts;
+        self.topk_weights = weights;
     }
 
     /// Number of routed tokens.

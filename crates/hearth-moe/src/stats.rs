@@ -38,13 +38,23 @@ pub enum EntropyUnit {
 /// assert!((s.entropy(EntropyUnit::Bits).unwrap() - 2.0).abs() < 1e-12);
 /// # Ok::<(), hearth_moe::MoeError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LoadStats {
     n_experts: usize,
     window: Option<usize>,
     history: VecDeque<Vec<u64>>,
+    /// The last entry that left the window, reused for the next call.
+    spare: Option<Vec<u64>>,
     totals: Vec<u64>,
     calls: u64,
+}
+
+/// Equal when they describe the same calls (the reused buffer does not count).
+impl PartialEq for LoadStats {
+    fn eq(&self, o: &Self) -> bool {
+        (self.n_experts, self.window, &self.history, &self.totals, self.calls)
+            == (o.n_experts, o.window, &o.history, &o.totals, o.calls)
+    }
 }
 
 impl LoadStats {
@@ -59,6 +69,7 @@ impl LoadStats {
             n_experts,
             window: None,
             history: VecDeque::new(),
+            spare: None,
             totals: vec![0; n_experts],
             calls: 0,
         }
@@ -81,6 +92,7 @@ impl LoadStats {
         Ok(Self {
             window: Some(window),
             history: VecDeque::with_capacity(window + 1),
+            spare: None,
             ..Self::new(n_experts)
         })
     }
@@ -120,7 +132,7 @@ impl LoadStats {
     pub fn record(&mut self, routing: &Routing) -> Result<(), MoeError> {
         self.check(routing.n_experts())?;
         let counts: Vec<u64> = routing.expert_counts().iter().map(|&c| c as u64).collect();
-        self.push(counts);
+        self.push(&counts);
         Ok(())
     }
 
@@ -137,7 +149,7 @@ impl LoadStats {
     /// ```
     pub fn record_counts(&mut self, counts: &[u64]) -> Result<(), MoeError> {
         self.check(counts.len())?;
-        self.push(counts.to_vec());
+        self.push(counts);
         Ok(())
     }
 
@@ -152,13 +164,18 @@ impl LoadStats {
         }
     }
 
-    fn push(&mut self, counts: Vec<u64>) {
-        for (t, c) in self.totals.iter_mut().zip(&counts) {
+    /// Adds one call's counts (allocation-free once a windowed history is full: the entry
+    /// that leaves the window is reused for the next one).
+    fn push(&mut self, counts: &[u64]) {
+        for (t, c) in self.totals.iter_mut().zip(counts) {
             *t += c;
         }
         self.calls += 1;
         if let Some(window) = self.window {
-            self.history.push_back(counts);
+            let mut entry = self.spare.take().unwrap_or_default();
+            entry.clear();
+            entry.extend_from_slice(counts);
+            self.history.push_back(entry);
             if self.history.len() > window
                 && let Some(old) = self.history.pop_front()
             {
@@ -166,6 +183,7 @@ impl LoadStats {
                     *t -= c;
                 }
                 self.calls -= 1;
+                self.spare = Some(old);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The router against a deliberately naive `f64` reference that follows transformers' code
 //! literally (full sorts, masked scores), on random inputs for every option combination.
 
-use hearth_moe::{MoeError, RouterSpec, Routing, ScoringFunc};
+use hearth_moe::{MoeError, RouterSpec, Routing, RoutingBuffers, ScoringFunc};
 
 /// SplitMix64: small deterministic generator for test inputs.
 struct Rng(u64);
@@ -186,6 +186,7 @@ fn router_matches_reference_for_every_option_combination() {
     let mut rng = Rng(0x5EED);
     let mut combos = 0;
     let mut tie_rows_seen = 0usize;
+    let mut buf = RoutingBuffers::new();
     // (n_experts, top_k, n_group, topk_group)
     for &(n, k, n_group, topk_group) in &[(16usize, 4usize, 4usize, 2usize), (64, 6, 8, 3), (8, 8, 2, 2)] {
         for scoring in [ScoringFunc::Softmax, ScoringFunc::Sigmoid] {
@@ -209,6 +210,15 @@ fn router_matches_reference_for_every_option_combination() {
                                 let (logits, bias) = make_inputs(&mut rng, n, n_tokens, block, kind, false);
                                 let b = use_bias.then_some(&bias[..]);
                                 let got = spec.route(&logits, n_tokens, b).expect("route");
+                                // the same buffers for every spec, size and batch (shrinking,
+                                // growing, and after an error) give the same routings
+                                let shorter = 1 + rng.below(n_tokens as u64) as usize;
+                                let r = spec.route_into(&logits[..shorter * n], shorter, b, &mut buf).unwrap();
+                                assert_eq!(*r, spec.route(&logits[..shorter * n], shorter, b).unwrap());
+                                let mut bad = logits.clone();
+                                bad[n + 1] = f32::NAN;
+                                assert!(spec.route_into(&bad, n_tokens, b, &mut buf).is_err());
+                                assert_eq!(*spec.route_into(&logits, n_tokens, b, &mut buf).unwrap(), got);
                                 // transformers' literal 0.0 mask fill (all scores >= 0 here)
                                 let want = reference(&spec, &logits, n_tokens, b, 0.0);
                                 let ctx = format!("{kind:?} n={n} k={k}");

@@ -438,6 +438,31 @@ impl HostModel {
         Ok(self)
     }
 
+    /// Runs `f` on this model's pool (see [`Self::with_threads`]; without one, on the current
+    /// rayon pool): forwards called inside `f`, e.g. a whole decode loop, then run without a
+    /// hand-off to the pool per call (which costs a wake-up, and rayon's injector one small
+    /// allocation per 63 calls).
+    ///
+    /// ```no_run
+    /// # use hearth_models::{CausalLm, ForwardOptions, host::HostModel};
+    /// # let model = CausalLm::<hearth_backend::Cpu>::from_dir("ckpt".as_ref(), &Default::default()).unwrap();
+    /// let host = HostModel::from_model(&model)?.with_threads(2)?;
+    /// let mut s = host.new_session(1, Some(64));
+    /// let opts = ForwardOptions { last_only: true, ..Default::default() };
+    /// host.install(|| -> Result<(), hearth_models::ModelError> {
+    ///     let mut tok = 1;
+    ///     for _ in 0..16 {
+    ///         let out = host.forward(&[vec![tok]], &mut s, opts)?;
+    ///         tok = out.logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), hearth_models::ModelError>(())
+    /// ```
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.run(f)
+    }
+
     /// Threads the forward runs on.
     pub fn threads(&self) -> usize {
         self.pool
@@ -946,7 +971,7 @@ impl HostModel {
         m.gate.forward(hn, n, router)?;
         let routing = m
             .spec
-            .route(router, n, m.correction_bias.as_deref())
+            .route_into(router, n, m.correction_bias.as_deref(), &mut sc.routing)
             .map_err(|source| ModelError::Moe { layer, source })?;
         let counts = grow(&mut sc.counts, ne);
         counts.fill(0);
@@ -1190,6 +1215,7 @@ struct Scratch {
     olat: Vec<f32>,
     // MoE
     router: Vec<f32>,
+    routing: hearth_moe::RoutingBuffers,
     counts: Vec<u64>,
     groups: Vec<(usize, usize, usize)>,
     assign: Vec<(usize, f32)>,

@@ -21,6 +21,70 @@ const POOL_SIZE: usize = 4;
 
 thread_local! {
     static POOL: std::cell::RefCell<Vec<Q8Activations>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Line buffers of [`WinAct`]s, reused (see [`WinAct::recycle`]).
+    static LINE_POOL: std::cell::RefCell<Vec<Vec<Line>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`KAct`]s, reused (see [`KAct::recycle`]).
+    static KACT_POOL: std::cell::RefCell<Vec<KAct>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Scratch quants and scales of [`WinAct`] construction.
+    static WIN_SCRATCH: std::cell::RefCell<(Vec<i8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Pushes `v` onto this thread's `pool`; a full pool keeps its [`POOL_SIZE`] largest buffers
+/// (`size`), so that after warm-up every buffer taken fits the largest input seen.
+fn give_back<T>(pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>, v: T, size: impl Fn(&T) -> usize) {
+    // (`try_with`: a buffer dropped while the thread's locals are torn down is just freed)
+    let _ = pool.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_SIZE {
+            p.push(v);
+        } else if let Some((i, _)) = p.iter().enumerate().min_by_key(|(_, b)| size(b))
+            && size(&p[i]) < size(&v)
+        {
+            p[i] = v;
+        }
+    });
+}
+
+/// A buffer from this thread's `pool` whose `size` is at least `need` (else the largest, to be
+/// grown by the caller), or `None` when the pool is empty.
+fn take_fitting<T>(
+    pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    need: usize,
+    size: impl Fn(&T) -> usize,
+) -> Option<T> {
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p
+            .iter()
+            .position(|b| size(b) >= need)
+            .or_else(|| p.iter().enumerate().max_by_key(|(_, b)| size(b)).map(|(i, _)| i))?;
+        Some(p.swap_remove(i))
+    })
+}
+
+/// `n` zero lines, from this thread's pool when it has a buffer.
+pub(crate) fn pooled_lines(n: usize) -> Vec<Line> {
+    let mut v = take_fitting(&LINE_POOL, n, Vec::capacity).unwrap_or_default();
+    v.clear();
+    v.resize(n, Line([0; 64]));
+    v
+}
+
+/// This thread's scratch quants and scales for [`WinAct`] construction, zeroed to `nq` and
+/// `nd` elements (they grow only when a longer input comes); hand them back with
+/// [`return_win_scratch`].
+pub(crate) fn take_win_scratch(nq: usize, nd: usize) -> (Vec<i8>, Vec<f32>) {
+    let (mut qs, mut d) = WIN_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    qs.clear();
+    qs.resize(nq, 0);
+    d.clear();
+    d.resize(nd, 0.0);
+    (qs, d)
+}
+
+/// Gives the buffers of [`take_win_scratch`] back.
+pub(crate) fn return_win_scratch(s: (Vec<i8>, Vec<f32>)) {
+    let _ = WIN_SCRATCH.try_with(|w| *w.borrow_mut() = s);
 }
 
 #[derive(Clone, Debug)]
@@ -96,7 +160,7 @@ impl Q8Activations {
     /// [`Self::quantize_with`] into a buffer set taken from this thread's pool (see
     /// [`Self::recycle`]): after the first calls of a decode step, quantizing allocates nothing.
     pub(crate) fn quantize_pooled(x: &[f32], block_size: usize, lanes: bool) -> Self {
-        match POOL.with(|p| p.borrow_mut().pop()) {
+        match take_fitting(&POOL, x.len(), |q| q.qs.capacity()) {
             Some(mut q) => {
                 q.refill(x, block_size, lanes);
                 q
@@ -107,12 +171,7 @@ impl Q8Activations {
 
     /// Gives the buffers back to this thread's pool for [`Self::quantize_pooled`].
     pub(crate) fn recycle(self) {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_SIZE {
-                p.push(self);
-            }
-        });
+        give_back(&POOL, self, |q| q.qs.capacity());
     }
 
     /// Re-quantizes `x` into these buffers (growing them only when `x` is longer than before).
@@ -371,6 +430,13 @@ pub(crate) struct WinAct {
     pub lines: Vec<Line>,
 }
 
+impl WinAct {
+    /// Gives the line buffer back to this thread's pool (see [`pooled_lines`]).
+    pub(crate) fn recycle(self) {
+        give_back(&LINE_POOL, self.lines, Vec::capacity);
+    }
+}
+
 /// Activations of one input vector for the AVX-512 K-quant kernels (256-blocks): the quants
 /// (for Q4_K with the 32-element sub-blocks of each super-block reordered `0,2,1,3,4,6,5,7`,
 /// matching the low/high nibble halves of two 64-byte weight loads), the scales, and per
@@ -384,22 +450,38 @@ pub(crate) struct KAct {
 }
 
 impl KAct {
+    /// Activations for the Q4_K (`q4k`) or Q6_K kernels; the buffers come from this thread's
+    /// pool (see [`Self::recycle`]), so a warm decode step allocates nothing here.
     pub(crate) fn new(x: &[f32], q4k: bool) -> KAct {
-        let q = Q8Activations::quantize_with(x, 256, false);
-        let (qs, sums) = if q4k {
-            let mut qs = vec![0i8; q.qs.len()];
-            for (src, dst) in q.qs.chunks_exact(256).zip(qs.chunks_exact_mut(256)) {
-                for (k, &s) in [0usize, 2, 1, 3, 4, 6, 5, 7].iter().enumerate() {
-                    dst[32 * k..32 * k + 32].copy_from_slice(&src[32 * s..32 * s + 32]);
+        let q = Q8Activations::quantize_pooled(x, 256, false);
+        let mut k = take_fitting(&KACT_POOL, x.len(), |k| k.qs.capacity()).unwrap_or(KAct {
+            qs: Vec::new(),
+            d: Vec::new(),
+            sums: Vec::new(),
+        });
+        k.qs.clear();
+        k.sums.clear();
+        k.d.clear();
+        k.d.extend_from_slice(&q.d);
+        if q4k {
+            k.qs.resize(q.qs.len(), 0);
+            for (src, dst) in q.qs.chunks_exact(256).zip(k.qs.chunks_exact_mut(256)) {
+                for (j, &s) in [0usize, 2, 1, 3, 4, 6, 5, 7].iter().enumerate() {
+                    dst[32 * j..32 * j + 32].copy_from_slice(&src[32 * s..32 * s + 32]);
                 }
             }
-            let sums = q.sum16.chunks_exact(2).map(|p| (p[0] + p[1]) as i16).collect();
-            (qs, sums)
+            k.sums.extend(q.sum16.chunks_exact(2).map(|p| (p[0] + p[1]) as i16));
         } else {
-            let sums = q.sum16.iter().map(|&v| v as i16).collect();
-            (q.qs, sums)
-        };
-        KAct { qs, d: q.d, sums }
+            k.qs.extend_from_slice(&q.qs);
+            k.sums.extend(q.sum16.iter().map(|&v| v as i16));
+        }
+        q.recycle();
+        k
+    }
+
+    /// Gives the buffers back to this thread's pool.
+    pub(crate) fn recycle(self) {
+        give_back(&KACT_POOL, self, |k| k.qs.capacity());
     }
 }
 

@@ -51,11 +51,10 @@ pub(super) unsafe fn build_win(x: &[f32], f: u8) -> WinAct {
     let nw = nb.div_ceil(wf.wb);
     // Zero padding: a register's 128-quant source window and the 32-scale table may run past
     // the last block; padded quants and scales are zero, so they contribute nothing.
-    let mut qs = vec![0i8; nw * wf.wb * 32 + 160];
-    let mut d = vec![0.0f32; nw * wf.wb + 32];
+    let mut lines = super::act::pooled_lines(nw * wf.nreg * wf.lpr);
+    let (mut qs, mut d) = super::act::take_win_scratch(nw * wf.wb * 32 + 160, nw * wf.wb + 32);
     // SAFETY: AVX2 and FMA are enabled for this function.
     unsafe { super::avx2::quantize_blocks(x, 32, &mut qs[..x.len()], &mut d[..nb]) };
-    let mut lines = vec![Line([0; 64]); nw * wf.nreg * wf.lpr];
     let ones = _mm512_set1_epi8(1);
     let zero = _mm512_setzero_si512();
     for (w, out) in lines.chunks_exact_mut(wf.nreg * wf.lpr).enumerate() {
@@ -94,6 +93,7 @@ pub(super) unsafe fn build_win(x: &[f32], f: u8) -> WinAct {
             }
         }
     }
+    super::act::return_win_scratch((qs, d));
     WinAct { fmt: wf, nb, lines }
 }
 

@@ -437,12 +437,17 @@ thread_local! {
 }
 
 /// Returns pooled buffers: the decode step's activation preparation allocates nothing once warm
-/// (for the Q8_0/Q4_0 interleaved, BF16 and AVX2/portable integer paths; the AVX-512 window
-/// and K-quant layouts still allocate theirs).
+/// (every format and path: integer blocks, AVX-512 window and K-quant layouts, BF16).
 impl Drop for Prepared<'_> {
     fn drop(&mut self) {
         if let Some(q) = self.q8.take() {
             q.recycle();
+        }
+        if let Some(w) = self.win.take() {
+            w.recycle();
+        }
+        if let Some(k) = self.kq.take() {
+            k.recycle();
         }
         if self.xd.capacity() > 0 {
             let xd = std::mem::take(&mut self.xd);
