@@ -20,6 +20,7 @@
 //! (bandwidth figures are still wall-clock).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hearth_quant::AlignedBytes;
 use hearth_quant::kernels::{
     Isa, WeightFormat, matmul_with_isa, matvec_with_isa, measure_read_bandwidth, set_prefetch_distance,
 };
@@ -90,10 +91,10 @@ fn matvec(fmt: WeightFormat, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &
     matvec_with_isa(bench_isa(), fmt, w, rows, cols, x, y).unwrap()
 }
 
-fn time_cold(fmt: WeightFormat, set: &[Vec<u8>], rows: usize, cols: usize, x: &[f32]) -> f64 {
+fn time_cold(fmt: WeightFormat, set: &[AlignedBytes], rows: usize, cols: usize, x: &[f32]) -> f64 {
     let mut y = vec![0.0f32; rows];
     median_secs(15, Duration::from_millis(600), |i| {
-        matvec(fmt, &set[i % set.len()], rows, cols, x, &mut y)
+        matvec(fmt, set[i % set.len()].as_slice(), rows, cols, x, &mut y)
     })
 }
 
@@ -173,7 +174,8 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
         let bytes = rows * rb;
         let base = random_matrix(fmt, rows, cols, 0x1234_5678 ^ rows as u64);
         let copies = COLD_SET_BYTES.div_ceil(bytes).max(1);
-        let set: Vec<Vec<u8>> = (0..copies).map(|_| base.clone()).collect();
+        // 64-byte aligned copies, as the model loader stores weights
+        let set: Vec<AlignedBytes> = (0..copies).map(|_| AlignedBytes::copy_of(&base)).collect();
         let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut y = vec![0.0f32; rows];
         let id = format!("{fmt:?}/{rows}x{cols}");
@@ -191,7 +193,8 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
                 // whole 16-row groups
                 hr = (hr / 16 * 16).max(16).min(rows);
             }
-            let hot_w = &base[..hr * rb];
+            let hot_copy = AlignedBytes::copy_of(&base[..hr * rb]);
+            let hot_w = hot_copy.as_slice();
             let t = median_secs(50, Duration::from_millis(300), |_| {
                 matvec(fmt, hot_w, hr, cols, &x, &mut y[..hr])
             });
@@ -204,7 +207,17 @@ fn quick(shapes: &[(WeightFormat, usize, usize)], threads: usize) {
                 .collect();
             let mut ys = vec![0.0f32; n * rows];
             let t = median_secs(3, Duration::from_millis(1500), |i| {
-                matmul_with_isa(bench_isa(), fmt, &set[i % set.len()], rows, cols, &xs, n, &mut ys).unwrap()
+                matmul_with_isa(
+                    bench_isa(),
+                    fmt,
+                    set[i % set.len()].as_slice(),
+                    rows,
+                    cols,
+                    &xs,
+                    n,
+                    &mut ys,
+                )
+                .unwrap()
             });
             let gflops = 2.0 * (rows * cols * n) as f64 / t / 1e9;
             eprintln!(
@@ -292,7 +305,8 @@ fn bench(c: &mut Criterion) {
         let bytes = rows * fmt.row_bytes(cols).unwrap();
         let base = random_matrix(fmt, rows, cols, 0x1234_5678 ^ rows as u64);
         let copies = COLD_SET_BYTES.div_ceil(bytes).max(1);
-        let set: Vec<Vec<u8>> = (0..copies).map(|_| base.clone()).collect();
+        // 64-byte aligned copies, as the model loader stores weights
+        let set: Vec<AlignedBytes> = (0..copies).map(|_| AlignedBytes::copy_of(&base)).collect();
         drop(base);
         let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut y = vec![0.0f32; rows];
@@ -307,8 +321,8 @@ fn bench(c: &mut Criterion) {
             if std::env::var("KERNELS_HOT").is_ok() {
                 // Cache-resident: 64 rows (fits L2), repeated.
                 let r = 64.min(rows);
-                let w = &set[0][..r * fmt.row_bytes(cols).unwrap()];
-                let t = time_cold(fmt, std::slice::from_ref(&w.to_vec()), r, cols, &x);
+                let w = &set[0].as_slice()[..r * fmt.row_bytes(cols).unwrap()];
+                let t = time_cold(fmt, std::slice::from_ref(&AlignedBytes::copy_of(w)), r, cols, &x);
                 summary.push((format!("{id} hot64"), (w.len()) as f64 / t));
             }
             set_prefetch_distance(hearth_quant::kernels::DEFAULT_PREFETCH_DISTANCE);
@@ -320,7 +334,7 @@ fn bench(c: &mut Criterion) {
         let mut i = 0usize;
         g.bench_function(&id, |b| {
             b.iter(|| {
-                let w = &set[i % set.len()];
+                let w = set[i % set.len()].as_slice();
                 i += 1;
                 matvec(fmt, w, rows, cols, &x, &mut y);
             })
@@ -329,7 +343,9 @@ fn bench(c: &mut Criterion) {
 
         let mut g = c.benchmark_group("matvec_hot");
         g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(&id, |b| b.iter(|| matvec(fmt, &set[0], rows, cols, &x, &mut y)));
+        g.bench_function(&id, |b| {
+            b.iter(|| matvec(fmt, set[0].as_slice(), rows, cols, &x, &mut y))
+        });
         g.finish();
 
         let t = time_cold(fmt, &set, rows, cols, &x);

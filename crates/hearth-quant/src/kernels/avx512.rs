@@ -334,7 +334,19 @@ pub(super) unsafe fn dot_rows(
     let rows = chunk.chunks_exact(row_bytes).zip(out.iter_mut());
     match fmt {
         WeightFormat::F32 => rows.for_each(|(r, o)| *o = row_f32(r, p.x)),
-        WeightFormat::Bf16 => rows.for_each(|(r, o)| *o = row_bf16(r, &p.xd)),
+        WeightFormat::Bf16 => {
+            // four rows at a time (each activation vector loaded once for all four), the rest
+            // one by one; both accumulate every row in the same order, so results are equal
+            let mut quads = chunk.chunks_exact(4 * row_bytes).zip(out.chunks_exact_mut(4));
+            for (w, o) in &mut quads {
+                let r: [&[u8]; 4] = std::array::from_fn(|i| &w[i * row_bytes..(i + 1) * row_bytes]);
+                o.copy_from_slice(&rows4_bf16(r, &p.xd));
+            }
+            let done = out.len() / 4 * 4;
+            for (r, o) in chunk[done * row_bytes..].chunks_exact(row_bytes).zip(&mut out[done..]) {
+                *o = row_bf16(r, &p.xd);
+            }
+        }
         WeightFormat::F16 => rows.for_each(|(r, o)| *o = row_f16(r, p.x)),
         WeightFormat::Q8_0 => rows_win::<F_Q8_0>(chunk, row_bytes, p.win(), out),
         WeightFormat::Q4_0 => rows_win::<F_Q4_0>(chunk, row_bytes, p.win(), out),
@@ -468,6 +480,57 @@ fn row_bf16(r: &[u8], xd: &[f32]) -> f32 {
     }
     let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
     _mm512_reduce_add_ps(v) + scalar::row_bf16(&r[2 * i..], &xd[i..])
+}
+
+/// [`row_bf16`] for four rows at once: the same accumulators per row in the same order (so the
+/// same results), with each de-interleaved activation vector loaded once for the four rows.
+#[target_feature(enable = "avx512f")]
+fn rows4_bf16(r: [&[u8]; 4], xd: &[f32]) -> [f32; 4] {
+    let pf = super::prefetch_distance();
+    let n = xd.len();
+    for row in &r {
+        assert_eq!(row.len(), 2 * n);
+    }
+    let wp = r.map(<[u8]>::as_ptr);
+    let xp = xd.as_ptr();
+    let hi_mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut i = 0;
+    // SAFETY: loads read 32 bf16 (64 bytes) of each row and 32 floats of `xd` at element index
+    // < i + 64 <= n (or i + 32 <= n in the second loop); every row holds 2n bytes (asserted).
+    unsafe {
+        while i + 64 <= n {
+            let x: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(xp.add(i + 16 * j)));
+            for (a, &w) in acc.iter_mut().zip(&wp) {
+                prefetch(w.wrapping_add(2 * i), pf);
+                prefetch(w.wrapping_add(2 * i + 64), pf);
+                for k in 0..2 {
+                    let v = _mm512_loadu_si512(w.add(2 * (i + 32 * k)) as *const _);
+                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    let odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+                    a[2 * k] = _mm512_fmadd_ps(even, x[2 * k], a[2 * k]);
+                    a[2 * k + 1] = _mm512_fmadd_ps(odd, x[2 * k + 1], a[2 * k + 1]);
+                }
+            }
+            i += 64;
+        }
+        while i + 32 <= n {
+            let (x0, x1) = (_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(xp.add(i + 16)));
+            for (a, &w) in acc.iter_mut().zip(&wp) {
+                let v = _mm512_loadu_si512(w.add(2 * i) as *const _);
+                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                let odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+                a[0] = _mm512_fmadd_ps(even, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(odd, x1, a[1]);
+            }
+            i += 32;
+        }
+    }
+    std::array::from_fn(|j| {
+        let a = &acc[j];
+        let v = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        _mm512_reduce_add_ps(v) + scalar::row_bf16(&r[j][2 * i..], &xd[i..])
+    })
 }
 
 /// Activation vectors per lane group of the token-parallel matmul (one per i32 lane).

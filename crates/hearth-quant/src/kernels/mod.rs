@@ -412,8 +412,10 @@ impl Isa {
 
 static PREFETCH_DISTANCE: AtomicUsize = AtomicUsize::new(DEFAULT_PREFETCH_DISTANCE);
 
-/// Default software-prefetch distance of the SIMD kernels, in bytes of weights ahead.
-pub const DEFAULT_PREFETCH_DISTANCE: usize = 4096;
+/// Default software-prefetch distance of the SIMD kernels, in bytes of weights ahead (swept
+/// with `KERNELS_PF_SWEEP` on the 2-core AVX-512 dev machine, 2026-12-01: 1–2 KiB beat 4 KiB by
+/// 1–4 points of the bandwidth probe for the interleaved Q4_0/Q8_0 and the BF16 kernels).
+pub const DEFAULT_PREFETCH_DISTANCE: usize = 2048;
 
 /// Sets how far ahead (bytes of the weight stream) the SIMD kernels software-prefetch;
 /// `0` disables prefetching. A tuning knob: the default suits DRAM-streaming decode.
