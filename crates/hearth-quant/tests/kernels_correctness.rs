@@ -2,8 +2,8 @@
 //! scalar references, for ragged shapes, matvec and matmul, plus error cases.
 
 use hearth_quant::kernels::{
-    Buffer, Isa, KernelError, MatvecJob, Q8Activations, WeightFormat, interleaved, matmul, matmul_with_isa, matvec,
-    matvec_many_with_isa, matvec_with_isa, reference,
+    Buffer, Isa, KernelError, MatvecInputJob, MatvecJob, Q8Activations, WeightFormat, interleaved, matmul,
+    matmul_with_isa, matvec, matvec_each_with_isa, matvec_many_with_isa, matvec_with_isa, reference,
 };
 
 struct Rng(u64);
@@ -208,6 +208,79 @@ fn matvec_multithreaded_pool_matches_single_thread() {
         pool.install(|| matvec(fmt, &w, rows, cols, &x, &mut y2).unwrap());
         assert_eq!(y1, y2, "{fmt:?}: chunking must not change per-row results");
         check_against_references(fmt, &w, rows, cols, &x, &y2, "matvec pool(2)");
+    }
+}
+
+#[test]
+fn matvec_each_equals_matvec_per_matrix() {
+    // Different inputs per matrix, mixed formats (interleaved ones too), ragged rows, more jobs
+    // than one pass holds; 2 threads and 1; every result bit-identical to `matvec`.
+    let mut rng = Rng(12);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let cols = 256;
+    let fmts = [
+        WeightFormat::Q4_0,
+        WeightFormat::Q8_0x16,
+        WeightFormat::Q4_0x16,
+        WeightFormat::Q4_K,
+        WeightFormat::Q6_K,
+        WeightFormat::Q4_1,
+        WeightFormat::Bf16,
+        WeightFormat::F32,
+    ];
+    let shapes: Vec<(WeightFormat, usize)> = (0..37).map(|i| (fmts[i % fmts.len()], 1 + (i * 97) % 301)).collect();
+    let ws: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(f, r)| random_weights(f, r, cols, &mut rng))
+        .collect();
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|_| random_x(cols, &mut rng)).collect();
+    for isa in Isa::available() {
+        let want: Vec<Vec<f32>> = shapes
+            .iter()
+            .zip(&ws)
+            .zip(&xs)
+            .map(|((&(f, r), w), x)| {
+                let mut y = vec![0.0f32; r];
+                matvec_with_isa(isa, f, w, r, cols, x, &mut y).unwrap();
+                y
+            })
+            .collect();
+        for p in [&pool, &one] {
+            let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, r)| vec![f32::NAN; r]).collect();
+            let mut jobs: Vec<MatvecInputJob<'_>> = shapes
+                .iter()
+                .zip(&ws)
+                .zip(&xs)
+                .zip(ys.iter_mut())
+                .map(|(((&(fmt, _), w), x), y)| MatvecInputJob { fmt, weight: w, x, y })
+                .collect();
+            p.install(|| matvec_each_with_isa(isa, &mut jobs, cols).unwrap());
+            for (i, (got, want)) in ys.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    got,
+                    want,
+                    "{isa:?}, {} threads, matrix {i} ({:?})",
+                    p.current_num_threads(),
+                    shapes[i].0
+                );
+            }
+        }
+        // a wrong-sized input is a typed error, not a panic
+        let mut y = vec![0.0f32; shapes[0].1];
+        let mut jobs = [MatvecInputJob {
+            fmt: shapes[0].0,
+            weight: &ws[0],
+            x: &xs[0][..cols - 32],
+            y: &mut y,
+        }];
+        assert!(matches!(
+            matvec_each_with_isa(isa, &mut jobs, cols),
+            Err(KernelError::LengthMismatch {
+                buffer: Buffer::Input,
+                ..
+            })
+        ));
     }
 }
 

@@ -1005,6 +1005,36 @@ impl HostModel {
         grow(&mut sc.u, n * si);
         grow(&mut sc.so, n * hid);
         grow(&mut sc.sgate, n);
+        if n == 1 && total <= MAX_FUSED_EXPERTS && m.fusable() {
+            moe_decode_fused(m, sc, total, hid, ei)?;
+        } else {
+            self.moe_grouped(m, n, hid, ei, total, sc)?;
+        }
+        let out = &mut sc.o[..n * hid];
+        out.fill(0.0);
+        for (yr, &(tok, w)) in sc.yg[..total * hid].chunks_exact(hid).zip(&sc.assign) {
+            axpy(&mut out[tok * hid..(tok + 1) * hid], w, yr);
+        }
+        if m.shared.is_some() {
+            for (o, s) in out.iter_mut().zip(&sc.so[..n * hid]) {
+                *o += s;
+            }
+        }
+        Ok(())
+    }
+
+    /// The MoE block's experts for a chunk of tokens: each routed expert on its gathered rows
+    /// (experts in parallel, each a few parallel products) and the shared expert beside them.
+    fn moe_grouped(
+        &self,
+        m: &HostMoe,
+        n: usize,
+        hid: usize,
+        ei: usize,
+        total: usize,
+        sc: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let hn = &sc.h[..n * hid];
         let (routed, shared) = rayon::join(
             || {
                 run_groups(
@@ -1031,19 +1061,118 @@ impl HostModel {
                 Ok(())
             },
         );
-        routed.and(shared)?;
-        let out = &mut sc.o[..n * hid];
-        out.fill(0.0);
-        for (yr, &(tok, w)) in sc.yg[..total * hid].chunks_exact(hid).zip(&sc.assign) {
-            axpy(&mut out[tok * hid..(tok + 1) * hid], w, yr);
-        }
-        if m.shared.is_some() {
-            for (o, s) in out.iter_mut().zip(&sc.so[..n * hid]) {
-                *o += s;
+        routed.and(shared)
+    }
+}
+
+/// Routed experts per token up to which a decode step runs the fused path.
+const MAX_FUSED_EXPERTS: usize = 16;
+
+impl HostMoe {
+    /// Whether [`moe_decode_fused`] applies: no biases in the experts.
+    fn fusable(&self) -> bool {
+        let plain = |e: &HostMlp| e.gate.bias.is_none() && e.up.bias.is_none() && e.down.bias.is_none();
+        self.experts.iter().all(plain)
+            && self.shared.as_ref().is_none_or(plain)
+            && self.shared_gate.as_ref().is_none_or(|g| g.bias.is_none())
+    }
+}
+
+/// One token's MoE experts in two parallel passes instead of a few per expert: the gate and
+/// up projections of every routed expert (and of the shared expert and its gate) on the one
+/// input (`matvec_many`), SwiGLU, then every down projection on its own input (`matvec_each`).
+/// The same products as [`HostModel::moe_grouped`], bit for bit.
+fn moe_decode_fused(m: &HostMoe, sc: &mut Scratch, total: usize, hid: usize, ei: usize) -> Result<(), ModelError> {
+    let err = |e| host_err("packed matvec", e);
+    let hn = &sc.h[..hid];
+    let si = m.shared.as_ref().map_or(0, HostMlp::inter);
+    {
+        let dummy = || kernels::MatvecJob {
+            fmt: WeightFormat::F32,
+            weight: &[],
+            y: &mut [],
+        };
+        let mut jobs: [kernels::MatvecJob<'_>; 2 * MAX_FUSED_EXPERTS + 3] = std::array::from_fn(|_| dummy());
+        let mut c = 0;
+        fn job<'a>(l: &'a HostLinear, y: &'a mut [f32]) -> kernels::MatvecJob<'a> {
+            kernels::MatvecJob {
+                fmt: l.w.format,
+                weight: &l.w.bytes,
+                y,
             }
         }
-        Ok(())
+        let (mut hs, mut us) = (
+            sc.hg[..total * ei].chunks_exact_mut(ei),
+            sc.ug[..total * ei].chunks_exact_mut(ei),
+        );
+        for &(e, _, _) in &sc.groups {
+            let x = &m.experts[e];
+            jobs[c] = job(&x.gate, hs.next().expect("one row per routed expert"));
+            jobs[c + 1] = job(&x.up, us.next().expect("one row per routed expert"));
+            c += 2;
+        }
+        if let Some(sh) = &m.shared {
+            jobs[c] = job(&sh.gate, &mut sc.g[..si]);
+            jobs[c + 1] = job(&sh.up, &mut sc.u[..si]);
+            c += 2;
+            if let Some(g) = &m.shared_gate {
+                jobs[c] = job(g, &mut sc.sgate[..1]);
+                c += 1;
+            }
+        }
+        kernels::matvec_many(&mut jobs[..c], hid, hn).map_err(err)?;
     }
+    silu_mul(&mut sc.hg[..total * ei], &sc.ug[..total * ei]);
+    if si > 0 {
+        silu_mul(&mut sc.g[..si], &sc.u[..si]);
+    }
+    {
+        let dummy = || kernels::MatvecInputJob {
+            fmt: WeightFormat::F32,
+            weight: &[],
+            x: &[],
+            y: &mut [],
+        };
+        let mut jobs: [kernels::MatvecInputJob<'_>; MAX_FUSED_EXPERTS + 1] = std::array::from_fn(|_| dummy());
+        let mut c = 0;
+        for ((&(e, _, _), x), y) in sc
+            .groups
+            .iter()
+            .zip(sc.hg[..total * ei].chunks_exact(ei))
+            .zip(sc.yg[..total * hid].chunks_exact_mut(hid))
+        {
+            let d = &m.experts[e].down;
+            jobs[c] = kernels::MatvecInputJob {
+                fmt: d.w.format,
+                weight: &d.w.bytes,
+                x,
+                y,
+            };
+            c += 1;
+        }
+        match &m.shared {
+            // one pass when the shared expert's width matches (its down reads `si` values)
+            Some(sh) if si == ei => {
+                jobs[c] = kernels::MatvecInputJob {
+                    fmt: sh.down.w.format,
+                    weight: &sh.down.w.bytes,
+                    x: &sc.g[..si],
+                    y: &mut sc.so[..hid],
+                };
+                kernels::matvec_each(&mut jobs[..c + 1], ei).map_err(err)?;
+            }
+            Some(sh) => {
+                kernels::matvec_each(&mut jobs[..c], ei).map_err(err)?;
+                sh.down.forward(&sc.g[..si], 1, &mut sc.so[..hid])?;
+            }
+            None => kernels::matvec_each(&mut jobs[..c], ei).map_err(err)?,
+        }
+    }
+    if let (Some(_), Some(_)) = (&m.shared, &m.shared_gate) {
+        let s = 1.0 / (1.0 + (-sc.sgate[0]).exp());
+        sc.so[..hid].iter_mut().for_each(|v| *v *= s);
+    }
+    Ok(())
 }
 
 /// Runs the experts of `groups` (rows `groups[0].1 - base ..` of the gathered buffers) in

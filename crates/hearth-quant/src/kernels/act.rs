@@ -15,9 +15,9 @@
 /// assert_eq!(q.qs()[0], -127);
 /// assert_eq!(q.qs()[16], 0);
 /// ```
-/// Buffer sets kept per thread for [`Q8Activations::quantize_pooled`] (a layer's products
-/// need at most a few at once).
-const POOL_SIZE: usize = 4;
+/// Buffers kept per thread and kind (for [`Q8Activations::quantize_pooled`] and the AVX-512
+/// layouts): enough for every input of a [`super::matvec_each`] pass.
+const POOL_SIZE: usize = 40;
 
 thread_local! {
     static POOL: std::cell::RefCell<Vec<Q8Activations>> = const { std::cell::RefCell::new(Vec::new()) };
