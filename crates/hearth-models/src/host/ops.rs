@@ -16,7 +16,7 @@ const LANES: usize = 16;
 /// use hearth_models::host::ops::dot;
 /// assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
 /// ```
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
@@ -49,7 +49,7 @@ fn sum_sq(x: &[f32]) -> f32 {
 /// hearth_models::host::ops::axpy(&mut y, 2.0, &[3.0, 4.0]);
 /// assert_eq!(y, [7.0, 9.0]);
 /// ```
-#[inline]
+#[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     debug_assert_eq!(y.len(), x.len());
     for (y, x) in y.iter_mut().zip(x) {
@@ -248,6 +248,57 @@ pub const MAX_GROUP: usize = 16;
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    d: usize,
+    dv: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide_simd() {
+        // SAFETY: `wide_simd` checked that this CPU has every feature `attend_group_wide` is
+        // compiled for; the arguments are passed through unchanged.
+        return unsafe { attend_group_wide(qs, keys, vals, d, dv, lo, hi, scale, out) };
+    }
+    attend_group_body(qs, keys, vals, d, dv, lo, hi, scale, out)
+}
+
+/// Whether this CPU runs the AVX-512 builds of the host ops (checked once).
+#[cfg(target_arch = "x86_64")]
+fn wide_simd() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx2"))
+}
+
+/// [`attend_group`] compiled for AVX-512: the same operations in the same order (no
+/// contraction into FMAs, so results are bit-identical), on 16-wide vectors.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_wide(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    d: usize,
+    dv: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    attend_group_body(qs, keys, vals, d, dv, lo, hi, scale, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_body(
     qs: &[f32],
     keys: &[f32],
     vals: &[f32],
