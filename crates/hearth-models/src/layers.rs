@@ -215,7 +215,7 @@ impl<B: HearthBackend> Mlp<B> {
     }
 }
 
-/// Reads tensors from a [`WeightStore`] onto a device, checking shapes.
+/// Reads tensors from a [`WeightStore`](crate::WeightStore) onto a device, checking shapes.
 pub struct Loader<'a, B: HearthBackend> {
     /// The checkpoint.
     pub store: &'a dyn TensorSource,
