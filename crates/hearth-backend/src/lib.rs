@@ -444,7 +444,13 @@ pub trait HearthBackend: Backend {
     /// assert_eq!(y, vec![-1.0, 0.0]);
     /// # }
     /// ```
-    fn rope(x: Tensor<Self, 4>, cos: &Tensor<Self, 4>, sin: &Tensor<Self, 4>, rope_dim: usize, interleaved: bool) -> Tensor<Self, 4> {
+    fn rope(
+        x: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+        rope_dim: usize,
+        interleaved: bool,
+    ) -> Tensor<Self, 4> {
         ops::rope(x, cos, sin, rope_dim, interleaved)
     }
 

@@ -369,10 +369,7 @@ const LAST_ONLY: ForwardOptions = ForwardOptions {
 };
 
 fn run_on<B: HearthBackend>(kind: BackendKind, dev: B::Device, cmd: Cmd) -> Result<()> {
-    let dtype: hearth_backend::DType = model_args(&cmd)
-        .map(|m| m.dtype.as_str())
-        .unwrap_or("f32")
-        .parse()?;
+    let dtype: hearth_backend::DType = model_args(&cmd).map(|m| m.dtype.as_str()).unwrap_or("f32").parse()?;
     hearth_backend::open_device::<B>(kind, &dev, dtype)?;
     match cmd {
         Cmd::Generate(a) => generate::<B>(&dev, &a),
@@ -632,11 +629,22 @@ fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &Be
         let t0 = Instant::now();
         let out = model.forward(&[vec![tok]], cache, LAST_ONLY)?;
         let enq = t0.elapsed().as_secs_f64();
-        let v = out.logits.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let v = out
+            .logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok((argmax(&v)?, enq, t0.elapsed().as_secs_f64()))
     };
     let out = model.forward(std::slice::from_ref(&prompt), &mut cache, LAST_ONLY)?;
-    let mut tok = argmax(&out.logits.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)?;
+    let mut tok = argmax(
+        &out.logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    )?;
     let (mut enq, mut total) = (0.0, 0.0);
     for _ in 0..steps {
         let (t, e, s) = run(&mut cache, tok)?;

@@ -310,12 +310,10 @@ impl<B: HearthBackend> CausalLm<B> {
             }
         }
         let mut x = match &self.embed {
-            Embedding::Device(e) => {
-                profile::scope::<B, _>(&self.device, "embed", || {
-                    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
-                    e.clone().select(0, ids).reshape([b, t, hid])
-                })
-            }
+            Embedding::Device(e) => profile::scope::<B, _>(&self.device, "embed", || {
+                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
+                e.clone().select(0, ids).reshape([b, t, hid])
+            }),
             Embedding::Host(e) => {
                 let mut rows = vec![0.0f32; b * t * hid];
                 for (r, id) in rows.chunks_exact_mut(hid).zip(ids) {
@@ -381,7 +379,11 @@ impl<B: HearthBackend> CausalLm<B> {
         }
         cache.advance(&pos);
         // `h` is the final norm of the last layer's output (or of the embeddings without layers)
-        let x = if self.layers.is_empty() { self.norm.forward(x) } else { h };
+        let x = if self.layers.is_empty() {
+            self.norm.forward(x)
+        } else {
+            h
+        };
         if opts.hidden_states {
             hidden.push(x.clone());
         }

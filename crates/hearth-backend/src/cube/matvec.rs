@@ -163,7 +163,7 @@ fn chunk_dot<F: Float>(w: &Array<u32>, wb: usize, j: usize, x: &Tensor<F>, xb: u
     s
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec_kernel<F: Float>(
     x: &Tensor<F>,
@@ -203,7 +203,142 @@ fn packed_matvec_kernel<F: Float>(
     }
 }
 
-#[cube(launch)]
+/// This unit's share of the dot product of row `n` of `w` with the `x` row at `x_row`: the
+/// 32-value chunks `UNIT_POS, UNIT_POS + cube_dim, ...` of the row's `nc` chunks.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn partial_row_dot<F: Float>(
+    x: &Tensor<F>,
+    x_row: usize,
+    w: &Array<u32>,
+    n: usize,
+    nc: usize,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+) -> f32 {
+    let row = n * (nc / chunks_per_block) * words_per_block;
+    let mut acc = 0.0f32;
+    let mut b = UNIT_POS as usize;
+    while b < nc {
+        let wb = row + (b / chunks_per_block) * words_per_block;
+        acc += chunk_dot::<F>(w, wb, b % chunks_per_block, x, x_row + b * 32, format);
+        b += cube_dim;
+    }
+    acc
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn packed_matvec3_kernel<F: Float>(
+    x: &Tensor<F>,
+    w0: &Array<u32>,
+    w1: &Array<u32>,
+    w2: &Array<u32>,
+    out0: &mut Tensor<F>,
+    out1: &mut Tensor<F>,
+    out2: &mut Tensor<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    chunks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // cubes: m-major over the concatenated outputs [n0 | n1 | n2]
+    let c = CUBE_POS;
+    let (a0, a1) = (n0 as usize, n1 as usize);
+    let nt = a0 + a1 + n2 as usize;
+    if c >= nt * x.shape(0) {
+        terminate!();
+    }
+    let j = c % nt;
+    let m = c / nt;
+    let nc = chunks as usize;
+    let x_row = m * x.stride(0);
+    let acc = if j < a0 {
+        partial_row_dot::<F>(x, x_row, w0, j, nc, format, words_per_block, chunks_per_block, cube_dim)
+    } else if j < a0 + a1 {
+        partial_row_dot::<F>(
+            x,
+            x_row,
+            w1,
+            j - a0,
+            nc,
+            format,
+            words_per_block,
+            chunks_per_block,
+            cube_dim,
+        )
+    } else {
+        partial_row_dot::<F>(
+            x,
+            x_row,
+            w2,
+            j - a0 - a1,
+            nc,
+            format,
+            words_per_block,
+            chunks_per_block,
+            cube_dim,
+        )
+    };
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        if j < a0 {
+            out0[m * out0.stride(0) + j] = F::cast_from(total);
+        } else if j < a0 + a1 {
+            out1[m * out1.stride(0) + j - a0] = F::cast_from(total);
+        } else {
+            out2[m * out2.stride(0) + j - a0 - a1] = F::cast_from(total);
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn packed_matvec_silu_kernel<F: Float>(
+    x: &Tensor<F>,
+    wg: &Array<u32>,
+    wu: &Array<u32>,
+    out: &mut Tensor<F>,
+    n_rows: u32,
+    chunks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * x.shape(0) {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let nc = chunks as usize;
+    let x_row = m * x.stride(0);
+    let g = partial_row_dot::<F>(x, x_row, wg, n, nc, format, words_per_block, chunks_per_block, cube_dim);
+    let u = partial_row_dot::<F>(x, x_row, wu, n, nc, format, words_per_block, chunks_per_block, cube_dim);
+    let mut shared_g = SharedMemory::<f32>::new(cube_dim);
+    let mut shared_u = SharedMemory::<f32>::new(cube_dim);
+    // both products rounded to F first, as the separate matvecs would leave them
+    let g = f32::cast_from(F::cast_from(cube_sum(g, &mut shared_g, use_plane)));
+    let u = f32::cast_from(F::cast_from(cube_sum(u, &mut shared_u, use_plane)));
+    if UNIT_POS == 0 {
+        out[m * out.stride(0) + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+    }
+}
+
+#[cube(launch_unchecked)]
 fn dequantize_kernel<F: Float>(
     w: &Array<u32>,
     out: &mut Tensor<F>,
@@ -377,23 +512,27 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let cube_dim = reduction_cube_dim(&client, chunks);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
-    packed_matvec_kernel::launch::<R>(
-        &client,
-        cube_count,
-        CubeDim::new_1d(cube_dim),
-        x.into_tensor_arg(),
-        words.into_array_arg(),
-        out.clone().into_tensor_arg(),
-        n as u32,
-        m as u32,
-        chunks as u32,
-        format_id(w.format()),
-        w.format().words_per_block(),
-        chunks_per_block(w.format()),
-        cube_dim as usize,
-        use_plane,
-        dtype.into(),
-    );
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            words.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            n as u32,
+            m as u32,
+            chunks as u32,
+            format_id(w.format()),
+            w.format().words_per_block(),
+            chunks_per_block(w.format()),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
     Ok(wrap(out))
 }
 
@@ -420,19 +559,23 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     let total = n * chunks;
     let cube_dim = CubeDim::new(&client, total);
     let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
-    dequantize_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        words.into_array_arg(),
-        out.clone().into_tensor_arg(),
-        total as u32,
-        chunks as u32,
-        format_id(w.format()),
-        w.format().words_per_block(),
-        chunks_per_block(w.format()),
-        dtype.into(),
-    );
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        dequantize_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            words.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            total as u32,
+            chunks as u32,
+            format_id(w.format()),
+            w.format().words_per_block(),
+            chunks_per_block(w.format()),
+            dtype.into(),
+        );
+    }
     Ok(wrap(out))
 }
 
@@ -450,4 +593,179 @@ pub fn packed_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     }
     let dense = dequantize_packed(w, x.dtype())?;
     matmul_f32(x, dense.transpose())
+}
+
+/// Launch parameters shared by the matvec kernels: (contiguous x, chunks per row, cube dim,
+/// plane reductions).
+fn matvec_setup<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> (CubeTensor<R>, usize, u32, bool) {
+    let x = into_contiguous(x);
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&x.client, chunks);
+    let use_plane = plane_reductions(&x.client);
+    (x, chunks, cube_dim, use_plane)
+}
+
+/// Whether `ws` are all device blocks of one format (the fused multi-matrix kernels' input).
+fn same_format<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    ws: &[&PackedMatrix<CubeBackend<R, F, I, BT>>],
+) -> bool {
+    ws.iter().all(|w| {
+        w.format() == ws[0].format() && w.cols() == ws[0].cols() && matches!(w.storage(), PackedStorage::Words(_))
+    })
+}
+
+/// `[x · W₀ᵀ, x · W₁ᵀ, x · W₂ᵀ]` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and three
+/// device-packed matrices of one format and width `K` (e.g. q/k/v projections), in one launch
+/// of the matvec kernel: one cube per output element of the three, as [`packed_matvec`].
+///
+/// Errors: [`BackendError::ShapeMismatch`] for a wrong `x` or more than
+/// [`MATVEC_MAX_ROWS`] rows, [`BackendError::PackedShape`] when the matrices are not device
+/// blocks of one format and width.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, PackedFormat, Wgpu, cube};
+/// let dev = Default::default();
+/// let bytes: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+/// let w = Wgpu::upload_packed(PackedFormat::F32, &bytes, 2, 32, &dev).unwrap();
+/// let [a, _, _] = cube::packed_matvec3(Tensor::ones([1, 32], &dev), [&w, &w, &w]).unwrap();
+/// assert_eq!(a.into_data().to_vec::<f32>().unwrap(), vec![496.0, 1520.0]);
+/// # }
+/// ```
+pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: [&PackedMatrix<CubeBackend<R, F, I, BT>>; 3],
+) -> Result<[BTensor<CubeBackend<R, F, I, BT>, 2>; 3], BackendError> {
+    for wi in w {
+        check_x(&x, wi)?;
+    }
+    let [m, k] = x.dims();
+    if m > MATVEC_MAX_ROWS {
+        return Err(BackendError::ShapeMismatch {
+            op: "packed_matvec3",
+            reason: format!("{m} rows (at most {MATVEC_MAX_ROWS})"),
+        });
+    }
+    if !same_format(&w) {
+        return Err(BackendError::PackedShape {
+            format: w[0].format(),
+            reason: "the three matrices must be device blocks of one format".into(),
+        });
+    }
+    let words = [words(w[0])?, words(w[1])?, words(w[2])?];
+    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let outs = w.map(|wi| empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, wi.rows()]), dtype));
+    if m == 0 {
+        return Ok(outs.map(wrap));
+    }
+    let nt = w[0].rows() + w[1].rows() + w[2].rows();
+    let [w0, w1, w2] = words;
+    let format = w[0].format();
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec3_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1)),
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            w0.into_array_arg(),
+            w1.into_array_arg(),
+            w2.into_array_arg(),
+            outs[0].clone().into_tensor_arg(),
+            outs[1].clone().into_tensor_arg(),
+            outs[2].clone().into_tensor_arg(),
+            w[0].rows() as u32,
+            w[1].rows() as u32,
+            w[2].rows() as u32,
+            chunks as u32,
+            format_id(format),
+            format.words_per_block(),
+            chunks_per_block(format),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    Ok(outs.map(wrap))
+}
+
+/// `silu(x · Gᵀ) · (x · Uᵀ)` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and device-packed
+/// `G, U: [N, K]` of one format, in one launch: each cube computes both dot products of its
+/// output (f32, each rounded to the float dtype as the separate products would be) and the
+/// gate.
+///
+/// Errors: as [`packed_matvec3`], and [`BackendError::ShapeMismatch`] when `G` and `U`
+/// differ in shape.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, PackedFormat, Wgpu, cube};
+/// let dev = Default::default();
+/// let bytes: Vec<u8> = (0..32).flat_map(|_| 1f32.to_le_bytes()).collect();
+/// let w = Wgpu::upload_packed(PackedFormat::F32, &bytes, 1, 32, &dev).unwrap();
+/// let y = cube::packed_matvec_silu(Tensor::zeros([1, 32], &dev), &w, &w).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    gate: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    up: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    check_x(&x, gate)?;
+    check_x(&x, up)?;
+    let [m, k] = x.dims();
+    if m > MATVEC_MAX_ROWS || gate.rows() != up.rows() {
+        return Err(BackendError::ShapeMismatch {
+            op: "packed_matvec_silu",
+            reason: format!(
+                "{m} rows (at most {MATVEC_MAX_ROWS}), gate {} and up {} outputs",
+                gate.rows(),
+                up.rows()
+            ),
+        });
+    }
+    if !same_format(&[gate, up]) {
+        return Err(BackendError::PackedShape {
+            format: gate.format(),
+            reason: "gate and up must be device blocks of one format".into(),
+        });
+    }
+    let (wg, wu) = (words(gate)?, words(up)?);
+    let n = gate.rows();
+    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    if m == 0 {
+        return Ok(wrap(out));
+    }
+    let format = gate.format();
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec_silu_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1)),
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            wg.into_array_arg(),
+            wu.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            n as u32,
+            chunks as u32,
+            format_id(format),
+            format.words_per_block(),
+            chunks_per_block(format),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    Ok(wrap(out))
 }
