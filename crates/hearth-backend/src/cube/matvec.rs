@@ -69,100 +69,6 @@ fn i8_value(byte: u32) -> f32 {
     f32::cast_from(byte ^ 0x80u32) - 128.0f32
 }
 
-/// Dot product of the 32-value chunk `j` of the block at word `wb` of `w` with
-/// `x[xb..xb + 32]`, in f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
-#[cube]
-fn chunk_dot<F: Float>(w: &Array<u32>, wb: usize, j: usize, x: &Tensor<F>, xb: usize, #[comptime] format: u32) -> f32 {
-    let mut s = 0.0f32;
-    if comptime!(format == FMT_F32) {
-        #[unroll]
-        for e in 0..32usize {
-            s += f32::reinterpret(w[wb + e]) * f32::cast_from(x[xb + e]);
-        }
-    } else if comptime!(format == FMT_Q8_0) {
-        let mut q = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let word = w[wb + 1 + t];
-            #[unroll]
-            for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                q += i8_value(byte) * f32::cast_from(x[xb + t * 4 + b]);
-            }
-        }
-        s = f32::reinterpret(w[wb]) * q;
-    } else if comptime!(format == FMT_Q4_0) {
-        let mut q = 0.0f32;
-        #[unroll]
-        for t in 0..4usize {
-            let word = w[wb + 1 + t];
-            #[unroll]
-            for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                let lo = f32::cast_from(byte & 0xFu32) - 8.0f32;
-                let hi = f32::cast_from(byte >> 4u32) - 8.0f32;
-                q += lo * f32::cast_from(x[xb + t * 4 + b]) + hi * f32::cast_from(x[xb + t * 4 + b + 16]);
-            }
-        }
-        s = f32::reinterpret(w[wb]) * q;
-    } else if comptime!(format == FMT_Q4_K) {
-        // words: d, dmin, 3 of scales, 32 of nibbles (sub-blocks 2i, 2i+1 share 8 words)
-        let (sc, m) = q4_k_scale_min(w, wb + 2, j);
-        let qb = wb + 5 + (j / 2) * 8;
-        let shift = u32::cast_from(j % 2) * 4u32;
-        let mut qx = 0.0f32;
-        let mut sx = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let word = w[qb + t] >> shift;
-            #[unroll]
-            for b in 0..4usize {
-                let q = f32::cast_from((word >> comptime!((b * 8) as u32)) & 0xFu32);
-                let xv = f32::cast_from(x[xb + t * 4 + b]);
-                qx += q * xv;
-                sx += xv;
-            }
-        }
-        let dl = f32::reinterpret(w[wb]) * sc;
-        let ml = f32::reinterpret(w[wb + 1]) * m;
-        s = dl * qx - ml * sx;
-    } else {
-        // Q6_K words: d, 32 of ql, 16 of qh, 4 of i8 scales. Chunk j is elements
-        // 128·g + 32·sub + l of the super-block with g = j / 4, sub = j % 4.
-        let g = j / 4;
-        let sub = j % 4;
-        let lb = wb + 1 + g * 16 + (sub % 2) * 8;
-        let hb = wb + 33 + g * 8;
-        let lshift = u32::cast_from(sub / 2) * 4u32;
-        let hshift = u32::cast_from(sub) * 2u32;
-        let mut q0 = 0.0f32;
-        let mut q1 = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let lw = w[lb + t] >> lshift;
-            let hw = w[hb + t] >> hshift;
-            #[unroll]
-            for b in 0..4usize {
-                let lo = (lw >> comptime!((b * 8) as u32)) & 0xFu32;
-                let hi = (hw >> comptime!((b * 8) as u32)) & 3u32;
-                let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
-                let v = q * f32::cast_from(x[xb + t * 4 + b]);
-                if comptime!(t < 4) {
-                    q0 += v;
-                } else {
-                    q1 += v;
-                }
-            }
-        }
-        let d = f32::reinterpret(w[wb]);
-        let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
-        let s0 = i8_value(sw & 0xFFu32);
-        let s1 = i8_value((sw >> 8u32) & 0xFFu32);
-        s = (d * s0) * q0 + (d * s1) * q1;
-    }
-    s
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec_kernel<F: Float>(
@@ -187,15 +93,8 @@ fn packed_matvec_kernel<F: Float>(
     let n = c % nr;
     let m = c / nr;
     let nc = chunks as usize;
-    let row = n * (nc / chunks_per_block) * words_per_block;
     let x_row = m * x.stride(0);
-    let mut acc = 0.0f32;
-    let mut b = UNIT_POS as usize;
-    while b < nc {
-        let wb = row + (b / chunks_per_block) * words_per_block;
-        acc += chunk_dot::<F>(w, wb, b % chunks_per_block, x, x_row + b * 32, format);
-        b += cube_dim;
-    }
+    let acc = partial_row_dot::<F>(x, x_row, w, n, nc, format, words_per_block, chunks_per_block, cube_dim);
     let mut shared = SharedMemory::<f32>::new(cube_dim);
     let total = cube_sum(acc, &mut shared, use_plane);
     if UNIT_POS == 0 {
@@ -203,8 +102,45 @@ fn packed_matvec_kernel<F: Float>(
     }
 }
 
-/// This unit's share of the dot product of row `n` of `w` with the `x` row at `x_row`: the
-/// 32-value chunks `UNIT_POS, UNIT_POS + cube_dim, ...` of the row's `nc` chunks.
+/// Value `e` (0..32) of the 32-value chunk `j` of the block at word `wb` of `w`, dequantized to
+/// f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
+#[cube]
+fn chunk_value(w: &Array<u32>, wb: usize, j: usize, e: usize, #[comptime] format: u32) -> f32 {
+    let shift = u32::cast_from(e % 4) * 8u32;
+    if comptime!(format == FMT_F32) {
+        f32::reinterpret(w[wb + e])
+    } else if comptime!(format == FMT_Q8_0) {
+        let byte = (w[wb + 1 + e / 4] >> shift) & 0xFFu32;
+        i8_value(byte) * f32::reinterpret(w[wb])
+    } else if comptime!(format == FMT_Q4_0) {
+        let i = e % 16;
+        let byte = (w[wb + 1 + i / 4] >> (u32::cast_from(i % 4) * 8u32)) & 0xFFu32;
+        let nib = if e < 16 { byte & 0xFu32 } else { byte >> 4u32 };
+        (f32::cast_from(nib) - 8.0f32) * f32::reinterpret(w[wb])
+    } else if comptime!(format == FMT_Q4_K) {
+        let (sc, m) = q4_k_scale_min(w, wb + 2, j);
+        let word = w[wb + 5 + (j / 2) * 8 + e / 4] >> (u32::cast_from(j % 2) * 4u32);
+        let q = f32::cast_from((word >> shift) & 0xFu32);
+        f32::reinterpret(w[wb]) * sc * q - f32::reinterpret(w[wb + 1]) * m
+    } else {
+        let g = j / 4;
+        let sub = j % 4;
+        let t = e / 4;
+        let lw = w[wb + 1 + g * 16 + (sub % 2) * 8 + t] >> (u32::cast_from(sub / 2) * 4u32);
+        let hw = w[wb + 33 + g * 8 + t] >> (u32::cast_from(sub) * 2u32);
+        let lo = (lw >> shift) & 0xFu32;
+        let hi = (hw >> shift) & 3u32;
+        let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
+        let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
+        let sbyte = if t < 4 { sw & 0xFFu32 } else { (sw >> 8u32) & 0xFFu32 };
+        f32::reinterpret(w[wb]) * i8_value(sbyte) * q
+    }
+}
+
+/// This unit's share of the dot product of row `n` of `w` with the `x` row at `x_row`. The
+/// cube's units form groups of 32: unit `32·g + e` takes value `e` of the chunks `g, g + G,
+/// ...` (`G = cube_dim / 32` groups), so that the 32 units of a warp read 32 consecutive `x`
+/// values and one chunk's consecutive weight words at each step (coalesced loads).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn partial_row_dot<F: Float>(
@@ -219,12 +155,13 @@ fn partial_row_dot<F: Float>(
     #[comptime] cube_dim: usize,
 ) -> f32 {
     let row = n * (nc / chunks_per_block) * words_per_block;
+    let e = UNIT_POS as usize % 32;
     let mut acc = 0.0f32;
-    let mut b = UNIT_POS as usize;
+    let mut b = UNIT_POS as usize / 32;
     while b < nc {
         let wb = row + (b / chunks_per_block) * words_per_block;
-        acc += chunk_dot::<F>(w, wb, b % chunks_per_block, x, x_row + b * 32, format);
-        b += cube_dim;
+        acc += chunk_value(w, wb, b % chunks_per_block, e, format) * f32::cast_from(x[x_row + b * 32 + e]);
+        b += comptime!(cube_dim / 32);
     }
     acc
 }
@@ -509,7 +446,7 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         return Ok(wrap(out));
     }
     let chunks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&client, chunks);
+    let cube_dim = reduction_cube_dim(&client, chunks * 32);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
@@ -600,7 +537,7 @@ pub fn packed_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
 fn matvec_setup<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> (CubeTensor<R>, usize, u32, bool) {
     let x = into_contiguous(x);
     let chunks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&x.client, chunks);
+    let cube_dim = reduction_cube_dim(&x.client, chunks * 32);
     let use_plane = plane_reductions(&x.client);
     (x, chunks, cube_dim, use_plane)
 }
