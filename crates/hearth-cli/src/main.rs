@@ -697,7 +697,7 @@ fn kernels_only(host: &HostModel, a: &BenchArgs) -> Result<f64> {
 }
 
 /// Device memory bandwidth (bytes/s), measured now: the best of 5 element-wise passes over a
-/// 1 GiB f32 tensor (`y = x + 1`: 1 GiB read + 1 GiB written, synchronised by reading one
+/// 2²⁸-element tensor of the compute dtype (`y = x + 1`, one read and one write, synchronised by reading one
 /// element back). burn's element-wise kernels stream at close to the memory's rate; its
 /// reductions do not, so they are not used as the yardstick.
 fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
@@ -712,7 +712,8 @@ fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
     for _ in 0..5 {
         let t0 = Instant::now();
         std::hint::black_box(pass());
-        best = best.max((2 * n * 4) as f64 / t0.elapsed().as_secs_f64());
+        // the tensor has the device's compute dtype (2 bytes per element with --dtype bf16)
+        best = best.max((2 * n * x.dtype().size()) as f64 / t0.elapsed().as_secs_f64());
     }
     best
 }

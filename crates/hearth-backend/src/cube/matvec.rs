@@ -570,6 +570,7 @@ fn same_format<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 /// assert_eq!(a.into_data().to_vec::<f32>().unwrap(), vec![496.0, 1520.0]);
 /// # }
 /// ```
+#[allow(clippy::type_complexity)]
 pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: BTensor<CubeBackend<R, F, I, BT>, 2>,
     w: [&PackedMatrix<CubeBackend<R, F, I, BT>>; 3],
