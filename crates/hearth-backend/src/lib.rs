@@ -24,6 +24,7 @@ use std::str::FromStr;
 pub mod cube;
 pub mod ops;
 mod packed;
+pub mod profile;
 
 pub use packed::{BLOCK as PACKED_BLOCK, K_BLOCK as PACKED_K_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
 
@@ -425,6 +426,124 @@ pub trait HearthBackend: Backend {
                 reason: "device-packed blocks need a backend with packed kernels".into(),
             }),
         }
+    }
+
+    /// RoPE on the first `rope_dim` dims of each head of `x: [B, H, T, D]` with `cos`/`sin`
+    /// `[B, 1, T, rope_dim]`; see [`ops::rope`] (the fallback) for the layouts. The cubecl
+    /// backends run one element-wise kernel.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let x = Tensor::<Cpu, 4>::from_floats([[[[0.0, 1.0]]]], &dev);
+    /// let one = Tensor::<Cpu, 4>::from_floats([[[[0.0, 0.0]]]], &dev); // cos 0: swap with sign
+    /// let sin = Tensor::<Cpu, 4>::from_floats([[[[1.0, 1.0]]]], &dev);
+    /// let y = Cpu::rope(x, &one, &sin, 2, false).into_data().to_vec::<f32>().unwrap();
+    /// assert_eq!(y, vec![-1.0, 0.0]);
+    /// # }
+    /// ```
+    fn rope(
+        x: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+        rope_dim: usize,
+        interleaved: bool,
+    ) -> Tensor<Self, 4> {
+        ops::rope(x, cos, sin, rope_dim, interleaved)
+    }
+
+    /// Residual add then RMSNorm: `(x + r, rms_norm(x + r))`, in one kernel on the cubecl
+    /// backends (see [`ops::add_rms_norm`]).
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let x = Tensor::<Cpu, 2>::from_floats([[3.0, 0.0]], &dev);
+    /// let r = Tensor::<Cpu, 2>::from_floats([[0.0, 4.0]], &dev);
+    /// let (s, y) = Cpu::add_rms_norm(x, r, Tensor::from_floats([1.0, 1.0], &dev), 0.0);
+    /// assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+    /// let y = y.into_data().to_vec::<f32>().unwrap();
+    /// assert!((y[1] - 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+    /// # }
+    /// ```
+    fn add_rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        r: Tensor<Self, D>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>) {
+        ops::add_rms_norm(x, r, weight, eps)
+    }
+
+    /// `x · Wᵢᵀ` for three packed weights that share the input (q/k/v projections): one
+    /// launch on the cubecl backends when the three are device blocks of one format and `x`
+    /// has few rows. The fallback is three [`Self::packed_matmul`]s.
+    ///
+    /// Errors: those of [`Self::packed_matmul`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, PackedFormat};
+    /// let dev = Default::default();
+    /// let bytes: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    /// let w = Cpu::upload_packed(PackedFormat::F32, &bytes, 1, 32, &dev).unwrap();
+    /// let [a, b, c] = Cpu::packed_matmul3(Tensor::ones([1, 32], &dev), [&w, &w, &w]).unwrap();
+    /// assert_eq!(a.into_data().to_vec::<f32>().unwrap(), vec![496.0]);
+    /// assert_eq!(b.dims(), c.dims());
+    /// # }
+    /// ```
+    fn packed_matmul3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        Ok([
+            Self::packed_matmul(x.clone(), w[0])?,
+            Self::packed_matmul(x.clone(), w[1])?,
+            Self::packed_matmul(x, w[2])?,
+        ])
+    }
+
+    /// SwiGLU with packed weights: `silu(x · Gᵀ) · (x · Uᵀ)`, one launch on the cubecl backends
+    /// (both products and the gate in one kernel) when `gate` and `up` are device blocks of one
+    /// format and `x` has few rows. The fallback is two [`Self::packed_matmul`]s and
+    /// [`Self::silu_mul`].
+    ///
+    /// Errors: those of [`Self::packed_matmul`], and [`BackendError::ShapeMismatch`] when the
+    /// two weights differ in shape.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, PackedFormat};
+    /// let dev = Default::default();
+    /// let bytes: Vec<u8> = (0..32).flat_map(|_| 1f32.to_le_bytes()).collect();
+    /// let w = Cpu::upload_packed(PackedFormat::F32, &bytes, 1, 32, &dev).unwrap();
+    /// let y = Cpu::packed_matmul_silu(Tensor::zeros([1, 32], &dev), &w, &w).unwrap();
+    /// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+    /// # }
+    /// ```
+    fn packed_matmul_silu(
+        x: Tensor<Self, 2>,
+        gate: &PackedMatrix<Self>,
+        up: &PackedMatrix<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        if gate.rows() != up.rows() || gate.cols() != up.cols() {
+            return Err(BackendError::ShapeMismatch {
+                op: "packed_matmul_silu",
+                reason: format!(
+                    "gate is [{}, {}], up [{}, {}]",
+                    gate.rows(),
+                    gate.cols(),
+                    up.rows(),
+                    up.cols()
+                ),
+            });
+        }
+        let g = Self::packed_matmul(x.clone(), gate)?;
+        let u = Self::packed_matmul(x, up)?;
+        Ok(Self::silu_mul(g, u))
     }
 
     /// Scaled dot-product attention with grouped query heads and an additive mask.

@@ -108,3 +108,76 @@ pub fn gqa_attention_with<B: Backend>(
     let probs = activation::softmax(scores, 3);
     matmul(probs, v).reshape([b, h, t, dv])
 }
+
+/// Rotary embedding of the first `rope_dim` dims of each head of `x: [B, H, T, D]`, with
+/// `cos`/`sin: [B, 1, T, rope_dim]` (the table's values per position); dims `rope_dim..D` pass
+/// through. Rotate-half pairs `(i, i + rope_dim/2)`; with `interleaved`, the pairs `(2i, 2i+1)`
+/// are first gathered into rotate-half order (the output is in rotate-half order, as
+/// transformers' DeepSeek code does). `rope_dim` must be even and at most `D`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// type B = hearth_backend::Cpu;
+/// let dev = Default::default();
+/// let x = Tensor::<B, 4>::from_floats([[[[1.0, 0.0, 5.0]]]], &dev);
+/// let (c, s) = (1f32.cos(), 1f32.sin());
+/// let cos = Tensor::<B, 4>::from_floats([[[[c, c]]]], &dev);
+/// let sin = Tensor::<B, 4>::from_floats([[[[s, s]]]], &dev);
+/// let y = hearth_backend::ops::rope(x, &cos, &sin, 2, false).into_data().to_vec::<f32>().unwrap();
+/// assert!((y[0] - c).abs() < 1e-6 && (y[1] - s).abs() < 1e-6 && y[2] == 5.0);
+/// # }
+/// ```
+pub fn rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    rope_dim: usize,
+    interleaved: bool,
+) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let rotate = |x: Tensor<B, 4>| {
+        let r = rope_dim;
+        let x = if interleaved {
+            x.reshape([b * h, t, r / 2, 2]).swap_dims(2, 3).reshape([b, h, t, r])
+        } else {
+            x
+        };
+        let x1 = x.clone().narrow(3, 0, r / 2);
+        let x2 = x.clone().narrow(3, r / 2, r / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos.clone() + rotated * sin.clone()
+    };
+    if rope_dim == d {
+        return rotate(x);
+    }
+    let rot = x.clone().narrow(3, 0, rope_dim);
+    let pass = x.narrow(3, rope_dim, d - rope_dim);
+    Tensor::cat(vec![rotate(rot), pass], 3)
+}
+
+/// Residual add followed by RMSNorm: returns `(x + r, rms_norm(x + r, weight, eps))`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// type B = hearth_backend::Cpu;
+/// let dev = Default::default();
+/// let x = Tensor::<B, 2>::from_floats([[1.0, -2.0]], &dev);
+/// let r = Tensor::<B, 2>::from_floats([[0.0, 1.0]], &dev);
+/// let w = Tensor::<B, 1>::from_floats([2.0, 2.0], &dev);
+/// let (s, y) = hearth_backend::ops::add_rms_norm(x, r, w, 0.0);
+/// assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![1.0, -1.0]);
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![2.0, -2.0]);
+/// # }
+/// ```
+pub fn add_rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    r: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let s = x + r;
+    let y = rms_norm(s.clone(), weight, eps);
+    (s, y)
+}

@@ -8,6 +8,7 @@
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use hearth_backend::{
     BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, device_supports, open_device, ops,
     set_compute_dtype,
@@ -257,6 +258,347 @@ fn attention<B: HearthBackend>(dev: &B::Device) {
     }
 }
 
+/// hearth's cubecl kernels called directly (not through the trait, which falls back), for the
+/// generic test functions below.
+trait CubeKernels: HearthBackend {
+    fn k_rope(
+        x: Tensor<Self, 4>,
+        c: &Tensor<Self, 4>,
+        s: &Tensor<Self, 4>,
+        r: usize,
+        il: bool,
+    ) -> Result<Tensor<Self, 4>, BackendError>;
+    fn k_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: Tensor<Self, 3>,
+        scale: f64,
+    ) -> Result<Tensor<Self, 4>, BackendError>;
+    #[allow(clippy::type_complexity)]
+    fn k_add_rms_norm(
+        x: Tensor<Self, 2>,
+        r: Tensor<Self, 2>,
+        w: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Result<(Tensor<Self, 2>, Tensor<Self, 2>), BackendError>;
+    fn k_matvec(x: Tensor<Self, 2>, w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError>;
+    fn k_matvec3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError>;
+    fn k_silu(
+        x: Tensor<Self, 2>,
+        g: &PackedMatrix<Self>,
+        u: &PackedMatrix<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError>;
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels for CubeBackend<R, F, I, BT> {
+    fn k_rope(
+        x: Tensor<Self, 4>,
+        c: &Tensor<Self, 4>,
+        s: &Tensor<Self, 4>,
+        r: usize,
+        il: bool,
+    ) -> Result<Tensor<Self, 4>, BackendError> {
+        hearth_backend::cube::rope(x, c, s, r, il)
+    }
+    fn k_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: Tensor<Self, 3>,
+        scale: f64,
+    ) -> Result<Tensor<Self, 4>, BackendError> {
+        hearth_backend::cube::gqa_attention(q, k, v, mask, scale)
+    }
+    fn k_add_rms_norm(
+        x: Tensor<Self, 2>,
+        r: Tensor<Self, 2>,
+        w: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Result<(Tensor<Self, 2>, Tensor<Self, 2>), BackendError> {
+        hearth_backend::cube::add_rms_norm(x, r, w, eps)
+    }
+    fn k_matvec(x: Tensor<Self, 2>, w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError> {
+        hearth_backend::cube::packed_matvec(x, w)
+    }
+    fn k_matvec3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        hearth_backend::cube::packed_matvec3(x, w)
+    }
+    fn k_silu(
+        x: Tensor<Self, 2>,
+        g: &PackedMatrix<Self>,
+        u: &PackedMatrix<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        hearth_backend::cube::packed_matvec_silu(x, g, u)
+    }
+}
+
+fn rope<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(7);
+    let mut cases = vec![
+        (1, 1, 1, 2, 2, false),
+        (1, 4, 3, 64, 64, false),
+        (2, 3, 5, 24, 8, true),
+        (1, 2, 1, 130, 64, true),
+    ];
+    for _ in 0..6 {
+        let d = 2 * (1 + rng.below(40));
+        let r = 2 * (1 + rng.below(d / 2));
+        cases.push((
+            1 + rng.below(3),
+            1 + rng.below(6),
+            1 + rng.below(9),
+            d,
+            r,
+            rng.below(2) == 1,
+        ));
+    }
+    for (b, h, t, d, r, interleaved) in cases {
+        // as the models call it: [B, T, H, D] projections viewed as [B, H, T, D]
+        let x = tensor::<B, 4>(rng.vec(b * t * h * d), [b, t, h, d], dev).swap_dims(1, 2);
+        let cos = tensor::<B, 4>(rng.vec(b * t * r), [b, 1, t, r], dev);
+        let sin = tensor::<B, 4>(rng.vec(b * t * r), [b, 1, t, r], dev);
+        let want = host(ops::rope(x.clone(), &cos, &sin, r, interleaved));
+        let got = host(B::k_rope(x.clone(), &cos, &sin, r, interleaved).unwrap());
+        let e = rel_err(&got, &want, 1e-6);
+        assert!(
+            e < 1e-6,
+            "rope b{b} h{h} t{t} d{d} r{r} interleaved={interleaved}: {e:e}"
+        );
+        // the trait method runs the same kernel (other tests may switch plane reductions
+        // concurrently, so compare with a tolerance rather than bit for bit)
+        assert!(
+            rel_err(&host(B::rope(x, &cos, &sin, r, interleaved)), &got, 1e-6) < 1e-6,
+            "trait method"
+        );
+    }
+    // bad input: odd or too large rope_dim, wrong table
+    let x = Tensor::<B, 4>::ones([1, 2, 3, 8], dev);
+    let c = Tensor::<B, 4>::ones([1, 1, 3, 8], dev);
+    assert!(matches!(
+        B::k_rope(x.clone(), &c, &c, 7, false),
+        Err(BackendError::ShapeMismatch { op: "rope", .. })
+    ));
+    assert!(B::k_rope(x.clone(), &c, &c, 10, false).is_err());
+    let c2 = Tensor::<B, 4>::ones([1, 1, 2, 8], dev);
+    assert!(B::k_rope(x, &c2, &c2, 8, false).is_err());
+}
+
+/// The fused attention kernel against the burn-op fallback on KV-cache views: keys and values
+/// are the first `s` positions of a `[B, Hkv, cap, D]` buffer, masks causal with a window and
+/// padded rows, several 64-key tiles, head dims above the cube size, `Dv != D`.
+fn fused_attention<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(8);
+    let mut cases = vec![
+        (1, 8, 4, 1, 1, 64, 64),
+        (1, 2, 2, 1, 200, 130, 70),
+        (2, 1, 3, 3, 65, 16, 16),
+    ];
+    for _ in 0..6 {
+        cases.push((
+            1 + rng.below(2),
+            1 + rng.below(4),
+            1 + rng.below(3),
+            1 + rng.below(5),
+            1 + rng.below(150),
+            1 + rng.below(100),
+            1 + rng.below(100),
+        ));
+    }
+    for (b, hkv, g, t, s, d, dv) in cases {
+        let s = s.max(t);
+        let h = hkv * g;
+        let cap = s + 1 + rng.below(20);
+        let q = tensor::<B, 4>(rng.vec(b * t * h * d), [b, t, h, d], dev).swap_dims(1, 2);
+        let kc = tensor::<B, 4>(rng.vec(b * hkv * cap * d), [b, hkv, cap, d], dev) * 2.0;
+        let vc = tensor::<B, 4>(rng.vec(b * hkv * cap * dv), [b, hkv, cap, dv], dev);
+        let k = kc.slice([0..b, 0..hkv, 0..s, 0..d]);
+        let v = vc.slice([0..b, 0..hkv, 0..s, 0..dv]);
+        let window = if rng.below(2) == 1 {
+            Some(1 + rng.below(s))
+        } else {
+            None
+        };
+        let pos = hearth_attention_positions(b, t, s, &mut rng);
+        let mask = mask_values(&pos, t, s, window);
+        let mask = tensor::<B, 3>(mask, [b, t, s], dev);
+        let scale = 1.0 / (d as f64).sqrt();
+        // the fallback with hearth's exact-f32 matmul (burn's own matmul is TF32 on CUDA)
+        let want = host(ops::gqa_attention_with(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+            scale,
+            B::matmul::<4>,
+        ));
+        let got = B::k_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale).unwrap();
+        assert_eq!(got.dims(), [b, h, t, dv]);
+        let got = host(got);
+        let e = rel_err(&got, &want, 1e-3);
+        println!("fused attention b{b} h{h} hkv{hkv} t{t} s{s} d{d} dv{dv}: rel {e:.1e}");
+        assert!(
+            e < 1e-5,
+            "attention b{b} h{h} hkv{hkv} t{t} s{s} d{d} dv{dv} {window:?}: {e:e}"
+        );
+        assert!(
+            rel_err(&host(B::gqa_attention(q, k, v, mask, scale)), &got, 1e-3) < 1e-6,
+            "trait method"
+        );
+    }
+    let q = Tensor::<B, 4>::ones([1, 3, 1, 8], dev);
+    let k = Tensor::<B, 4>::ones([1, 2, 4, 8], dev);
+    let mask = Tensor::<B, 3>::zeros([1, 1, 4], dev);
+    assert!(matches!(
+        B::k_attention(q, k.clone(), k, mask, 1.0),
+        Err(BackendError::ShapeMismatch {
+            op: "gqa_attention",
+            ..
+        })
+    ));
+}
+
+/// `(past, new)` per row for a chunk of `t` slots attending to `s` keys: one row ends exactly at
+/// `s`, the others may be shorter (ragged batch, padded slots).
+fn hearth_attention_positions(b: usize, t: usize, s: usize, rng: &mut Rng) -> Vec<(usize, usize)> {
+    (0..b)
+        .map(|row| {
+            if row == 0 {
+                (s - t, t)
+            } else {
+                let new = 1 + rng.below(t);
+                (rng.below(s - new + 1), new)
+            }
+        })
+        .collect()
+}
+
+/// The additive mask of hearth-attention's `BatchPositions::mask_values` (causal, optional
+/// window, padded slots attend to key 0), written out independently.
+fn mask_values(pos: &[(usize, usize)], t: usize, s: usize, window: Option<usize>) -> Vec<f32> {
+    let mut m = vec![f32::NEG_INFINITY; pos.len() * t * s];
+    for (b, &(p, n)) in pos.iter().enumerate() {
+        for i in 0..t {
+            let row = &mut m[(b * t + i) * s..(b * t + i + 1) * s];
+            if i >= n {
+                row[0] = 0.0;
+                continue;
+            }
+            let q = p + i;
+            let lo = window.map_or(0, |w| (q + 1).saturating_sub(w));
+            for v in &mut row[lo..=q] {
+                *v = 0.0;
+            }
+        }
+    }
+    m
+}
+
+fn add_rms_norm<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(9);
+    let mut shapes = vec![(1, 1), (1, 2048), (3, 7), (5, 4099), (2, 64)];
+    for _ in 0..5 {
+        shapes.push((1 + rng.below(20), 1 + rng.below(3000)));
+    }
+    for plane in [true, false] {
+        hearth_backend::cube::set_plane_reductions(plane);
+        for &(rows, cols) in &shapes {
+            let x = tensor::<B, 2>(rng.vec(rows * cols), [rows, cols], dev) * 3.0;
+            let r = tensor::<B, 2>(rng.vec(rows * cols), [rows, cols], dev);
+            let w = tensor::<B, 1>(rng.vec(cols), [cols], dev);
+            let (ws, wy) = ops::add_rms_norm(x.clone(), r.clone(), w.clone(), 1e-6);
+            let (gs, gy) = B::k_add_rms_norm(x.clone(), r.clone(), w.clone(), 1e-6).unwrap();
+            assert_eq!(host(gs), host(ws), "sum [{rows}, {cols}]");
+            let e = rel_err(&host(gy), &host(wy.clone()), 1e-6);
+            assert!(e < 1e-5, "add_rms_norm [{rows}, {cols}] plane={plane}: {e:e}");
+            // the trait method on 3-D input
+            let x3 = x.reshape([1, rows, cols]);
+            let (_, ty) = B::add_rms_norm(x3, r.reshape([1, rows, cols]), w, 1e-6);
+            assert!(rel_err(&host(ty), &host(wy), 1e-6) < 1e-5);
+        }
+    }
+    hearth_backend::cube::set_plane_reductions(true);
+    let x = Tensor::<B, 2>::ones([2, 3], dev);
+    let w = Tensor::<B, 1>::ones([3], dev);
+    assert!(matches!(
+        B::k_add_rms_norm(x.clone(), Tensor::ones([2, 4], dev), w, 1e-6),
+        Err(BackendError::ShapeMismatch { op: "add_rms_norm", .. })
+    ));
+    assert!(B::k_add_rms_norm(x.clone(), x, Tensor::ones([4], dev), 1e-6).is_err());
+}
+
+/// q/k/v in one launch and gate/up/SiLU in one launch against the separate matvecs.
+fn fused_packed<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(10);
+    for format in PackedFormat::ALL {
+        for _ in 0..3 {
+            let k = format.block_len() * (1 + rng.below(if format.block_len() > 32 { 4 } else { 40 }));
+            let m = 1 + rng.below(4);
+            let ns = [1 + rng.below(70), 1 + rng.below(30), 1 + rng.below(30)];
+            let ws: Vec<PackedMatrix<B>> = ns
+                .iter()
+                .map(|&n| B::upload_packed(format, &gguf_bytes(format, &weights(&mut rng, n * k)), n, k, dev).unwrap())
+                .collect();
+            let x = tensor::<B, 2>(rng.vec(m * k), [m, k], dev);
+            let got = B::k_matvec3(x.clone(), [&ws[0], &ws[1], &ws[2]]).unwrap();
+            let via_trait = B::packed_matmul3(x.clone(), [&ws[0], &ws[1], &ws[2]]).unwrap();
+            for ((g, t), w) in got.into_iter().zip(via_trait).zip(&ws) {
+                let want = host(B::k_matvec(x.clone(), w).unwrap());
+                let g = host(g);
+                assert_eq!(g.len(), m * w.rows());
+                assert!(
+                    rel_err(&g, &want, 1e-6) < 1e-6,
+                    "{format:?} matvec3 m{m} n{} k{k}",
+                    w.rows()
+                );
+                assert!(rel_err(&host(t), &g, 1e-6) < 1e-6, "trait packed_matmul3");
+            }
+            // gate/up: same shape
+            let up = B::upload_packed(
+                format,
+                &gguf_bytes(format, &weights(&mut rng, ns[0] * k)),
+                ns[0],
+                k,
+                dev,
+            )
+            .unwrap();
+            let x8 = x.clone() * 4.0;
+            let got = host(B::k_silu(x8.clone(), &ws[0], &up).unwrap());
+            let g = B::k_matvec(x8.clone(), &ws[0]).unwrap();
+            let u = B::k_matvec(x8.clone(), &up).unwrap();
+            let want = host(ops::silu_mul(g, u));
+            assert!(
+                rel_err(&got, &want, 1e-6) < 1e-5,
+                "{format:?} silu m{m} n{} k{k}",
+                ns[0]
+            );
+            assert!(
+                rel_err(&host(B::packed_matmul_silu(x8, &ws[0], &up).unwrap()), &got, 1e-6) < 1e-6,
+                "trait packed_matmul_silu"
+            );
+            // mismatched gate/up is an error, never a panic
+            assert!(
+                matches!(
+                    B::packed_matmul_silu(x.clone(), &ws[0], &ws[1]),
+                    Err(BackendError::ShapeMismatch { .. })
+                ) || ns[0] == ns[1]
+            );
+        }
+    }
+    // too many rows for the fused kernels: a typed error (the trait falls back)
+    let w = B::upload_packed(
+        PackedFormat::Q8_0,
+        &gguf_bytes(PackedFormat::Q8_0, &[0.5; 64]),
+        2,
+        32,
+        dev,
+    )
+    .unwrap();
+    let x = Tensor::<B, 2>::ones([5, 32], dev);
+    assert!(B::k_matvec3(x.clone(), [&w, &w, &w]).is_err());
+    assert_eq!(B::packed_matmul3(x, [&w, &w, &w]).unwrap()[2].dims(), [5, 2]);
+}
+
 fn ggml(format: PackedFormat) -> GgmlType {
     match format {
         PackedFormat::F32 => GgmlType::F32,
@@ -491,6 +833,22 @@ macro_rules! backend_tests {
                     let d = hearth_backend::cube::dequantize_packed(w, burn::tensor::DType::F32).unwrap();
                     assert_eq!(host(d), deq, "device dequantization");
                 });
+            }
+            #[test]
+            fn rope_matches_fallback() {
+                rope::<B>(&dev());
+            }
+            #[test]
+            fn fused_attention_matches_fallback() {
+                fused_attention::<B>(&dev());
+            }
+            #[test]
+            fn add_rms_norm_matches_fallback() {
+                add_rms_norm::<B>(&dev());
+            }
+            #[test]
+            fn fused_packed_matvecs_match_separate() {
+                fused_packed::<B>(&dev());
             }
             #[test]
             fn packed_bad_input_is_an_error() {

@@ -88,6 +88,11 @@ struct ModelArgs {
     /// by default (reference path; GPU backends always run burn's).
     #[arg(long)]
     burn_forward: bool,
+    /// Compute dtype of the device forward: f32, f16 (wgpu with shaderFloat16, CUDA) or bf16
+    /// (CUDA). Dense weights are stored in it; kernels accumulate in f32. The CPU backend
+    /// computes in f32 only.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 impl ModelArgs {
@@ -293,11 +298,11 @@ fn run(cli: Cli) -> Result<()> {
     kind.ensure_compiled()?;
     match kind {
         #[cfg(feature = "cpu")]
-        BackendKind::Cpu => run_on::<hearth_backend::Cpu>(Default::default(), cli.cmd),
+        BackendKind::Cpu => run_on::<hearth_backend::Cpu>(kind, Default::default(), cli.cmd),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => run_on::<hearth_backend::Wgpu>(Default::default(), cli.cmd),
+        BackendKind::Wgpu => run_on::<hearth_backend::Wgpu>(kind, Default::default(), cli.cmd),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => run_on::<hearth_backend::Cuda>(Default::default(), cli.cmd),
+        BackendKind::Cuda => run_on::<hearth_backend::Cuda>(kind, Default::default(), cli.cmd),
         #[allow(unreachable_patterns)]
         other => bail!("backend {other} is not compiled into this build"),
     }
@@ -366,7 +371,9 @@ const LAST_ONLY: ForwardOptions = ForwardOptions {
     last_only: true,
 };
 
-fn run_on<B: HearthBackend>(dev: B::Device, cmd: Cmd) -> Result<()> {
+fn run_on<B: HearthBackend>(kind: BackendKind, dev: B::Device, cmd: Cmd) -> Result<()> {
+    let dtype: hearth_backend::DType = model_args(&cmd).map(|m| m.dtype.as_str()).unwrap_or("f32").parse()?;
+    hearth_backend::open_device::<B>(kind, &dev, dtype)?;
     match cmd {
         Cmd::Generate(a) => generate::<B>(&dev, &a),
         Cmd::Chat(a) => chat::<B>(&dev, &a),
@@ -588,6 +595,95 @@ fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64,
     Ok((prefill_tok_s, decode))
 }
 
+/// With `HEARTH_PROFILE=1` (device forward): what one decode step costs and where it goes.
+/// - the cost of one launch: 1000 tiny burn element-wise ops, 1000 tiny hearth RMSNorm kernels;
+/// - host vs device: per step, the time until `forward` returns (the host enqueued every
+///   kernel) and until the logits are on the host;
+/// - per op (hearth_backend::profile scopes, each between two device synchronisations), per
+///   decode step.
+fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &BenchArgs) -> Result<serde_json::Value> {
+    use burn::tensor::Tensor;
+    use hearth_backend::profile;
+    let sync = || B::sync(dev).map_err(|e| anyhow::anyhow!("device sync: {e:?}"));
+    let per_launch_us = |f: &dyn Fn()| -> Result<f64> {
+        f();
+        sync()?;
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            f();
+        }
+        sync()?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    };
+    let x = Tensor::<B, 2>::ones([1, 64], dev);
+    let w = Tensor::<B, 1>::ones([64], dev);
+    let burn_op_us = per_launch_us(&|| {
+        std::hint::black_box(x.clone().add_scalar(1.0));
+    })?;
+    let kernel_us = per_launch_us(&|| {
+        std::hint::black_box(B::rms_norm(x.clone(), w.clone(), 1e-6));
+    })?;
+    let steps = 16usize;
+    let vocab = model.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    // host vs device, without the profile's synchronisations
+    let mut cache = model.new_cache(1, Some(a.prompt_len + 2 * steps + 2));
+    let run = |cache: &mut _, tok: u32| -> Result<(u32, f64, f64)> {
+        let t0 = Instant::now();
+        let out = model.forward(&[vec![tok]], cache, LAST_ONLY)?;
+        let enq = t0.elapsed().as_secs_f64();
+        let v = out
+            .logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((argmax(&v)?, enq, t0.elapsed().as_secs_f64()))
+    };
+    let out = model.forward(std::slice::from_ref(&prompt), &mut cache, LAST_ONLY)?;
+    let mut tok = argmax(
+        &out.logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    )?;
+    let (mut enq, mut total) = (0.0, 0.0);
+    for _ in 0..steps {
+        let (t, e, s) = run(&mut cache, tok)?;
+        tok = t;
+        enq += e;
+        total += s;
+    }
+    // per op, synchronised
+    profile::reset();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        tok = run(&mut cache, tok)?.0;
+    }
+    let synced_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let ops: Vec<_> = profile::report()
+        .into_iter()
+        .map(|(name, calls, t)| {
+            serde_json::json!({
+                "op": name,
+                "calls_per_step": calls as f64 / steps as f64,
+                "us_per_step": t.as_secs_f64() * 1e6 / steps as f64,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "tiny_burn_op_us": burn_op_us,
+        "tiny_hearth_kernel_us": kernel_us,
+        "step_ms": total * 1e3 / steps as f64,
+        "step_host_enqueue_ms": enq * 1e3 / steps as f64,
+        "step_ms_with_per_op_sync": synced_ms,
+        "ops": ops,
+    });
+    eprintln!("profile: {}", serde_json::to_string_pretty(&v)?);
+    Ok(v)
+}
+
 /// Tokens/s of the packed matrix–vector products of a decode step alone (best of `--runs`).
 fn kernels_only(host: &HostModel, a: &BenchArgs) -> Result<f64> {
     let mut s = host.new_session(1, Some(1));
@@ -604,7 +700,7 @@ fn kernels_only(host: &HostModel, a: &BenchArgs) -> Result<f64> {
 }
 
 /// Device memory bandwidth (bytes/s), measured now: the best of 5 element-wise passes over a
-/// 1 GiB f32 tensor (`y = x + 1`: 1 GiB read + 1 GiB written, synchronised by reading one
+/// 2²⁸-element tensor of the compute dtype (`y = x + 1`, one read and one write, synchronised by reading one
 /// element back). burn's element-wise kernels stream at close to the memory's rate; its
 /// reductions do not, so they are not used as the yardstick.
 fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
@@ -619,7 +715,8 @@ fn device_read_bandwidth<B: HearthBackend>(dev: &B::Device) -> f64 {
     for _ in 0..5 {
         let t0 = Instant::now();
         std::hint::black_box(pass());
-        best = best.max((2 * n * 4) as f64 / t0.elapsed().as_secs_f64());
+        // the tensor has the device's compute dtype (2 bytes per element with --dtype bf16)
+        best = best.max((2 * n * x.dtype().size()) as f64 / t0.elapsed().as_secs_f64());
     }
     best
 }
@@ -661,6 +758,11 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         measure(dec, a)?
     } else {
         pool.install(|| measure(dec, a))?
+    };
+    let profile = if hearth_backend::profile::enabled() && !dec.is_host() {
+        Some(profile_decode::<B>(&model, dev, a)?)
+    } else {
+        None
     };
     let kernels_tok_s = match &host {
         Some(h) => Some(kernels_only(h, a)?),
@@ -709,6 +811,7 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "burn_prefill_tok_s": burn_runs.as_ref().map(|r| r.0),
         "burn_decode_tok_s": burn_runs.as_ref().map(|r| best(&r.1)),
         "burn_pct_of_floor": burn_runs.as_ref().and_then(|r| pct(best(&r.1))),
+        "profile": profile,
         "peak_rss_bytes": rss,
         "weight_bytes_resident": resident,
         "kv_cache_bytes": kv_bytes,

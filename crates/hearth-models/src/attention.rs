@@ -4,10 +4,10 @@
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::error::ModelError;
-use crate::layers::{Linear, Loader, RmsNorm};
+use crate::layers::{Linear, Loader, RmsNorm, linear3};
 use burn::tensor::Tensor;
-use hearth_attention::{BatchPositions, KvCache, RopeLayout, apply_rope};
-use hearth_backend::HearthBackend;
+use hearth_attention::{BatchPositions, KvCache, RopeLayout};
+use hearth_backend::{HearthBackend, profile};
 
 /// Per-forward inputs shared by every attention layer.
 pub struct AttnContext<'a, B: HearthBackend> {
@@ -78,13 +78,8 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
     }
 
     fn rope(&self, x: Tensor<B, 4>, ctx: &AttnContext<B>) -> Tensor<B, 4> {
-        if self.rope_dim == self.head_dim {
-            return apply_rope(x, ctx.cos, ctx.sin, self.rope_layout);
-        }
-        // partial rotary: rotate the first rope_dim dims, pass the rest through
-        let rot = x.clone().narrow(3, 0, self.rope_dim);
-        let pass = x.narrow(3, self.rope_dim, self.head_dim - self.rope_dim);
-        Tensor::cat(vec![apply_rope(rot, ctx.cos, ctx.sin, self.rope_layout), pass], 3)
+        let interleaved = self.rope_layout == RopeLayout::Interleaved;
+        B::rope(x, ctx.cos, ctx.sin, self.rope_dim, interleaved)
     }
 
     /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`.
@@ -96,10 +91,9 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         ctx: &AttnContext<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [b, t, _] = x.dims();
+        let dev = x.device();
         let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let mut q = self.q.forward(x.clone());
-        let mut k = self.k.forward(x.clone());
-        let v = self.v.forward(x);
+        let [mut q, mut k, v] = profile::scope::<B, _>(&dev, "attn.qkv", || linear3(x, [&self.q, &self.k, &self.v]));
         if self.qk_norm == QkNorm::Full {
             q = self.q_norm.as_ref().expect("q_norm").forward(q);
             k = self.k_norm.as_ref().expect("k_norm").forward(k);
@@ -110,11 +104,16 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
             q = self.q_norm.as_ref().expect("q_norm").forward(q);
             k = self.k_norm.as_ref().expect("k_norm").forward(k);
         }
-        let q = self.rope(q.swap_dims(1, 2), ctx);
-        let k = self.rope(k.swap_dims(1, 2), ctx);
+        let (q, k) = profile::scope::<B, _>(&dev, "attn.rope", || {
+            (self.rope(q.swap_dims(1, 2), ctx), self.rope(k.swap_dims(1, 2), ctx))
+        });
         let v = v.reshape([b, t, hkv, d]).swap_dims(1, 2);
-        let (k, v) = cache.update(layer, k, v, ctx.pos)?;
-        let o = B::gqa_attention(q, k, v, ctx.mask.clone(), self.scale);
-        Ok(self.o.forward(o.swap_dims(1, 2).reshape([b, t, h * d])))
+        let (k, v) = profile::scope::<B, _>(&dev, "attn.kv_cache", || cache.update(layer, k, v, ctx.pos))?;
+        let o = profile::scope::<B, _>(&dev, "attn.sdpa", || {
+            B::gqa_attention(q, k, v, ctx.mask.clone(), self.scale)
+        });
+        Ok(profile::scope::<B, _>(&dev, "attn.o", || {
+            self.o.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
+        }))
     }
 }

@@ -17,7 +17,7 @@ use crate::moe::MoeBlock;
 use crate::weights::{TensorSource, WeightStore};
 use burn::tensor::{Int, Tensor, TensorData};
 use hearth_attention::{ContiguousKvCache, KvCache};
-use hearth_backend::HearthBackend;
+use hearth_backend::{HearthBackend, profile};
 use hearth_moe::LoadStats;
 use std::collections::HashMap;
 use std::path::Path;
@@ -221,7 +221,7 @@ impl<B: HearthBackend> CausalLm<B> {
     pub fn weight_bytes(&self) -> usize {
         let hid = self.cfg.hidden_size;
         let embed = match &self.embed {
-            Embedding::Device(t) => t.shape().num_elements() * 4,
+            Embedding::Device(t) => t.shape().num_elements() * t.dtype().size(),
             Embedding::Host(e) => e.bytes.len(),
         };
         let head_shares_embedding = match (&self.embed, &self.lm_head.weight) {
@@ -310,10 +310,10 @@ impl<B: HearthBackend> CausalLm<B> {
             }
         }
         let mut x = match &self.embed {
-            Embedding::Device(e) => {
+            Embedding::Device(e) => profile::scope::<B, _>(&self.device, "embed", || {
                 let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
                 e.clone().select(0, ids).reshape([b, t, hid])
-            }
+            }),
             Embedding::Host(e) => {
                 let mut rows = vec![0.0f32; b * t * hid];
                 for (r, id) in rows.chunks_exact_mut(hid).zip(ids) {
@@ -328,17 +328,26 @@ impl<B: HearthBackend> CausalLm<B> {
             field: "rope_scaling".into(),
             reason: e.to_string(),
         })?;
-        let (cos, sin) = table.tensors::<B>(&pos.positions(), &self.device);
+        let (cos, sin) = profile::scope::<B, _>(&self.device, "rope_table", || {
+            table.tensors::<B>(&pos.positions(), &self.device)
+        });
         let mut masks: HashMap<Option<usize>, Tensor<B, 3>> = HashMap::new();
         let mut hidden = Vec::new();
         if opts.hidden_states {
             hidden.push(x.clone());
         }
         let last = self.layers.len().saturating_sub(1);
+        let dev = &self.device;
+        // the first layer's input norm alone; every later norm is fused with the residual add
+        // before it (`add_rms_norm`)
+        let mut h = match self.layers.first() {
+            Some(l0) => profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone())),
+            None => x.clone(),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = masks
                 .entry(layer.window)
-                .or_insert_with(|| pos.mask::<B>(layer.window, &self.device))
+                .or_insert_with(|| profile::scope::<B, _>(dev, "mask_upload", || pos.mask::<B>(layer.window, dev)))
                 .clone();
             let ctx = AttnContext {
                 pos: &pos,
@@ -346,24 +355,35 @@ impl<B: HearthBackend> CausalLm<B> {
                 sin: &sin,
                 mask: &mask,
             };
-            let h = layer.input_norm.forward(x.clone());
             let a = match &layer.attn {
                 Attention::Mha(m) => m.forward(h, i, cache, &ctx)?,
                 Attention::Mla(m) => m.forward(h, i, cache, &ctx)?,
             };
-            x = x + a;
-            let h = layer.post_norm.forward(x.clone());
+            let (x1, h1) = profile::scope::<B, _>(dev, "add_norm", || {
+                B::add_rms_norm(x, a, layer.post_norm.weight.clone(), layer.post_norm.eps)
+            });
+            x = x1;
             let f = match &layer.ffn {
-                Ffn::Dense(m) => m.forward(h),
-                Ffn::Moe(m) => m.forward(h, &valid, i)?,
+                Ffn::Dense(m) => m.forward(h1),
+                Ffn::Moe(m) => profile::scope::<B, _>(dev, "moe", || m.forward(h1, &valid, i))?,
             };
-            x = x + f;
+            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            let (x2, h2) = profile::scope::<B, _>(dev, "add_norm", || {
+                B::add_rms_norm(x, f, next_norm.weight.clone(), next_norm.eps)
+            });
+            x = x2;
+            h = h2;
             if opts.hidden_states && i != last {
                 hidden.push(x.clone());
             }
         }
         cache.advance(&pos);
-        let x = self.norm.forward(x);
+        // `h` is the final norm of the last layer's output (or of the embeddings without layers)
+        let x = if self.layers.is_empty() {
+            self.norm.forward(x)
+        } else {
+            h
+        };
         if opts.hidden_states {
             hidden.push(x.clone());
         }
@@ -374,8 +394,9 @@ impl<B: HearthBackend> CausalLm<B> {
         } else {
             x
         };
+        let logits = profile::scope::<B, _>(dev, "lm_head", || self.lm_head.forward(x));
         Ok(ForwardOutput {
-            logits: self.lm_head.forward(x),
+            logits,
             hidden_states: hidden,
         })
     }

@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
-use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix};
+use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix, profile};
 use hearth_quant::kernels::{self, WeightFormat};
 use hearth_quant::{AlignedBytes, WeightBytes};
 use std::sync::Arc;
@@ -136,7 +136,7 @@ impl<B: HearthBackend> Linear<B> {
     /// Bytes of weight read by one forward (the decode bandwidth cost).
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
-            LinearWeight::Device(w) => w.shape().num_elements() * 4,
+            LinearWeight::Device(w) => w.shape().num_elements() * w.dtype().size(),
             LinearWeight::Packed(p) => p.device_bytes(),
             LinearWeight::Host(h) => h.bytes.len(),
         }
@@ -208,10 +208,54 @@ impl<B: HearthBackend> Mlp<B> {
         self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()
     }
 
-    /// Applies the MLP to the last dimension.
+    /// Applies the MLP to the last dimension. Packed gate/up weights without biases go through
+    /// [`HearthBackend::packed_matmul_silu`] (one launch on the cubecl backends).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.down
-            .forward(B::silu_mul(self.gate.forward(x.clone()), self.up.forward(x)))
+        let dev = x.device();
+        let dims = x.dims();
+        let h = match (&self.gate.weight, &self.up.weight, &self.gate.bias, &self.up.bias) {
+            (LinearWeight::Packed(g), LinearWeight::Packed(u), None, None) => {
+                let rows: usize = dims[..D - 1].iter().product();
+                let mut shape = dims;
+                shape[D - 1] = g.rows();
+                profile::scope::<B, _>(&dev, "mlp.gate_up_silu", || {
+                    B::packed_matmul_silu(x.reshape([rows, dims[D - 1]]), g, u)
+                        .expect("packed weight sizes are checked at upload")
+                        .reshape(shape)
+                })
+            }
+            _ => {
+                let (g, u) = profile::scope::<B, _>(&dev, "mlp.gate_up", || {
+                    (self.gate.forward(x.clone()), self.up.forward(x))
+                });
+                profile::scope::<B, _>(&dev, "mlp.silu_mul", || B::silu_mul(g, u))
+            }
+        };
+        profile::scope::<B, _>(&dev, "mlp.down", || self.down.forward(h))
+    }
+}
+
+/// `x · Wᵀ + b` for three projections of the same input `x: [B, T, in]` (attention's q, k,
+/// v): one [`HearthBackend::packed_matmul3`] when all three weights are packed on the device,
+/// else three [`Linear::forward`]s.
+pub fn linear3<B: HearthBackend>(x: Tensor<B, 3>, l: [&Linear<B>; 3]) -> [Tensor<B, 3>; 3] {
+    let [b, t, inp] = x.dims();
+    match (&l[0].weight, &l[1].weight, &l[2].weight) {
+        (LinearWeight::Packed(p0), LinearWeight::Packed(p1), LinearWeight::Packed(p2)) => {
+            let ys = B::packed_matmul3(x.reshape([b * t, inp]), [p0, p1, p2])
+                .expect("packed weight sizes are checked at upload");
+            let mut i = 0;
+            ys.map(|y| {
+                let n = y.dims()[1];
+                let y = match &l[i].bias {
+                    Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
+                    None => y,
+                };
+                i += 1;
+                y.reshape([b, t, n])
+            })
+        }
+        _ => [l[0].forward(x.clone()), l[1].forward(x.clone()), l[2].forward(x)],
     }
 }
 

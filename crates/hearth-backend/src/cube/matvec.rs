@@ -69,101 +69,7 @@ fn i8_value(byte: u32) -> f32 {
     f32::cast_from(byte ^ 0x80u32) - 128.0f32
 }
 
-/// Dot product of the 32-value chunk `j` of the block at word `wb` of `w` with
-/// `x[xb..xb + 32]`, in f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
-#[cube]
-fn chunk_dot<F: Float>(w: &Array<u32>, wb: usize, j: usize, x: &Tensor<F>, xb: usize, #[comptime] format: u32) -> f32 {
-    let mut s = 0.0f32;
-    if comptime!(format == FMT_F32) {
-        #[unroll]
-        for e in 0..32usize {
-            s += f32::reinterpret(w[wb + e]) * f32::cast_from(x[xb + e]);
-        }
-    } else if comptime!(format == FMT_Q8_0) {
-        let mut q = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let word = w[wb + 1 + t];
-            #[unroll]
-            for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                q += i8_value(byte) * f32::cast_from(x[xb + t * 4 + b]);
-            }
-        }
-        s = f32::reinterpret(w[wb]) * q;
-    } else if comptime!(format == FMT_Q4_0) {
-        let mut q = 0.0f32;
-        #[unroll]
-        for t in 0..4usize {
-            let word = w[wb + 1 + t];
-            #[unroll]
-            for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                let lo = f32::cast_from(byte & 0xFu32) - 8.0f32;
-                let hi = f32::cast_from(byte >> 4u32) - 8.0f32;
-                q += lo * f32::cast_from(x[xb + t * 4 + b]) + hi * f32::cast_from(x[xb + t * 4 + b + 16]);
-            }
-        }
-        s = f32::reinterpret(w[wb]) * q;
-    } else if comptime!(format == FMT_Q4_K) {
-        // words: d, dmin, 3 of scales, 32 of nibbles (sub-blocks 2i, 2i+1 share 8 words)
-        let (sc, m) = q4_k_scale_min(w, wb + 2, j);
-        let qb = wb + 5 + (j / 2) * 8;
-        let shift = u32::cast_from(j % 2) * 4u32;
-        let mut qx = 0.0f32;
-        let mut sx = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let word = w[qb + t] >> shift;
-            #[unroll]
-            for b in 0..4usize {
-                let q = f32::cast_from((word >> comptime!((b * 8) as u32)) & 0xFu32);
-                let xv = f32::cast_from(x[xb + t * 4 + b]);
-                qx += q * xv;
-                sx += xv;
-            }
-        }
-        let dl = f32::reinterpret(w[wb]) * sc;
-        let ml = f32::reinterpret(w[wb + 1]) * m;
-        s = dl * qx - ml * sx;
-    } else {
-        // Q6_K words: d, 32 of ql, 16 of qh, 4 of i8 scales. Chunk j is elements
-        // 128·g + 32·sub + l of the super-block with g = j / 4, sub = j % 4.
-        let g = j / 4;
-        let sub = j % 4;
-        let lb = wb + 1 + g * 16 + (sub % 2) * 8;
-        let hb = wb + 33 + g * 8;
-        let lshift = u32::cast_from(sub / 2) * 4u32;
-        let hshift = u32::cast_from(sub) * 2u32;
-        let mut q0 = 0.0f32;
-        let mut q1 = 0.0f32;
-        #[unroll]
-        for t in 0..8usize {
-            let lw = w[lb + t] >> lshift;
-            let hw = w[hb + t] >> hshift;
-            #[unroll]
-            for b in 0..4usize {
-                let lo = (lw >> comptime!((b * 8) as u32)) & 0xFu32;
-                let hi = (hw >> comptime!((b * 8) as u32)) & 3u32;
-                let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
-                let v = q * f32::cast_from(x[xb + t * 4 + b]);
-                if comptime!(t < 4) {
-                    q0 += v;
-                } else {
-                    q1 += v;
-                }
-            }
-        }
-        let d = f32::reinterpret(w[wb]);
-        let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
-        let s0 = i8_value(sw & 0xFFu32);
-        let s1 = i8_value((sw >> 8u32) & 0xFFu32);
-        s = (d * s0) * q0 + (d * s1) * q1;
-    }
-    s
-}
-
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec_kernel<F: Float>(
     x: &Tensor<F>,
@@ -187,15 +93,8 @@ fn packed_matvec_kernel<F: Float>(
     let n = c % nr;
     let m = c / nr;
     let nc = chunks as usize;
-    let row = n * (nc / chunks_per_block) * words_per_block;
     let x_row = m * x.stride(0);
-    let mut acc = 0.0f32;
-    let mut b = UNIT_POS as usize;
-    while b < nc {
-        let wb = row + (b / chunks_per_block) * words_per_block;
-        acc += chunk_dot::<F>(w, wb, b % chunks_per_block, x, x_row + b * 32, format);
-        b += cube_dim;
-    }
+    let acc = partial_row_dot::<F>(x, x_row, w, n, nc, format, words_per_block, chunks_per_block, cube_dim);
     let mut shared = SharedMemory::<f32>::new(cube_dim);
     let total = cube_sum(acc, &mut shared, use_plane);
     if UNIT_POS == 0 {
@@ -203,7 +102,180 @@ fn packed_matvec_kernel<F: Float>(
     }
 }
 
-#[cube(launch)]
+/// Value `e` (0..32) of the 32-value chunk `j` of the block at word `wb` of `w`, dequantized to
+/// f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
+#[cube]
+fn chunk_value(w: &Array<u32>, wb: usize, j: usize, e: usize, #[comptime] format: u32) -> f32 {
+    let shift = u32::cast_from(e % 4) * 8u32;
+    if comptime!(format == FMT_F32) {
+        f32::reinterpret(w[wb + e])
+    } else if comptime!(format == FMT_Q8_0) {
+        let byte = (w[wb + 1 + e / 4] >> shift) & 0xFFu32;
+        i8_value(byte) * f32::reinterpret(w[wb])
+    } else if comptime!(format == FMT_Q4_0) {
+        let i = e % 16;
+        let byte = (w[wb + 1 + i / 4] >> (u32::cast_from(i % 4) * 8u32)) & 0xFFu32;
+        let nib = if e < 16 { byte & 0xFu32 } else { byte >> 4u32 };
+        (f32::cast_from(nib) - 8.0f32) * f32::reinterpret(w[wb])
+    } else if comptime!(format == FMT_Q4_K) {
+        let (sc, m) = q4_k_scale_min(w, wb + 2, j);
+        let word = w[wb + 5 + (j / 2) * 8 + e / 4] >> (u32::cast_from(j % 2) * 4u32);
+        let q = f32::cast_from((word >> shift) & 0xFu32);
+        f32::reinterpret(w[wb]) * sc * q - f32::reinterpret(w[wb + 1]) * m
+    } else {
+        let g = j / 4;
+        let sub = j % 4;
+        let t = e / 4;
+        let lw = w[wb + 1 + g * 16 + (sub % 2) * 8 + t] >> (u32::cast_from(sub / 2) * 4u32);
+        let hw = w[wb + 33 + g * 8 + t] >> (u32::cast_from(sub) * 2u32);
+        let lo = (lw >> shift) & 0xFu32;
+        let hi = (hw >> shift) & 3u32;
+        let q = f32::cast_from(lo | (hi << 4u32)) - 32.0f32;
+        let sw = w[wb + 49 + j / 2] >> (u32::cast_from(j % 2) * 16u32);
+        let sbyte = if t < 4 { sw & 0xFFu32 } else { (sw >> 8u32) & 0xFFu32 };
+        f32::reinterpret(w[wb]) * i8_value(sbyte) * q
+    }
+}
+
+/// This unit's share of the dot product of row `n` of `w` with the `x` row at `x_row`. The
+/// cube's units form groups of 32: unit `32·g + e` takes value `e` of the chunks `g, g + G,
+/// ...` (`G = cube_dim / 32` groups), so that the 32 units of a warp read 32 consecutive `x`
+/// values and one chunk's consecutive weight words at each step (coalesced loads).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn partial_row_dot<F: Float>(
+    x: &Tensor<F>,
+    x_row: usize,
+    w: &Array<u32>,
+    n: usize,
+    nc: usize,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+) -> f32 {
+    let row = n * (nc / chunks_per_block) * words_per_block;
+    let e = UNIT_POS as usize % 32;
+    let mut acc = 0.0f32;
+    let mut b = UNIT_POS as usize / 32;
+    while b < nc {
+        let wb = row + (b / chunks_per_block) * words_per_block;
+        acc += chunk_value(w, wb, b % chunks_per_block, e, format) * f32::cast_from(x[x_row + b * 32 + e]);
+        b += comptime!(cube_dim / 32);
+    }
+    acc
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn packed_matvec3_kernel<F: Float>(
+    x: &Tensor<F>,
+    w0: &Array<u32>,
+    w1: &Array<u32>,
+    w2: &Array<u32>,
+    out0: &mut Tensor<F>,
+    out1: &mut Tensor<F>,
+    out2: &mut Tensor<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    chunks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // cubes: m-major over the concatenated outputs [n0 | n1 | n2]
+    let c = CUBE_POS;
+    let (a0, a1) = (n0 as usize, n1 as usize);
+    let nt = a0 + a1 + n2 as usize;
+    if c >= nt * x.shape(0) {
+        terminate!();
+    }
+    let j = c % nt;
+    let m = c / nt;
+    let nc = chunks as usize;
+    let x_row = m * x.stride(0);
+    let acc = if j < a0 {
+        partial_row_dot::<F>(x, x_row, w0, j, nc, format, words_per_block, chunks_per_block, cube_dim)
+    } else if j < a0 + a1 {
+        partial_row_dot::<F>(
+            x,
+            x_row,
+            w1,
+            j - a0,
+            nc,
+            format,
+            words_per_block,
+            chunks_per_block,
+            cube_dim,
+        )
+    } else {
+        partial_row_dot::<F>(
+            x,
+            x_row,
+            w2,
+            j - a0 - a1,
+            nc,
+            format,
+            words_per_block,
+            chunks_per_block,
+            cube_dim,
+        )
+    };
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        if j < a0 {
+            out0[m * out0.stride(0) + j] = F::cast_from(total);
+        } else if j < a0 + a1 {
+            out1[m * out1.stride(0) + j - a0] = F::cast_from(total);
+        } else {
+            out2[m * out2.stride(0) + j - a0 - a1] = F::cast_from(total);
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn packed_matvec_silu_kernel<F: Float>(
+    x: &Tensor<F>,
+    wg: &Array<u32>,
+    wu: &Array<u32>,
+    out: &mut Tensor<F>,
+    n_rows: u32,
+    chunks: u32,
+    #[comptime] format: u32,
+    #[comptime] words_per_block: usize,
+    #[comptime] chunks_per_block: usize,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * x.shape(0) {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let nc = chunks as usize;
+    let x_row = m * x.stride(0);
+    let g = partial_row_dot::<F>(x, x_row, wg, n, nc, format, words_per_block, chunks_per_block, cube_dim);
+    let u = partial_row_dot::<F>(x, x_row, wu, n, nc, format, words_per_block, chunks_per_block, cube_dim);
+    let mut shared_g = SharedMemory::<f32>::new(cube_dim);
+    let mut shared_u = SharedMemory::<f32>::new(cube_dim);
+    // both products rounded to F first, as the separate matvecs would leave them
+    let g = f32::cast_from(F::cast_from(cube_sum(g, &mut shared_g, use_plane)));
+    let u = f32::cast_from(F::cast_from(cube_sum(u, &mut shared_u, use_plane)));
+    if UNIT_POS == 0 {
+        out[m * out.stride(0) + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+    }
+}
+
+#[cube(launch_unchecked)]
 fn dequantize_kernel<F: Float>(
     w: &Array<u32>,
     out: &mut Tensor<F>,
@@ -374,26 +446,30 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         return Ok(wrap(out));
     }
     let chunks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&client, chunks);
+    let cube_dim = reduction_cube_dim(&client, chunks * 32);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
-    packed_matvec_kernel::launch::<R>(
-        &client,
-        cube_count,
-        CubeDim::new_1d(cube_dim),
-        x.into_tensor_arg(),
-        words.into_array_arg(),
-        out.clone().into_tensor_arg(),
-        n as u32,
-        m as u32,
-        chunks as u32,
-        format_id(w.format()),
-        w.format().words_per_block(),
-        chunks_per_block(w.format()),
-        cube_dim as usize,
-        use_plane,
-        dtype.into(),
-    );
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            words.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            n as u32,
+            m as u32,
+            chunks as u32,
+            format_id(w.format()),
+            w.format().words_per_block(),
+            chunks_per_block(w.format()),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
     Ok(wrap(out))
 }
 
@@ -420,19 +496,23 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     let total = n * chunks;
     let cube_dim = CubeDim::new(&client, total);
     let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
-    dequantize_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        words.into_array_arg(),
-        out.clone().into_tensor_arg(),
-        total as u32,
-        chunks as u32,
-        format_id(w.format()),
-        w.format().words_per_block(),
-        chunks_per_block(w.format()),
-        dtype.into(),
-    );
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        dequantize_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            words.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            total as u32,
+            chunks as u32,
+            format_id(w.format()),
+            w.format().words_per_block(),
+            chunks_per_block(w.format()),
+            dtype.into(),
+        );
+    }
     Ok(wrap(out))
 }
 
@@ -450,4 +530,180 @@ pub fn packed_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     }
     let dense = dequantize_packed(w, x.dtype())?;
     matmul_f32(x, dense.transpose())
+}
+
+/// Launch parameters shared by the matvec kernels: (contiguous x, chunks per row, cube dim,
+/// plane reductions).
+fn matvec_setup<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> (CubeTensor<R>, usize, u32, bool) {
+    let x = into_contiguous(x);
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&x.client, chunks * 32);
+    let use_plane = plane_reductions(&x.client);
+    (x, chunks, cube_dim, use_plane)
+}
+
+/// Whether `ws` are all device blocks of one format (the fused multi-matrix kernels' input).
+fn same_format<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    ws: &[&PackedMatrix<CubeBackend<R, F, I, BT>>],
+) -> bool {
+    ws.iter().all(|w| {
+        w.format() == ws[0].format() && w.cols() == ws[0].cols() && matches!(w.storage(), PackedStorage::Words(_))
+    })
+}
+
+/// `[x · W₀ᵀ, x · W₁ᵀ, x · W₂ᵀ]` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and three
+/// device-packed matrices of one format and width `K` (e.g. q/k/v projections), in one launch
+/// of the matvec kernel: one cube per output element of the three, as [`packed_matvec`].
+///
+/// Errors: [`BackendError::ShapeMismatch`] for a wrong `x` or more than
+/// [`MATVEC_MAX_ROWS`] rows, [`BackendError::PackedShape`] when the matrices are not device
+/// blocks of one format and width.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, PackedFormat, Wgpu, cube};
+/// let dev = Default::default();
+/// let bytes: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+/// let w = Wgpu::upload_packed(PackedFormat::F32, &bytes, 2, 32, &dev).unwrap();
+/// let [a, _, _] = cube::packed_matvec3(Tensor::ones([1, 32], &dev), [&w, &w, &w]).unwrap();
+/// assert_eq!(a.into_data().to_vec::<f32>().unwrap(), vec![496.0, 1520.0]);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: [&PackedMatrix<CubeBackend<R, F, I, BT>>; 3],
+) -> Result<[BTensor<CubeBackend<R, F, I, BT>, 2>; 3], BackendError> {
+    for wi in w {
+        check_x(&x, wi)?;
+    }
+    let [m, k] = x.dims();
+    if m > MATVEC_MAX_ROWS {
+        return Err(BackendError::ShapeMismatch {
+            op: "packed_matvec3",
+            reason: format!("{m} rows (at most {MATVEC_MAX_ROWS})"),
+        });
+    }
+    if !same_format(&w) {
+        return Err(BackendError::PackedShape {
+            format: w[0].format(),
+            reason: "the three matrices must be device blocks of one format".into(),
+        });
+    }
+    let words = [words(w[0])?, words(w[1])?, words(w[2])?];
+    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let outs = w.map(|wi| empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, wi.rows()]), dtype));
+    if m == 0 {
+        return Ok(outs.map(wrap));
+    }
+    let nt = w[0].rows() + w[1].rows() + w[2].rows();
+    let [w0, w1, w2] = words;
+    let format = w[0].format();
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec3_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1)),
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            w0.into_array_arg(),
+            w1.into_array_arg(),
+            w2.into_array_arg(),
+            outs[0].clone().into_tensor_arg(),
+            outs[1].clone().into_tensor_arg(),
+            outs[2].clone().into_tensor_arg(),
+            w[0].rows() as u32,
+            w[1].rows() as u32,
+            w[2].rows() as u32,
+            chunks as u32,
+            format_id(format),
+            format.words_per_block(),
+            chunks_per_block(format),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    Ok(outs.map(wrap))
+}
+
+/// `silu(x · Gᵀ) · (x · Uᵀ)` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and device-packed
+/// `G, U: [N, K]` of one format, in one launch: each cube computes both dot products of its
+/// output (f32, each rounded to the float dtype as the separate products would be) and the
+/// gate.
+///
+/// Errors: as [`packed_matvec3`], and [`BackendError::ShapeMismatch`] when `G` and `U`
+/// differ in shape.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, PackedFormat, Wgpu, cube};
+/// let dev = Default::default();
+/// let bytes: Vec<u8> = (0..32).flat_map(|_| 1f32.to_le_bytes()).collect();
+/// let w = Wgpu::upload_packed(PackedFormat::F32, &bytes, 1, 32, &dev).unwrap();
+/// let y = cube::packed_matvec_silu(Tensor::zeros([1, 32], &dev), &w, &w).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    gate: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    up: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    check_x(&x, gate)?;
+    check_x(&x, up)?;
+    let [m, k] = x.dims();
+    if m > MATVEC_MAX_ROWS || gate.rows() != up.rows() {
+        return Err(BackendError::ShapeMismatch {
+            op: "packed_matvec_silu",
+            reason: format!(
+                "{m} rows (at most {MATVEC_MAX_ROWS}), gate {} and up {} outputs",
+                gate.rows(),
+                up.rows()
+            ),
+        });
+    }
+    if !same_format(&[gate, up]) {
+        return Err(BackendError::PackedShape {
+            format: gate.format(),
+            reason: "gate and up must be device blocks of one format".into(),
+        });
+    }
+    let (wg, wu) = (words(gate)?, words(up)?);
+    let n = gate.rows();
+    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    if m == 0 {
+        return Ok(wrap(out));
+    }
+    let format = gate.format();
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        packed_matvec_silu_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1)),
+            CubeDim::new_1d(cube_dim),
+            x.into_tensor_arg(),
+            wg.into_array_arg(),
+            wu.into_array_arg(),
+            out.clone().into_tensor_arg(),
+            n as u32,
+            chunks as u32,
+            format_id(format),
+            format.words_per_block(),
+            chunks_per_block(format),
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    Ok(wrap(out))
 }

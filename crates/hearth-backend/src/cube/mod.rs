@@ -8,7 +8,14 @@
 //! - [`HearthBackend::silu_mul`] with the fused [`silu_mul`] kernel;
 //! - [`HearthBackend::upload_packed`] / [`HearthBackend::packed_matmul`] with packed
 //!   F32/Q8_0/Q4_0/Q4_K/Q6_K blocks on the device, multiplied by [`packed_matmul`] (matrix × vector with
-//!   dequantization fused into the load for a few rows; dequantize + [`matmul_f32`] for more).
+//!   dequantization fused into the load for a few rows; dequantize + [`matmul_f32`] for more);
+//! - the decode fusions: [`HearthBackend::rope`] with [`rope`] (one element-wise kernel),
+//!   [`HearthBackend::gqa_attention`] with [`gqa_attention`] for up to
+//!   [`ATTENTION_MAX_QUERIES`] query rows (scores, online softmax and values in one kernel),
+//!   [`HearthBackend::add_rms_norm`] with [`add_rms_norm`], [`HearthBackend::packed_matmul3`]
+//!   with [`packed_matvec3`] (q/k/v in one launch) and [`HearthBackend::packed_matmul_silu`]
+//!   with [`packed_matvec_silu`] (gate, up and SiLU·mul in one launch). `HEARTH_FUSED=0` in the
+//!   environment turns these five back to their burn-op fallbacks (for comparisons).
 //!
 //! Every kernel has a burn-op fallback in [`crate::ops`] and is tested against it.
 //!
@@ -25,15 +32,19 @@
 //! ```
 
 mod act;
+mod attention;
 mod matmul;
 mod matvec;
 mod norm;
 mod reduce;
+mod rope;
 
 pub use act::silu_mul;
+pub use attention::{ATTENTION_MAX_QUERIES, gqa_attention};
 pub use matmul::matmul_f32;
-pub use matvec::{dequantize_packed, packed_matmul, packed_matvec};
-pub use norm::rms_norm;
+pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
+pub use norm::{add_rms_norm, rms_norm};
+pub use rope::rope;
 
 use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
@@ -60,6 +71,27 @@ pub(crate) fn wrap<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEleme
 }
 
 static NO_PLANE_REDUCTIONS: AtomicBool = AtomicBool::new(false);
+
+/// 0 = not read yet, 1 = off, 2 = on.
+static FUSED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the decode fusions (rope, attention, add + RMSNorm, q/k/v and gate/up/SiLU matvecs)
+/// run hearth's kernels: yes unless `HEARTH_FUSED=0` is in the environment (read once).
+///
+/// ```
+/// let _ = hearth_backend::cube::fused_kernels();
+/// ```
+pub fn fused_kernels() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = std::env::var("HEARTH_FUSED").map_or(true, |v| v != "0");
+            FUSED.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
 
 /// Turns plane (warp/subgroup) reductions off (`false`) or back on where the device has them,
 /// for every later kernel launch in this process; without them the kernels reduce through
@@ -135,6 +167,105 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
             Ok(y) => y,
             Err(_) => crate::ops::silu_mul(gate, up),
         }
+    }
+
+    fn rope(
+        x: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+        rope_dim: usize,
+        interleaved: bool,
+    ) -> Tensor<Self, 4> {
+        if fused_kernels()
+            && let Ok(y) = rope(x.clone(), cos, sin, rope_dim, interleaved)
+        {
+            return y;
+        }
+        crate::ops::rope(x, cos, sin, rope_dim, interleaved)
+    }
+
+    fn add_rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        r: Tensor<Self, D>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>) {
+        let dims = x.dims();
+        let cols = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if fused_kernels()
+            && r.dims() == dims
+            && rows > 0
+            && let Ok((s, y)) = add_rms_norm(
+                x.clone().reshape([rows, cols]),
+                r.clone().reshape([rows, cols]),
+                weight.clone(),
+                eps,
+            )
+        {
+            return (s.reshape(dims), y.reshape(dims));
+        }
+        let s = x + r;
+        let y = Self::rms_norm(s.clone(), weight, eps);
+        (s, y)
+    }
+
+    fn gqa_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: Tensor<Self, 3>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        if fused_kernels()
+            && q.dims()[2] <= ATTENTION_MAX_QUERIES
+            && let Ok(o) = gqa_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale)
+        {
+            return o;
+        }
+        crate::ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
+    }
+
+    fn packed_matmul3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        if fused_kernels()
+            && x.dims()[0] <= MATVEC_MAX_ROWS
+            && let Ok(y) = packed_matvec3(x.clone(), w)
+        {
+            return Ok(y);
+        }
+        Ok([
+            Self::packed_matmul(x.clone(), w[0])?,
+            Self::packed_matmul(x.clone(), w[1])?,
+            Self::packed_matmul(x, w[2])?,
+        ])
+    }
+
+    fn packed_matmul_silu(
+        x: Tensor<Self, 2>,
+        gate: &PackedMatrix<Self>,
+        up: &PackedMatrix<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        if fused_kernels()
+            && x.dims()[0] <= MATVEC_MAX_ROWS
+            && let Ok(y) = packed_matvec_silu(x.clone(), gate, up)
+        {
+            return Ok(y);
+        }
+        if gate.rows() != up.rows() || gate.cols() != up.cols() {
+            return Err(BackendError::ShapeMismatch {
+                op: "packed_matmul_silu",
+                reason: format!(
+                    "gate is [{}, {}], up [{}, {}]",
+                    gate.rows(),
+                    gate.cols(),
+                    up.rows(),
+                    up.cols()
+                ),
+            });
+        }
+        let g = Self::packed_matmul(x.clone(), gate)?;
+        let u = Self::packed_matmul(x, up)?;
+        Ok(Self::silu_mul(g, u))
     }
 
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {

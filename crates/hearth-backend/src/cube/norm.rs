@@ -10,7 +10,7 @@ use burn_cubecl::{
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*, tensor_vector_size_parallel};
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn rms_norm_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
@@ -108,19 +108,171 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let cube_dim = reduction_cube_dim(&client, cols / vs);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, rows, CubeDim::new_1d(1));
-    rms_norm_kernel::launch::<R>(
-        &client,
-        cube_count,
-        CubeDim::new_1d(cube_dim),
-        vs,
-        x.into_tensor_arg(),
-        w.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        rows as u32,
-        eps as f32,
-        cube_dim as usize,
-        use_plane,
-        dtype.into(),
-    );
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        rms_norm_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            CubeDim::new_1d(cube_dim),
+            vs,
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows as u32,
+            eps as f32,
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
     Ok(wrap(out))
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn add_rms_norm_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    r: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    sum: &mut Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    rows: u32,
+    eps: f32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = x.vector_size();
+    let cols = x.shape(1);
+    let cols_v = cols / n;
+    let x_row = row * x.stride(0) / n;
+    let r_row = row * r.stride(0) / n;
+    let o_row = row * out.stride(0) / n;
+
+    // the sum is rounded to F first (it is what the next layer adds to), then squared
+    let mut acc = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < cols_v {
+        let s = Vector::<F, N>::cast_from(
+            Vector::<f32, N>::cast_from(x[x_row + i]) + Vector::<f32, N>::cast_from(r[r_row + i]),
+        );
+        sum[o_row + i] = s;
+        let v = Vector::<f32, N>::cast_from(s);
+        acc += f32::cast_from((v * v).vector_sum());
+        i += cube_dim;
+    }
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / f32::cast_from(cols) + eps));
+
+    // each unit reads back only the sums it wrote itself
+    let mut j = UNIT_POS as usize;
+    while j < cols_v {
+        let y = Vector::<f32, N>::cast_from(sum[o_row + j]) * inv * Vector::<f32, N>::cast_from(w[j]);
+        out[o_row + j] = Vector::cast_from(y);
+        j += cube_dim;
+    }
+}
+
+/// Residual add and RMSNorm of each row in one launch: for `x, r: [rows, cols]` returns
+/// `(x + r, rms_norm(x + r, weight, eps))` (the sum rounded to the float dtype, as the separate
+/// add would, then normalised in f32). Same result as [`crate::ops::add_rms_norm`] up to
+/// summation order.
+///
+/// Errors: [`BackendError::ShapeMismatch`] when `r` or `weight` do not match `x`, a dimension
+/// is 0, or the dtypes differ or are not floats.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let x = Tensor::<Wgpu, 2>::from_floats([[3.0, 0.0]], &dev);
+/// let r = Tensor::<Wgpu, 2>::from_floats([[0.0, 4.0]], &dev);
+/// let w = Tensor::<Wgpu, 1>::from_floats([1.0, 1.0], &dev);
+/// let (s, y) = cube::add_rms_norm(x, r, w, 0.0).unwrap();
+/// assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+/// assert!((y.into_data().to_vec::<f32>().unwrap()[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn add_rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    r: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    weight: BTensor<CubeBackend<R, F, I, BT>, 1>,
+    eps: f64,
+) -> Result<
+    (
+        BTensor<CubeBackend<R, F, I, BT>, 2>,
+        BTensor<CubeBackend<R, F, I, BT>, 2>,
+    ),
+    BackendError,
+> {
+    let [rows, cols] = x.dims();
+    let mismatch = |reason: String| BackendError::ShapeMismatch {
+        op: "add_rms_norm",
+        reason,
+    };
+    if rows == 0 || cols == 0 || weight.dims() != [cols] || r.dims() != [rows, cols] {
+        return Err(mismatch(format!(
+            "x is [{rows}, {cols}], r {:?}, weight {:?}",
+            r.dims(),
+            weight.dims()
+        )));
+    }
+    if x.dtype() != weight.dtype() || x.dtype() != r.dtype() || !kernel_float(x.dtype()) {
+        return Err(mismatch(format!(
+            "dtypes {:?}, {:?} and {:?}",
+            x.dtype(),
+            r.dtype(),
+            weight.dtype()
+        )));
+    }
+    let x = into_contiguous(prim(x));
+    let r = into_contiguous(prim(r));
+    let w = into_contiguous(prim(weight));
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let sum = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let sizes = || client.io_optimized_vector_sizes(dtype.size());
+    let vs = [(&x, 1), (&r, 1), (&sum, 1), (&out, 1), (&w, 0)]
+        .iter()
+        .map(|(t, axis)| tensor_vector_size_parallel(sizes(), t.meta.shape(), t.meta.strides(), *axis))
+        .min()
+        .unwrap_or(1);
+    let vs = (0..=vs.trailing_zeros())
+        .rev()
+        .map(|p| 1 << p)
+        .find(|v| cols % v == 0)
+        .unwrap_or(1);
+    let cube_dim = reduction_cube_dim(&client, cols / vs);
+    let use_plane = plane_reductions(&client);
+    let cube_count = calculate_cube_count_elemwise(&client, rows, CubeDim::new_1d(1));
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        add_rms_norm_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            CubeDim::new_1d(cube_dim),
+            vs,
+            x.into_tensor_arg(),
+            r.into_tensor_arg(),
+            w.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows as u32,
+            eps as f32,
+            cube_dim as usize,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    Ok((wrap(sum), wrap(out)))
 }

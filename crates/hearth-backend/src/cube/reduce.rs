@@ -36,3 +36,35 @@ pub(crate) fn cube_sum(value: f32, shared: &mut SharedMemory<f32>, #[comptime] u
     }
     total
 }
+
+/// Maximum of `value` over every unit of the cube; every unit gets it. Same contract as
+/// [`cube_sum`] (every unit calls it; `shared` holds at least `CUBE_DIM` values).
+#[cube]
+pub(crate) fn cube_max(value: f32, shared: &mut SharedMemory<f32>, #[comptime] use_plane: bool) -> f32 {
+    if use_plane {
+        let partial = plane_max(value);
+        if UNIT_POS_PLANE == 0 {
+            shared[PLANE_POS as usize] = partial;
+        }
+        sync_cube();
+        let mut best = shared[0];
+        let planes = (CUBE_DIM / PLANE_DIM) as usize;
+        for p in 1..planes {
+            best = max(best, shared[p]);
+        }
+        best
+    } else {
+        shared[UNIT_POS as usize] = value;
+        sync_cube();
+        let mut stride = CUBE_DIM / 2;
+        while stride > 0 {
+            if UNIT_POS < stride {
+                let other = shared[(UNIT_POS + stride) as usize];
+                shared[UNIT_POS as usize] = max(shared[UNIT_POS as usize], other);
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        shared[0]
+    }
+}

@@ -1,0 +1,200 @@
+//! Attention for few queries (decode) in one kernel: scores, online softmax and the value
+//! product, per query row.
+
+use super::reduce::{cube_max, cube_sum};
+use super::{kernel_float, plane_reductions, prim, wrap};
+use crate::BackendError;
+use burn::tensor::{Shape, Tensor as BTensor};
+use burn_cubecl::{
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, ops::numeric::empty_device_contiguous_dtype,
+};
+use cubecl::prelude::*;
+
+/// Query rows (`T`) up to which [`gqa_attention`] is used by the cubecl backends: each cube
+/// reads its KV head's keys and values once per query, which beats the two batched matmuls and
+/// the softmax only while `T` is small.
+pub const ATTENTION_MAX_QUERIES: usize = 16;
+
+/// Units per cube of the attention kernel (keys per tile).
+const TILE: usize = 64;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn gqa_attention_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    mask: &Tensor<F>,
+    out: &mut Tensor<F>,
+    scale: f32,
+    #[comptime] d: usize,
+    #[comptime] dv: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // one cube per (b, h, t); out is [B, T, H, Dv] contiguous
+    let h_len = q.shape(1);
+    let t_len = q.shape(2);
+    let s_len = k.shape(2);
+    let group = h_len / k.shape(1);
+    let c = CUBE_POS;
+    let t = c % t_len;
+    let h = (c / t_len) % h_len;
+    let b = c / (t_len * h_len);
+    let kvh = h / group;
+    let u = UNIT_POS as usize;
+
+    let mut q_s = SharedMemory::<f32>::new(d);
+    let mut p_s = SharedMemory::<f32>::new(TILE);
+    let mut acc = SharedMemory::<f32>::new(dv);
+    let mut red_max = SharedMemory::<f32>::new(TILE);
+    let mut red_sum = SharedMemory::<f32>::new(TILE);
+    let qb = b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
+    let mut i = u;
+    while i < d {
+        q_s[i] = f32::cast_from(q[qb + i * q.stride(3)]) * scale;
+        i += TILE;
+    }
+    let mut e = u;
+    while e < dv {
+        acc[e] = 0.0f32;
+        e += TILE;
+    }
+    sync_cube();
+
+    let kb = b * k.stride(0) + kvh * k.stride(1);
+    let vb = b * v.stride(0) + kvh * v.stride(1);
+    let mb = b * mask.stride(0) + t * mask.stride(1);
+    let (ks, kd) = (k.stride(2), k.stride(3));
+    let (vs, vd) = (v.stride(2), v.stride(3));
+    // running max (finite, so that fully masked tiles give exp(-inf) = 0, never NaN) and sum
+    let mut m = f32::new(-1.0e30);
+    let mut l = 0.0f32;
+    let mut s0 = 0usize;
+    while s0 < s_len {
+        let s = s0 + u;
+        let mut score = f32::new(-3.0e38);
+        if s < s_len {
+            let row = kb + s * ks;
+            let mut dot = 0.0f32;
+            for j in 0..d {
+                dot += q_s[j] * f32::cast_from(k[row + j * kd]);
+            }
+            score = dot + f32::cast_from(mask[mb + s * mask.stride(2)]);
+        }
+        let m_new = max(m, cube_max(score, &mut red_max, use_plane));
+        let p = f32::exp(score - m_new);
+        p_s[u] = p;
+        let alpha = f32::exp(m - m_new);
+        l = l * alpha + cube_sum(p, &mut red_sum, use_plane);
+        m = m_new;
+        // cube_sum synchronised the cube: p_s is complete
+        let n = min(TILE, s_len - s0);
+        let mut e = u;
+        while e < dv {
+            let mut a = acc[e] * alpha;
+            for j in 0..n {
+                a += p_s[j] * f32::cast_from(v[vb + (s0 + j) * vs + e * vd]);
+            }
+            acc[e] = a;
+            e += TILE;
+        }
+        sync_cube();
+        s0 += TILE;
+    }
+    let ob = ((b * t_len + t) * h_len + h) * dv;
+    let inv = 1.0f32 / l;
+    let mut e = u;
+    while e < dv {
+        out[ob + e] = F::cast_from(acc[e] * inv);
+        e += TILE;
+    }
+}
+
+/// Scaled dot-product attention with grouped KV heads and an additive mask, in one launch:
+/// `q: [B, H, T, D]`, `k: [B, Hkv, S, D]`, `v: [B, Hkv, S, Dv]`, `mask: [B, T, S]` (any
+/// strides, e.g. views of a KV cache), `H` a multiple of `Hkv`. One cube per query row `(b,
+/// h, t)` walks the keys of KV head `h / (H / Hkv)` in tiles of 64: scores in f32, online
+/// softmax (running max and sum), and the probability-weighted values accumulated in shared
+/// memory. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
+/// usual `swap_dims(1, 2).reshape(..)` afterwards copies nothing). Same result as
+/// [`crate::ops::gqa_attention`] up to summation order.
+///
+/// Errors: [`BackendError::ShapeMismatch`] for inconsistent shapes or dtypes.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let q = Tensor::<Wgpu, 4>::from_floats([[[[1.0, 0.0]]]], &dev);
+/// let k = Tensor::<Wgpu, 4>::from_floats([[[[1.0, 0.0], [0.0, 1.0]]]], &dev);
+/// let v = Tensor::<Wgpu, 4>::from_floats([[[[5.0], [7.0]]]], &dev);
+/// let mask = Tensor::<Wgpu, 3>::from_floats([[[0.0, f32::NEG_INFINITY]]], &dev);
+/// let o = cube::gqa_attention(q, k, v, mask, 1.0).unwrap();
+/// assert_eq!(o.into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+/// # }
+/// ```
+pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    q: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    k: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    v: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    mask: BTensor<CubeBackend<R, F, I, BT>, 3>,
+    scale: f64,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 4>, BackendError> {
+    let [b, h, t, d] = q.dims();
+    let [bk, hkv, s, dk] = k.dims();
+    let [bv, hv, sv, dv] = v.dims();
+    let ok_shapes = b == bk
+        && b == bv
+        && hkv == hv
+        && s == sv
+        && d == dk
+        && hkv > 0
+        && h % hkv == 0
+        && mask.dims() == [b, t, s]
+        && b * h * t * d * s * dv > 0;
+    if !ok_shapes {
+        return Err(BackendError::ShapeMismatch {
+            op: "gqa_attention",
+            reason: format!(
+                "q {:?}, k {:?}, v {:?}, mask {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                mask.dims()
+            ),
+        });
+    }
+    let dt = q.dtype();
+    if [k.dtype(), v.dtype(), mask.dtype()].iter().any(|x| *x != dt) || !kernel_float(dt) {
+        return Err(BackendError::ShapeMismatch {
+            op: "gqa_attention",
+            reason: format!("dtypes {dt:?}, {:?}, {:?}, {:?}", k.dtype(), v.dtype(), mask.dtype()),
+        });
+    }
+    let (q, k, v, mask) = (prim(q), prim(k), prim(v), prim(mask));
+    let client = q.client.clone();
+    let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), Shape::new([b, t, h, dv]), dt);
+    let use_plane = plane_reductions(&client) && client.properties().hardware.plane_size_max as usize <= TILE;
+    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
+    // and word counts of its arguments); units past the work return early.
+    unsafe {
+        gqa_attention_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::new_1d((b * h * t) as u32),
+            CubeDim::new_1d(TILE as u32),
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            mask.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            scale as f32,
+            d,
+            dv,
+            use_plane,
+            dt.into(),
+        );
+    }
+    Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2))
+}
