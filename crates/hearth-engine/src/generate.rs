@@ -118,6 +118,13 @@ pub enum Event {
     },
 }
 
+/// The engine's host forward: on a pool of its own with one worker per thread of the current
+/// rayon pool (`hearth_backend::set_cpu_threads` sets that), whose workers spin between the
+/// parallel regions of a step instead of sleeping (`HostModel::with_threads`).
+fn host_model<B: HearthBackend>(model: &CausalLm<B>) -> Result<HostModel, EngineError> {
+    Ok(HostModel::from_model(model)?.with_threads(rayon::current_num_threads())?)
+}
+
 impl<B: HearthBackend> Engine<B> {
     /// Loads model and tokenizer from a HF checkpoint directory.
     pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self, EngineError> {
@@ -154,7 +161,7 @@ impl<B: HearthBackend> Engine<B> {
             eos_token_ids.push(id);
         }
         let host = if B::HOST_KERNELS {
-            Some(HostModel::from_model(&model)?)
+            Some(host_model(&model)?)
         } else {
             None
         };
@@ -179,7 +186,7 @@ impl<B: HearthBackend> Engine<B> {
     pub fn set_host_forward(&mut self, on: bool) -> Result<(), EngineError> {
         self.host = match (on, self.host.take()) {
             (true, Some(h)) => Some(h),
-            (true, None) => Some(HostModel::from_model(&self.model)?),
+            (true, None) => Some(host_model(&self.model)?),
             (false, _) => None,
         };
         Ok(())

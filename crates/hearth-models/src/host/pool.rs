@@ -89,15 +89,28 @@ impl Drop for SpinPool {
     }
 }
 
+/// Idle polls between two `sched_yield`s of a spinning worker: with more runnable threads
+/// than cores (several models, a test harness) the spinners give way; alone, the call returns
+/// at once.
+const POLLS_PER_YIELD: u32 = 1024;
+
 fn worker(s: &State) {
     let mut last_busy = Instant::now();
+    let mut idle_polls = 0u32;
     loop {
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
         if s.active.load(Ordering::Acquire) > 0 {
-            if rayon::yield_now() != Some(Yield::Executed) {
-                std::hint::spin_loop();
+            if rayon::yield_now() == Some(Yield::Executed) {
+                idle_polls = 0;
+            } else {
+                idle_polls += 1;
+                if idle_polls.is_multiple_of(POLLS_PER_YIELD) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             last_busy = Instant::now();
             continue;
