@@ -195,7 +195,7 @@ impl<B: Backend> ContiguousKvCache<B> {
     }
 }
 
-impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
+impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
     fn rows(&self) -> usize {
         self.lens.len()
     }
@@ -231,8 +231,8 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
         });
         if pos.is_uniform() && pos.new.first() == Some(&t) {
             let p = pos.past[0];
-            kc = kc.slice_assign([0..b, 0..h, p..p + t, 0..dk], k);
-            vc = vc.slice_assign([0..b, 0..h, p..p + t, 0..dv], v);
+            kc = B::write_at(kc, k, [0, 0, p, 0]);
+            vc = B::write_at(vc, v, [0, 0, p, 0]);
         } else {
             for row in 0..b {
                 let (p, n) = (pos.past[row], pos.new[row]);
@@ -241,8 +241,8 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
                 }
                 let kr = k.clone().slice([row..row + 1, 0..h, 0..n, 0..dk]);
                 let vr = v.clone().slice([row..row + 1, 0..h, 0..n, 0..dv]);
-                kc = kc.slice_assign([row..row + 1, 0..h, p..p + n, 0..dk], kr);
-                vc = vc.slice_assign([row..row + 1, 0..h, p..p + n, 0..dv], vr);
+                kc = B::write_at(kc, kr, [row, 0, p, 0]);
+                vc = B::write_at(vc, vr, [row, 0, p, 0]);
             }
         }
         let s = pos.key_len();

@@ -546,6 +546,25 @@ pub trait HearthBackend: Backend {
         Ok(Self::silu_mul(g, u))
     }
 
+    /// `dst` with `src` written at `offset` (per dimension), as
+    /// `dst.slice_assign([o₀..o₀ + s₀, ..], src)` (KV-cache writes). The cubecl backends
+    /// write in place with one launch when `dst` is not shared.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// use burn::tensor::Tensor;
+    /// let dev = Default::default();
+    /// let dst = Tensor::<Cpu, 4>::zeros([1, 1, 3, 2], &dev);
+    /// let src = Tensor::<Cpu, 4>::ones([1, 1, 1, 2], &dev);
+    /// let y = Cpu::write_at(dst, src, [0, 0, 1, 0]);
+    /// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+    /// # }
+    /// ```
+    fn write_at(dst: Tensor<Self, 4>, src: Tensor<Self, 4>, offset: [usize; 4]) -> Tensor<Self, 4> {
+        ops::write_at(dst, src, offset)
+    }
+
     /// Scaled dot-product attention with grouped query heads and an additive mask.
     ///
     /// `q`: `[B, H, T, D]`, `k`: `[B, Hkv, S, D]`, `v`: `[B, Hkv, S, Dv]`, `mask`: `[B, T, S]`

@@ -181,3 +181,21 @@ pub fn add_rms_norm<B: Backend, const D: usize>(
     let y = rms_norm(s.clone(), weight, eps);
     (s, y)
 }
+
+/// `dst.slice_assign(offset..offset + src.dims(), src)`: the fallback of
+/// [`crate::HearthBackend::write_at`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// let dev = Default::default();
+/// let dst = Tensor::<hearth_backend::Cpu, 4>::zeros([1, 2, 1, 1], &dev);
+/// let y = hearth_backend::ops::write_at(dst, Tensor::ones([1, 1, 1, 1], &dev), [0, 1, 0, 0]);
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+/// # }
+/// ```
+pub fn write_at<B: Backend>(dst: Tensor<B, 4>, src: Tensor<B, 4>, offset: [usize; 4]) -> Tensor<B, 4> {
+    let d = src.dims();
+    let r = |i: usize| offset[i]..offset[i] + d[i];
+    dst.slice_assign([r(0), r(1), r(2), r(3)], src)
+}

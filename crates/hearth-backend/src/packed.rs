@@ -170,11 +170,14 @@ impl PackedFormat {
         Ok(())
     }
 
-    /// Repacks GGUF-layout bytes into the 4-byte-aligned device layout, block after block
-    /// (f16 scales become f32 bits, byte arrays are read as little-endian words):
+    /// Repacks GGUF-layout bytes into the 4-byte-aligned device layout (f16 scales become f32
+    /// bits, byte arrays are read as little-endian words). Q8_0 and Q4_0 are *split*: first
+    /// every block's quants, in block order, then every block's scale, so that a kernel reads a
+    /// row's quants as aligned 16-byte vectors; the other formats go block after block:
     /// - `F32`: the 32 values' bits.
-    /// - `Q8_0`: `d`, then 8 words holding the 32 `i8` little-endian.
-    /// - `Q4_0`: `d`, then 4 words holding the 16 nibble bytes as in GGUF.
+    /// - `Q8_0`: 8 words per block holding its 32 `i8` little-endian; then one `d` per block.
+    /// - `Q4_0`: 4 words per block holding its 16 nibble bytes as in GGUF; then one `d` per
+    ///   block.
     /// - `Q4_K`: `d`, `dmin`, 3 words of the 12 scale bytes, 32 words of the 128 nibble bytes.
     /// - `Q6_K`: `d`, 32 words of `ql`, 16 words of `qh`, 4 words of the 16 `i8` scales.
     ///
@@ -184,20 +187,25 @@ impl PackedFormat {
     /// block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
     /// block[2] = 3; // q[0] = 3
     /// let w = PackedFormat::Q8_0.to_words(&block, 1, 32).unwrap();
-    /// assert_eq!((w.len(), f32::from_bits(w[0]), w[1]), (9, 0.5, 3));
+    /// assert_eq!((w.len(), w[0], f32::from_bits(w[8])), (9, 3, 0.5));
     /// ```
     pub fn to_words(self, bytes: &[u8], rows: usize, cols: usize) -> Result<Vec<u32>, BackendError> {
         self.check(bytes, rows, cols)?;
         let blocks = bytes.len() / self.block_bytes();
         let mut out = Vec::with_capacity(blocks * self.words_per_block());
         let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if matches!(self, PackedFormat::Q8_0 | PackedFormat::Q4_0) {
+            // split layout: every block's quants in order, then every block's scale
+            let blks = bytes.chunks_exact(self.block_bytes());
+            out.extend(blks.clone().flat_map(|blk| blk[2..].chunks_exact(4).map(word)));
+            out.extend(blks.map(|blk| f16_at(blk, 0).to_bits()));
+            debug_assert_eq!(out.len(), blocks * self.words_per_block());
+            return Ok(out);
+        }
         for blk in bytes.chunks_exact(self.block_bytes()) {
             match self {
                 PackedFormat::F32 => out.extend(blk.chunks_exact(4).map(word)),
-                PackedFormat::Q8_0 | PackedFormat::Q4_0 => {
-                    out.push(f16_at(blk, 0).to_bits());
-                    out.extend(blk[2..].chunks_exact(4).map(word));
-                }
+                PackedFormat::Q8_0 | PackedFormat::Q4_0 => unreachable!("split layout above"),
                 PackedFormat::Q4_K => {
                     out.push(f16_at(blk, 0).to_bits());
                     out.push(f16_at(blk, 2).to_bits());

@@ -283,6 +283,7 @@ trait CubeKernels: HearthBackend {
         eps: f64,
     ) -> Result<(Tensor<Self, 2>, Tensor<Self, 2>), BackendError>;
     fn k_matvec(x: Tensor<Self, 2>, w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError>;
+    fn k_write_at(dst: Tensor<Self, 4>, src: Tensor<Self, 4>, at: [usize; 4]) -> Result<Tensor<Self, 4>, BackendError>;
     fn k_matvec3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError>;
     fn k_silu(
         x: Tensor<Self, 2>,
@@ -321,6 +322,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     fn k_matvec(x: Tensor<Self, 2>, w: &PackedMatrix<Self>) -> Result<Tensor<Self, 2>, BackendError> {
         hearth_backend::cube::packed_matvec(x, w)
     }
+    fn k_write_at(dst: Tensor<Self, 4>, src: Tensor<Self, 4>, at: [usize; 4]) -> Result<Tensor<Self, 4>, BackendError> {
+        hearth_backend::cube::write_at(dst, src, at)
+    }
     fn k_matvec3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError> {
         hearth_backend::cube::packed_matvec3(x, w)
     }
@@ -331,6 +335,46 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     ) -> Result<Tensor<Self, 2>, BackendError> {
         hearth_backend::cube::packed_matvec_silu(x, g, u)
     }
+}
+
+/// In-place strided writes (KV-cache updates) against `slice_assign`: ragged shapes, strided
+/// sources, offsets; a shared destination is an error (never written through), out-of-range
+/// writes and dtype mismatches too.
+fn write_at<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(11);
+    for case in 0..12 {
+        let dd = [1 + rng.below(3), 1 + rng.below(5), 1 + rng.below(40), 1 + rng.below(70)];
+        let sd = [
+            1 + rng.below(dd[0]),
+            1 + rng.below(dd[1]),
+            1 + rng.below(dd[2]),
+            1 + rng.below(dd[3]),
+        ];
+        let at = [0, 1, 2, 3].map(|i| rng.below(dd[i] - sd[i] + 1));
+        let dst_v = rng.vec(dd.iter().product());
+        let src_v = rng.vec(sd.iter().product());
+        // every other case: the source is a transposed view (strided)
+        let src = if case % 2 == 0 {
+            tensor::<B, 4>(src_v, sd, dev)
+        } else {
+            tensor::<B, 4>(src_v, [sd[0], sd[2], sd[1], sd[3]], dev).swap_dims(1, 2)
+        };
+        let want = host(ops::write_at(tensor::<B, 4>(dst_v.clone(), dd, dev), src.clone(), at));
+        let got = host(B::k_write_at(tensor::<B, 4>(dst_v.clone(), dd, dev), src.clone(), at).expect("write_at"));
+        assert_eq!(got, want, "write_at {sd:?} at {at:?} in {dd:?}");
+        // through the trait (what the KV cache calls)
+        let got = host(B::write_at(tensor::<B, 4>(dst_v.clone(), dd, dev), src.clone(), at));
+        assert_eq!(got, want, "HearthBackend::write_at {sd:?} at {at:?} in {dd:?}");
+        // a shared destination is not written through; the trait still gives the right result
+        let dst = tensor::<B, 4>(dst_v.clone(), dd, dev);
+        let keep = dst.clone();
+        assert!(B::k_write_at(dst.clone(), src.clone(), at).is_err());
+        assert_eq!(host(B::write_at(dst, src, at)), want);
+        assert_eq!(host(keep), dst_v, "the shared destination changed");
+    }
+    let dst = Tensor::<B, 4>::zeros([1, 1, 4, 4], dev);
+    assert!(B::k_write_at(dst.clone(), Tensor::ones([1, 1, 2, 4], dev), [0, 0, 3, 0]).is_err());
+    assert!(B::k_write_at(dst, Tensor::ones([1, 2, 1, 1], dev), [0, 0, 0, 0]).is_err());
 }
 
 fn rope<B: CubeKernels>(dev: &B::Device) {
@@ -833,6 +877,10 @@ macro_rules! backend_tests {
                     let d = hearth_backend::cube::dequantize_packed(w, burn::tensor::DType::F32).unwrap();
                     assert_eq!(host(d), deq, "device dequantization");
                 });
+            }
+            #[test]
+            fn write_at_matches_slice_assign() {
+                write_at::<B>(&dev());
             }
             #[test]
             fn rope_matches_fallback() {

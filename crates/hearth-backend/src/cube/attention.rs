@@ -18,14 +18,39 @@ pub const ATTENTION_MAX_QUERIES: usize = 16;
 /// Units per cube of the attention kernel (keys per tile).
 const TILE: usize = 64;
 
+/// Shapes and strides (in elements) of the attention kernel's operands.
+#[derive(CubeLaunch, CubeType)]
+struct AttnLayout {
+    h_len: u32,
+    t_len: u32,
+    s_len: u32,
+    hkv: u32,
+    q0: u32,
+    q1: u32,
+    q2: u32,
+    q3: u32,
+    k0: u32,
+    k1: u32,
+    k2: u32,
+    k3: u32,
+    v0: u32,
+    v1: u32,
+    v2: u32,
+    v3: u32,
+    m0: u32,
+    m1: u32,
+    m2: u32,
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gqa_attention_kernel<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    mask: &Tensor<F>,
-    out: &mut Tensor<F>,
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    mask: &Array<F>,
+    out: &mut Array<F>,
+    l: AttnLayout,
     scale: f32,
     #[comptime] d: usize,
     #[comptime] dv: usize,
@@ -33,10 +58,10 @@ fn gqa_attention_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     // one cube per (b, h, t); out is [B, T, H, Dv] contiguous
-    let h_len = q.shape(1);
-    let t_len = q.shape(2);
-    let s_len = k.shape(2);
-    let group = h_len / k.shape(1);
+    let h_len = l.h_len as usize;
+    let t_len = l.t_len as usize;
+    let s_len = l.s_len as usize;
+    let group = h_len / l.hkv as usize;
     let c = CUBE_POS;
     let t = c % t_len;
     let h = (c / t_len) % h_len;
@@ -49,10 +74,10 @@ fn gqa_attention_kernel<F: Float>(
     let mut acc = SharedMemory::<f32>::new(dv);
     let mut red_max = SharedMemory::<f32>::new(TILE);
     let mut red_sum = SharedMemory::<f32>::new(TILE);
-    let qb = b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
+    let qb = b * l.q0 as usize + h * l.q1 as usize + t * l.q2 as usize;
     let mut i = u;
     while i < d {
-        q_s[i] = f32::cast_from(q[qb + i * q.stride(3)]) * scale;
+        q_s[i] = f32::cast_from(q[qb + i * l.q3 as usize]) * scale;
         i += TILE;
     }
     let mut e = u;
@@ -62,11 +87,12 @@ fn gqa_attention_kernel<F: Float>(
     }
     sync_cube();
 
-    let kb = b * k.stride(0) + kvh * k.stride(1);
-    let vb = b * v.stride(0) + kvh * v.stride(1);
-    let mb = b * mask.stride(0) + t * mask.stride(1);
-    let (ks, kd) = (k.stride(2), k.stride(3));
-    let (vs, vd) = (v.stride(2), v.stride(3));
+    let kb = b * l.k0 as usize + kvh * l.k1 as usize;
+    let vb = b * l.v0 as usize + kvh * l.v1 as usize;
+    let mb = b * l.m0 as usize + t * l.m1 as usize;
+    let ms = l.m2 as usize;
+    let (ks, kd) = (l.k2 as usize, l.k3 as usize);
+    let (vs, vd) = (l.v2 as usize, l.v3 as usize);
     // running max (finite, so that fully masked tiles give exp(-inf) = 0, never NaN) and sum
     let mut m = f32::new(-1.0e30);
     let mut l = 0.0f32;
@@ -80,7 +106,7 @@ fn gqa_attention_kernel<F: Float>(
             for j in 0..d {
                 dot += q_s[j] * f32::cast_from(k[row + j * kd]);
             }
-            score = dot + f32::cast_from(mask[mb + s * mask.stride(2)]);
+            score = dot + f32::cast_from(mask[mb + s * ms]);
         }
         let m_new = max(m, cube_max(score, &mut red_max, use_plane));
         let p = f32::exp(score - m_new);
@@ -177,6 +203,28 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let client = q.client.clone();
     let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), Shape::new([b, t, h, dv]), dt);
     let use_plane = plane_reductions(&client) && client.properties().hardware.plane_size_max as usize <= TILE;
+    let st = |t: &burn_cubecl::tensor::CubeTensor<R>, i: usize| t.meta.strides()[i] as u32;
+    let layout = AttnLayoutLaunch::new(
+        h as u32,
+        t as u32,
+        s as u32,
+        hkv as u32,
+        st(&q, 0),
+        st(&q, 1),
+        st(&q, 2),
+        st(&q, 3),
+        st(&k, 0),
+        st(&k, 1),
+        st(&k, 2),
+        st(&k, 3),
+        st(&v, 0),
+        st(&v, 1),
+        st(&v, 2),
+        st(&v, 3),
+        st(&mask, 0),
+        st(&mask, 1),
+        st(&mask, 2),
+    );
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
     // and word counts of its arguments); units past the work return early.
     unsafe {
@@ -184,11 +232,12 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             &client,
             CubeCount::new_1d((b * h * t) as u32),
             CubeDim::new_1d(TILE as u32),
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            mask.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            mask.into_array_arg(),
+            out.clone().into_array_arg(),
+            layout,
             scale as f32,
             d,
             dv,

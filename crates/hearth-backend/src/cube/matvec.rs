@@ -1,13 +1,21 @@
 //! Packed weights on the device: matrix × vector with dequantization fused into the load, and a
 //! dequantization kernel for products with many rows.
 //!
-//! The weight is `[rows = N, cols = K]` in the block layout of [`PackedFormat::to_words`]
-//! (`u32` words, `K / block_len` blocks per row). The kernels work in 32-value chunks: a block
-//! of F32/Q8_0/Q4_0 is one chunk, a Q4_K/Q6_K super-block is eight (Q4_K's sub-blocks with their
-//! own 6-bit scale and min; for Q6_K two groups of 16 with their `i8` scales). The matvec kernel
-//! runs one cube per output element `(m, n)`: its units stride over the row's chunks,
-//! dequantize each chunk in registers and dot it with `x[m]` in f32, then the cube reduces
-//! (plane + shared memory).
+//! The weight is `[rows = N, cols = K]` in the layout of [`PackedFormat::to_words`] (`u32`
+//! words). Every matvec kernel runs one cube per output element `(m, n)` whose units share the
+//! row's dot product (f32 accumulation), then reduce it over the cube (plane + shared memory).
+//!
+//! - F32, Q8_0 and Q4_0 (the *vector* formats): each unit reads whole aligned 16-byte vectors
+//!   of the row (4 f32, 16 `i8` = half a Q8_0 block, or one Q4_0 block's 32 nibbles), with
+//!   `x` read 4 values at a time; the 32 units of a warp read 512 consecutive weight bytes per
+//!   load. Q8_0/Q4_0 scales sit after all quants (the split layout), read as one word.
+//! - Q4_K/Q6_K: 32-value chunks (Q4_K's sub-blocks with their own 6-bit scale and min; for
+//!   Q6_K two groups of 16 with their `i8` scales), one value per unit, so that a warp reads one
+//!   chunk's consecutive words.
+//!
+//! Every argument is an `Array` with its shape passed as scalars: tensor arguments would make
+//! cubecl upload their shapes and strides on every launch (a device allocation and a copy),
+//! which cost more host time than the whole kernel.
 
 use super::reduce::cube_sum;
 use super::{MATVEC_MAX_ROWS, kernel_float, matmul_f32, plane_reductions, prim, reduction_cube_dim, wrap};
@@ -69,12 +77,244 @@ fn i8_value(byte: u32) -> f32 {
     f32::cast_from(byte ^ 0x80u32) - 128.0f32
 }
 
+/// Whether `f` is read by the vectorised kernels ([`vec_row_dot`]).
+fn vector_format(f: PackedFormat) -> bool {
+    matches!(f, PackedFormat::F32 | PackedFormat::Q8_0 | PackedFormat::Q4_0)
+}
+
+/// Word offset of the scales in the split layout (Q8_0, Q4_0): after every quant word.
+fn scale_offset(f: PackedFormat, rows: usize, cols: usize) -> usize {
+    match f {
+        PackedFormat::Q8_0 => rows * cols / 4,
+        PackedFormat::Q4_0 => rows * cols / 8,
+        _ => 0,
+    }
+}
+
+/// 16-byte vectors per row of `k` values for a vector format.
+fn row_vectors(f: PackedFormat, k: usize) -> usize {
+    match f {
+        PackedFormat::F32 => k / 4,
+        PackedFormat::Q8_0 => k / 16,
+        _ => k / 32,
+    }
+}
+
+/// This unit's share of the dot product of row `n` of a vector-format weight with the `x` row
+/// that starts at vector `x_row` (`x` in vectors of 4): units take the row's 16-byte vectors
+/// `UNIT_POS, UNIT_POS + cube_dim, ...`. `wq` and `ws` are the same words (as vectors of 4 and
+/// as single words); `scale_off` is the scales' word offset in the split layout.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn vec_row_dot<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    x_row: usize,
+    wq: &Array<Vector<u32, NW>>,
+    ws: &Array<u32>,
+    n: usize,
+    k: usize,
+    scale_off: usize,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    let mut v = UNIT_POS as usize;
+    if comptime!(format == FMT_F32) {
+        let nvec = k / 4;
+        let row = n * nvec;
+        while v < nvec {
+            let q = wq[row + v];
+            let xv = x[x_row + v];
+            #[unroll]
+            for i in 0..4usize {
+                acc += f32::reinterpret(q[i]) * f32::cast_from(xv[i]);
+            }
+            v += cube_dim;
+        }
+    } else if comptime!(format == FMT_Q8_0) {
+        // a vector is half a block: 16 i8 values
+        let nvec = k / 16;
+        let row = n * nvec;
+        let srow = scale_off + n * (k / 32);
+        while v < nvec {
+            let q = wq[row + v];
+            let d = f32::reinterpret(ws[srow + v / 2]);
+            let mut s = 0.0f32;
+            #[unroll]
+            for i in 0..4usize {
+                let xv = x[x_row + 4 * v + i];
+                let word = q[i];
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    s += i8_value(byte) * f32::cast_from(xv[b]);
+                }
+            }
+            acc += s * d;
+            v += cube_dim;
+        }
+    } else {
+        // Q4_0: a vector is one block; byte j holds values j (low nibble) and j + 16 (high)
+        let nvec = k / 32;
+        let row = n * nvec;
+        let srow = scale_off + n * nvec;
+        while v < nvec {
+            let q = wq[row + v];
+            let d = f32::reinterpret(ws[srow + v]);
+            let mut s = 0.0f32;
+            #[unroll]
+            for i in 0..4usize {
+                let lo = x[x_row + 8 * v + i];
+                let hi = x[x_row + 8 * v + 4 + i];
+                let word = q[i];
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    s += (f32::cast_from(byte & 0xFu32) - 8.0f32) * f32::cast_from(lo[b])
+                        + (f32::cast_from(byte >> 4u32) - 8.0f32) * f32::cast_from(hi[b]);
+                }
+            }
+            acc += s * d;
+            v += cube_dim;
+        }
+    }
+    acc
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    wq: &Array<Vector<u32, NW>>,
+    ws: &Array<u32>,
+    out: &mut Array<F>,
+    n_rows: u32,
+    m_rows: u32,
+    k: u32,
+    scale_off: u32,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * m_rows as usize {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let kk = k as usize;
+    let acc = vec_row_dot::<F, NX, NW>(x, m * kk / 4, wq, ws, n, kk, scale_off as usize, format, cube_dim);
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        out[m * nr + n] = F::cast_from(total);
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    wq0: &Array<Vector<u32, NW>>,
+    ws0: &Array<u32>,
+    wq1: &Array<Vector<u32, NW>>,
+    ws1: &Array<u32>,
+    wq2: &Array<Vector<u32, NW>>,
+    ws2: &Array<u32>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    m_rows: u32,
+    k: u32,
+    so0: u32,
+    so1: u32,
+    so2: u32,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // cubes: m-major over the concatenated outputs [n0 | n1 | n2]
+    let c = CUBE_POS;
+    let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
+    let nt = a0 + a1 + a2;
+    if c >= nt * m_rows as usize {
+        terminate!();
+    }
+    let j = c % nt;
+    let m = c / nt;
+    let kk = k as usize;
+    let xr = m * kk / 4;
+    let acc = if j < a0 {
+        vec_row_dot::<F, NX, NW>(x, xr, wq0, ws0, j, kk, so0 as usize, format, cube_dim)
+    } else if j < a0 + a1 {
+        vec_row_dot::<F, NX, NW>(x, xr, wq1, ws1, j - a0, kk, so1 as usize, format, cube_dim)
+    } else {
+        vec_row_dot::<F, NX, NW>(x, xr, wq2, ws2, j - a0 - a1, kk, so2 as usize, format, cube_dim)
+    };
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        if j < a0 {
+            out0[m * a0 + j] = F::cast_from(total);
+        } else if j < a0 + a1 {
+            out1[m * a1 + j - a0] = F::cast_from(total);
+        } else {
+            out2[m * a2 + j - a0 - a1] = F::cast_from(total);
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    wqg: &Array<Vector<u32, NW>>,
+    wsg: &Array<u32>,
+    wqu: &Array<Vector<u32, NW>>,
+    wsu: &Array<u32>,
+    out: &mut Array<F>,
+    n_rows: u32,
+    m_rows: u32,
+    k: u32,
+    so: u32,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * m_rows as usize {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let kk = k as usize;
+    let xr = m * kk / 4;
+    let g = vec_row_dot::<F, NX, NW>(x, xr, wqg, wsg, n, kk, so as usize, format, cube_dim);
+    let u = vec_row_dot::<F, NX, NW>(x, xr, wqu, wsu, n, kk, so as usize, format, cube_dim);
+    let mut shared_g = SharedMemory::<f32>::new(cube_dim);
+    let mut shared_u = SharedMemory::<f32>::new(cube_dim);
+    // both products rounded to F first, as the separate matvecs would leave them
+    let g = f32::cast_from(F::cast_from(cube_sum(g, &mut shared_g, use_plane)));
+    let u = f32::cast_from(F::cast_from(cube_sum(u, &mut shared_u, use_plane)));
+    if UNIT_POS == 0 {
+        out[m * nr + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec_kernel<F: Float>(
-    x: &Tensor<F>,
+    x: &Array<F>,
     w: &Array<u32>,
-    out: &mut Tensor<F>,
+    out: &mut Array<F>,
     n_rows: u32,
     m_rows: u32,
     chunks: u32,
@@ -93,31 +333,21 @@ fn packed_matvec_kernel<F: Float>(
     let n = c % nr;
     let m = c / nr;
     let nc = chunks as usize;
-    let x_row = m * x.stride(0);
+    let x_row = m * nc * 32;
     let acc = partial_row_dot::<F>(x, x_row, w, n, nc, format, words_per_block, chunks_per_block, cube_dim);
     let mut shared = SharedMemory::<f32>::new(cube_dim);
     let total = cube_sum(acc, &mut shared, use_plane);
     if UNIT_POS == 0 {
-        out[m * out.stride(0) + n] = F::cast_from(total);
+        out[m * nr + n] = F::cast_from(total);
     }
 }
 
-/// Value `e` (0..32) of the 32-value chunk `j` of the block at word `wb` of `w`, dequantized to
-/// f32 (`j` is 0 for the 32-value formats, 0..8 for the K-quants).
+/// Value `e` (0..32) of the 32-value chunk `j` (0..8) of the K-quant super-block at word `wb`
+/// of `w`, dequantized to f32.
 #[cube]
 fn chunk_value(w: &Array<u32>, wb: usize, j: usize, e: usize, #[comptime] format: u32) -> f32 {
     let shift = u32::cast_from(e % 4) * 8u32;
-    if comptime!(format == FMT_F32) {
-        f32::reinterpret(w[wb + e])
-    } else if comptime!(format == FMT_Q8_0) {
-        let byte = (w[wb + 1 + e / 4] >> shift) & 0xFFu32;
-        i8_value(byte) * f32::reinterpret(w[wb])
-    } else if comptime!(format == FMT_Q4_0) {
-        let i = e % 16;
-        let byte = (w[wb + 1 + i / 4] >> (u32::cast_from(i % 4) * 8u32)) & 0xFFu32;
-        let nib = if e < 16 { byte & 0xFu32 } else { byte >> 4u32 };
-        (f32::cast_from(nib) - 8.0f32) * f32::reinterpret(w[wb])
-    } else if comptime!(format == FMT_Q4_K) {
+    if comptime!(format == FMT_Q4_K) {
         let (sc, m) = q4_k_scale_min(w, wb + 2, j);
         let word = w[wb + 5 + (j / 2) * 8 + e / 4] >> (u32::cast_from(j % 2) * 4u32);
         let q = f32::cast_from((word >> shift) & 0xFu32);
@@ -137,14 +367,14 @@ fn chunk_value(w: &Array<u32>, wb: usize, j: usize, e: usize, #[comptime] format
     }
 }
 
-/// This unit's share of the dot product of row `n` of `w` with the `x` row at `x_row`. The
-/// cube's units form groups of 32: unit `32·g + e` takes value `e` of the chunks `g, g + G,
-/// ...` (`G = cube_dim / 32` groups), so that the 32 units of a warp read 32 consecutive `x`
-/// values and one chunk's consecutive weight words at each step (coalesced loads).
+/// This unit's share of the dot product of row `n` of a K-quant `w` with the `x` row at
+/// `x_row`. The cube's units form groups of 32: unit `32·g + e` takes value `e` of the chunks
+/// `g, g + G, ...` (`G = cube_dim / 32` groups), so that the 32 units of a warp read 32
+/// consecutive `x` values and one chunk's consecutive weight words at each step.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn partial_row_dot<F: Float>(
-    x: &Tensor<F>,
+    x: &Array<F>,
     x_row: usize,
     w: &Array<u32>,
     n: usize,
@@ -169,16 +399,17 @@ fn partial_row_dot<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec3_kernel<F: Float>(
-    x: &Tensor<F>,
+    x: &Array<F>,
     w0: &Array<u32>,
     w1: &Array<u32>,
     w2: &Array<u32>,
-    out0: &mut Tensor<F>,
-    out1: &mut Tensor<F>,
-    out2: &mut Tensor<F>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
     n0: u32,
     n1: u32,
     n2: u32,
+    m_rows: u32,
     chunks: u32,
     #[comptime] format: u32,
     #[comptime] words_per_block: usize,
@@ -189,15 +420,15 @@ fn packed_matvec3_kernel<F: Float>(
 ) {
     // cubes: m-major over the concatenated outputs [n0 | n1 | n2]
     let c = CUBE_POS;
-    let (a0, a1) = (n0 as usize, n1 as usize);
-    let nt = a0 + a1 + n2 as usize;
-    if c >= nt * x.shape(0) {
+    let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
+    let nt = a0 + a1 + a2;
+    if c >= nt * m_rows as usize {
         terminate!();
     }
     let j = c % nt;
     let m = c / nt;
     let nc = chunks as usize;
-    let x_row = m * x.stride(0);
+    let x_row = m * nc * 32;
     let acc = if j < a0 {
         partial_row_dot::<F>(x, x_row, w0, j, nc, format, words_per_block, chunks_per_block, cube_dim)
     } else if j < a0 + a1 {
@@ -229,11 +460,11 @@ fn packed_matvec3_kernel<F: Float>(
     let total = cube_sum(acc, &mut shared, use_plane);
     if UNIT_POS == 0 {
         if j < a0 {
-            out0[m * out0.stride(0) + j] = F::cast_from(total);
+            out0[m * a0 + j] = F::cast_from(total);
         } else if j < a0 + a1 {
-            out1[m * out1.stride(0) + j - a0] = F::cast_from(total);
+            out1[m * a1 + j - a0] = F::cast_from(total);
         } else {
-            out2[m * out2.stride(0) + j - a0 - a1] = F::cast_from(total);
+            out2[m * a2 + j - a0 - a1] = F::cast_from(total);
         }
     }
 }
@@ -241,11 +472,12 @@ fn packed_matvec3_kernel<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn packed_matvec_silu_kernel<F: Float>(
-    x: &Tensor<F>,
+    x: &Array<F>,
     wg: &Array<u32>,
     wu: &Array<u32>,
-    out: &mut Tensor<F>,
+    out: &mut Array<F>,
     n_rows: u32,
+    m_rows: u32,
     chunks: u32,
     #[comptime] format: u32,
     #[comptime] words_per_block: usize,
@@ -256,13 +488,13 @@ fn packed_matvec_silu_kernel<F: Float>(
 ) {
     let c = CUBE_POS;
     let nr = n_rows as usize;
-    if c >= nr * x.shape(0) {
+    if c >= nr * m_rows as usize {
         terminate!();
     }
     let n = c % nr;
     let m = c / nr;
     let nc = chunks as usize;
-    let x_row = m * x.stride(0);
+    let x_row = m * nc * 32;
     let g = partial_row_dot::<F>(x, x_row, wg, n, nc, format, words_per_block, chunks_per_block, cube_dim);
     let u = partial_row_dot::<F>(x, x_row, wu, n, nc, format, words_per_block, chunks_per_block, cube_dim);
     let mut shared_g = SharedMemory::<f32>::new(cube_dim);
@@ -271,16 +503,17 @@ fn packed_matvec_silu_kernel<F: Float>(
     let g = f32::cast_from(F::cast_from(cube_sum(g, &mut shared_g, use_plane)));
     let u = f32::cast_from(F::cast_from(cube_sum(u, &mut shared_u, use_plane)));
     if UNIT_POS == 0 {
-        out[m * out.stride(0) + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+        out[m * nr + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
     }
 }
 
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn dequantize_kernel<F: Float>(
     w: &Array<u32>,
-    out: &mut Tensor<F>,
+    out: &mut Array<F>,
     total_chunks: u32,
-    chunks: u32,
+    scale_off: u32,
     #[comptime] format: u32,
     #[comptime] words_per_block: usize,
     #[comptime] chunks_per_block: usize,
@@ -288,21 +521,21 @@ fn dequantize_kernel<F: Float>(
 ) {
     let i = ABSOLUTE_POS;
     if i < total_chunks as usize {
-        let nc = chunks as usize;
-        let n = i / nc;
         let wb = (i / chunks_per_block) * words_per_block;
         let j = i % chunks_per_block;
-        let ob = n * out.stride(0) + (i % nc) * 32;
+        // out is [N, K] contiguous: chunk i starts at value 32 i
+        let ob = i * 32;
         if comptime!(format == FMT_F32) {
             #[unroll]
             for e in 0..32usize {
                 out[ob + e] = F::cast_from(f32::reinterpret(w[wb + e]));
             }
         } else if comptime!(format == FMT_Q8_0) {
-            let d = f32::reinterpret(w[wb]);
+            // split layout: block i's quants at 8 i, its scale after every quant
+            let d = f32::reinterpret(w[scale_off as usize + i]);
             #[unroll]
             for t in 0..8usize {
-                let word = w[wb + 1 + t];
+                let word = w[i * 8 + t];
                 #[unroll]
                 for b in 0..4usize {
                     let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
@@ -310,10 +543,10 @@ fn dequantize_kernel<F: Float>(
                 }
             }
         } else if comptime!(format == FMT_Q4_0) {
-            let d = f32::reinterpret(w[wb]);
+            let d = f32::reinterpret(w[scale_off as usize + i]);
             #[unroll]
             for t in 0..4usize {
-                let word = w[wb + 1 + t];
+                let word = w[i * 4 + t];
                 #[unroll]
                 for b in 0..4usize {
                     let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
@@ -445,26 +678,55 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     if m == 0 {
         return Ok(wrap(out));
     }
-    let chunks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&client, chunks * 32);
+    let format = w.format();
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
-    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); units past the work return early.
+    if vector_format(format) {
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        // SAFETY: the kernel only indexes within the extents validated above (x is [m, k]
+        // contiguous, k a multiple of 32; the words hold n rows of the format, scales after
+        // the quants at `scale_offset`; out is [m, n] contiguous); units past the work return.
+        unsafe {
+            vec_matvec_kernel::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                CubeDim::new_1d(cube_dim),
+                4,
+                4,
+                x.into_array_arg(),
+                words.clone().into_array_arg(),
+                words.into_array_arg(),
+                out.clone().into_array_arg(),
+                n as u32,
+                m as u32,
+                k as u32,
+                scale_offset(format, n, k) as u32,
+                format_id(format),
+                cube_dim as usize,
+                use_plane,
+                dtype.into(),
+            );
+        }
+        return Ok(wrap(out));
+    }
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&client, chunks * 32);
+    // SAFETY: the kernel only indexes within the extents validated above (shapes and word
+    // counts of its arguments, all contiguous); units past the work return early.
     unsafe {
         packed_matvec_kernel::launch_unchecked::<R>(
             &client,
             cube_count,
             CubeDim::new_1d(cube_dim),
-            x.into_tensor_arg(),
+            x.into_array_arg(),
             words.into_array_arg(),
-            out.clone().into_tensor_arg(),
+            out.clone().into_array_arg(),
             n as u32,
             m as u32,
             chunks as u32,
-            format_id(w.format()),
-            w.format().words_per_block(),
-            chunks_per_block(w.format()),
+            format_id(format),
+            format.words_per_block(),
+            chunks_per_block(format),
             cube_dim as usize,
             use_plane,
             dtype.into(),
@@ -504,9 +766,9 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
             cube_count,
             cube_dim,
             words.into_array_arg(),
-            out.clone().into_tensor_arg(),
+            out.clone().into_array_arg(),
             total as u32,
-            chunks as u32,
+            scale_offset(w.format(), n, k) as u32,
             format_id(w.format()),
             w.format().words_per_block(),
             chunks_per_block(w.format()),
@@ -530,16 +792,6 @@ pub fn packed_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     }
     let dense = dequantize_packed(w, x.dtype())?;
     matmul_f32(x, dense.transpose())
-}
-
-/// Launch parameters shared by the matvec kernels: (contiguous x, chunks per row, cube dim,
-/// plane reductions).
-fn matvec_setup<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> (CubeTensor<R>, usize, u32, bool) {
-    let x = into_contiguous(x);
-    let chunks = k / PACKED_BLOCK;
-    let cube_dim = reduction_cube_dim(&x.client, chunks * 32);
-    let use_plane = plane_reductions(&x.client);
-    (x, chunks, cube_dim, use_plane)
 }
 
 /// Whether `ws` are all device blocks of one format (the fused multi-matrix kernels' input).
@@ -592,8 +844,9 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
         });
     }
     let words = [words(w[0])?, words(w[1])?, words(w[2])?];
-    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let x = into_contiguous(prim(x));
     let client = x.client.clone();
+    let use_plane = plane_reductions(&client);
     let dtype = x.dtype;
     let outs = w.map(|wi| empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, wi.rows()]), dtype));
     if m == 0 {
@@ -602,23 +855,64 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let nt = w[0].rows() + w[1].rows() + w[2].rows();
     let [w0, w1, w2] = words;
     let format = w[0].format();
-    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); units past the work return early.
+    let cube_count = calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1));
+    if vector_format(format) {
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        let so = |i: usize| scale_offset(format, w[i].rows(), k) as u32;
+        // SAFETY: as in `packed_matvec`, for each of the three matrices and outputs.
+        unsafe {
+            vec_matvec3_kernel::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                CubeDim::new_1d(cube_dim),
+                4,
+                4,
+                x.into_array_arg(),
+                w0.clone().into_array_arg(),
+                w0.into_array_arg(),
+                w1.clone().into_array_arg(),
+                w1.into_array_arg(),
+                w2.clone().into_array_arg(),
+                w2.into_array_arg(),
+                outs[0].clone().into_array_arg(),
+                outs[1].clone().into_array_arg(),
+                outs[2].clone().into_array_arg(),
+                w[0].rows() as u32,
+                w[1].rows() as u32,
+                w[2].rows() as u32,
+                m as u32,
+                k as u32,
+                so(0),
+                so(1),
+                so(2),
+                format_id(format),
+                cube_dim as usize,
+                use_plane,
+                dtype.into(),
+            );
+        }
+        return Ok(outs.map(wrap));
+    }
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&client, chunks * 32);
+    // SAFETY: the kernel only indexes within the extents validated above (shapes and word
+    // counts of its arguments, all contiguous); units past the work return early.
     unsafe {
         packed_matvec3_kernel::launch_unchecked::<R>(
             &client,
-            calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1)),
+            cube_count,
             CubeDim::new_1d(cube_dim),
-            x.into_tensor_arg(),
+            x.into_array_arg(),
             w0.into_array_arg(),
             w1.into_array_arg(),
             w2.into_array_arg(),
-            outs[0].clone().into_tensor_arg(),
-            outs[1].clone().into_tensor_arg(),
-            outs[2].clone().into_tensor_arg(),
+            outs[0].clone().into_array_arg(),
+            outs[1].clone().into_array_arg(),
+            outs[2].clone().into_array_arg(),
             w[0].rows() as u32,
             w[1].rows() as u32,
             w[2].rows() as u32,
+            m as u32,
             chunks as u32,
             format_id(format),
             format.words_per_block(),
@@ -676,26 +970,59 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     }
     let (wg, wu) = (words(gate)?, words(up)?);
     let n = gate.rows();
-    let (x, chunks, cube_dim, use_plane) = matvec_setup(prim(x), k);
+    let x = into_contiguous(prim(x));
     let client = x.client.clone();
+    let use_plane = plane_reductions(&client);
     let dtype = x.dtype;
     let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
     if m == 0 {
         return Ok(wrap(out));
     }
     let format = gate.format();
-    // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); units past the work return early.
+    let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
+    if vector_format(format) {
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        // SAFETY: as in `packed_matvec`, for both matrices (same shape, checked above).
+        unsafe {
+            vec_matvec_silu_kernel::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                CubeDim::new_1d(cube_dim),
+                4,
+                4,
+                x.into_array_arg(),
+                wg.clone().into_array_arg(),
+                wg.into_array_arg(),
+                wu.clone().into_array_arg(),
+                wu.into_array_arg(),
+                out.clone().into_array_arg(),
+                n as u32,
+                m as u32,
+                k as u32,
+                scale_offset(format, n, k) as u32,
+                format_id(format),
+                cube_dim as usize,
+                use_plane,
+                dtype.into(),
+            );
+        }
+        return Ok(wrap(out));
+    }
+    let chunks = k / PACKED_BLOCK;
+    let cube_dim = reduction_cube_dim(&client, chunks * 32);
+    // SAFETY: the kernel only indexes within the extents validated above (shapes and word
+    // counts of its arguments, all contiguous); units past the work return early.
     unsafe {
         packed_matvec_silu_kernel::launch_unchecked::<R>(
             &client,
-            calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1)),
+            cube_count,
             CubeDim::new_1d(cube_dim),
-            x.into_tensor_arg(),
+            x.into_array_arg(),
             wg.into_array_arg(),
             wu.into_array_arg(),
-            out.clone().into_tensor_arg(),
+            out.clone().into_array_arg(),
             n as u32,
+            m as u32,
             chunks as u32,
             format_id(format),
             format.words_per_block(),

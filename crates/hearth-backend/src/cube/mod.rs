@@ -33,6 +33,7 @@
 
 mod act;
 mod attention;
+mod copy;
 mod matmul;
 mod matvec;
 mod norm;
@@ -41,6 +42,7 @@ mod rope;
 
 pub use act::silu_mul;
 pub use attention::{ATTENTION_MAX_QUERIES, gqa_attention};
+pub use copy::write_at;
 pub use matmul::matmul_f32;
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use norm::{add_rms_norm, rms_norm};
@@ -224,6 +226,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
             return o;
         }
         crate::ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
+    }
+
+    fn write_at(dst: Tensor<Self, 4>, src: Tensor<Self, 4>, offset: [usize; 4]) -> Tensor<Self, 4> {
+        if !fused_kernels() {
+            return crate::ops::write_at(dst, src, offset);
+        }
+        match copy::write_at_or_back(dst, src.clone(), offset) {
+            Ok(y) => y,
+            Err((dst, _)) => crate::ops::write_at(dst, src, offset),
+        }
     }
 
     fn packed_matmul3(x: Tensor<Self, 2>, w: [&PackedMatrix<Self>; 3]) -> Result<[Tensor<Self, 2>; 3], BackendError> {

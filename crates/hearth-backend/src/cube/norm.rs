@@ -12,10 +12,11 @@ use cubecl::{calculate_cube_count_elemwise, prelude::*, tensor_vector_size_paral
 
 #[cube(launch_unchecked)]
 fn rms_norm_kernel<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    w: &Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     rows: u32,
+    cols: u32,
     eps: f32,
     #[comptime] cube_dim: usize,
     #[comptime] use_plane: bool,
@@ -26,10 +27,11 @@ fn rms_norm_kernel<F: Float, N: Size>(
         terminate!();
     }
     let n = x.vector_size();
-    let cols = x.shape(1);
+    let cols = cols as usize;
     let cols_v = cols / n;
-    let x_row = row * x.stride(0) / n;
-    let o_row = row * out.stride(0) / n;
+    // x and out are [rows, cols] contiguous
+    let x_row = row * cols_v;
+    let o_row = row * cols_v;
 
     let mut acc = 0.0f32;
     let mut i = UNIT_POS as usize;
@@ -116,10 +118,11 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
             cube_count,
             CubeDim::new_1d(cube_dim),
             vs,
-            x.into_tensor_arg(),
-            w.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            w.into_array_arg(),
+            out.clone().into_array_arg(),
             rows as u32,
+            cols as u32,
             eps as f32,
             cube_dim as usize,
             use_plane,
@@ -132,12 +135,13 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn add_rms_norm_kernel<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    r: &Tensor<Vector<F, N>>,
-    w: &Tensor<Vector<F, N>>,
-    sum: &mut Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    x: &Array<Vector<F, N>>,
+    r: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    sum: &mut Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
     rows: u32,
+    cols: u32,
     eps: f32,
     #[comptime] cube_dim: usize,
     #[comptime] use_plane: bool,
@@ -148,11 +152,12 @@ fn add_rms_norm_kernel<F: Float, N: Size>(
         terminate!();
     }
     let n = x.vector_size();
-    let cols = x.shape(1);
+    let cols = cols as usize;
     let cols_v = cols / n;
-    let x_row = row * x.stride(0) / n;
-    let r_row = row * r.stride(0) / n;
-    let o_row = row * out.stride(0) / n;
+    // every operand is [rows, cols] contiguous
+    let x_row = row * cols_v;
+    let r_row = row * cols_v;
+    let o_row = row * cols_v;
 
     // the sum is rounded to F first (it is what the next layer adds to), then squared
     let mut acc = 0.0f32;
@@ -262,12 +267,13 @@ pub fn add_rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
             cube_count,
             CubeDim::new_1d(cube_dim),
             vs,
-            x.into_tensor_arg(),
-            r.into_tensor_arg(),
-            w.into_tensor_arg(),
-            sum.clone().into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            r.into_array_arg(),
+            w.into_array_arg(),
+            sum.clone().into_array_arg(),
+            out.clone().into_array_arg(),
             rows as u32,
+            cols as u32,
             eps as f32,
             cube_dim as usize,
             use_plane,

@@ -8,12 +8,32 @@ use burn_cubecl::{
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
+/// Shape and strides of the rope kernel's operands, in elements (`x` any strides; `cos`/`sin`
+/// `[B, 1, T, rope_dim]` any strides; `out` `[B, H, T, D]` contiguous).
+#[derive(CubeLaunch, CubeType)]
+struct RopeLayout {
+    h_len: u32,
+    t_len: u32,
+    d: u32,
+    xs0: u32,
+    xs1: u32,
+    xs2: u32,
+    xs3: u32,
+    cs0: u32,
+    cs2: u32,
+    cs3: u32,
+    ss0: u32,
+    ss2: u32,
+    ss3: u32,
+}
+
 #[cube(launch_unchecked)]
 fn rope_kernel<F: Float>(
-    x: &Tensor<F>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Array<F>,
+    cos: &Array<F>,
+    sin: &Array<F>,
+    out: &mut Array<F>,
+    l: RopeLayout,
     len: u32,
     rope_dim: u32,
     #[comptime] interleaved: bool,
@@ -23,15 +43,15 @@ fn rope_kernel<F: Float>(
     if pos >= len as usize {
         terminate!();
     }
-    let d = out.shape(3);
-    let t_len = out.shape(2);
-    let h_len = out.shape(1);
+    let d = l.d as usize;
+    let t_len = l.t_len as usize;
+    let h_len = l.h_len as usize;
     let j = pos % d;
     let t = (pos / d) % t_len;
     let h = (pos / (d * t_len)) % h_len;
     let b = pos / (d * t_len * h_len);
-    let xb = b * x.stride(0) + h * x.stride(1) + t * x.stride(2);
-    let xs = x.stride(3);
+    let xb = b * l.xs0 as usize + h * l.xs1 as usize + t * l.xs2 as usize;
+    let xs = l.xs3 as usize;
     let r = rope_dim as usize;
     if j >= r {
         out[pos] = x[xb + j * xs];
@@ -41,8 +61,8 @@ fn rope_kernel<F: Float>(
         let (i1, i2) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
         let x1 = f32::cast_from(x[xb + i1 * xs]);
         let x2 = f32::cast_from(x[xb + i2 * xs]);
-        let cb = b * cos.stride(0) + t * cos.stride(2) + j * cos.stride(3);
-        let sb = b * sin.stride(0) + t * sin.stride(2) + j * sin.stride(3);
+        let cb = b * l.cs0 as usize + t * l.cs2 as usize + j * l.cs3 as usize;
+        let sb = b * l.ss0 as usize + t * l.ss2 as usize + j * l.ss3 as usize;
         let c = f32::cast_from(cos[cb]);
         let s = f32::cast_from(sin[sb]);
         let y = if j < half { x1 * c - x2 * s } else { x2 * c + x1 * s };
@@ -106,6 +126,22 @@ pub fn rope<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
     let cube_dim = CubeDim::new(&client, len);
     let cube_count = calculate_cube_count_elemwise(&client, len, cube_dim);
+    let st = |t: &burn_cubecl::tensor::CubeTensor<R>, i: usize| t.meta.strides()[i] as u32;
+    let layout = RopeLayoutLaunch::new(
+        h as u32,
+        t as u32,
+        d as u32,
+        st(&x, 0),
+        st(&x, 1),
+        st(&x, 2),
+        st(&x, 3),
+        st(&c, 0),
+        st(&c, 2),
+        st(&c, 3),
+        st(&s, 0),
+        st(&s, 2),
+        st(&s, 3),
+    );
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
     // and word counts of its arguments); units past the work return early.
     unsafe {
@@ -113,10 +149,11 @@ pub fn rope<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
             &client,
             cube_count,
             cube_dim,
-            x.into_tensor_arg(),
-            c.into_tensor_arg(),
-            s.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            c.into_array_arg(),
+            s.into_array_arg(),
+            out.clone().into_array_arg(),
+            layout,
             len as u32,
             rope_dim as u32,
             interleaved,
