@@ -427,6 +427,22 @@ mod tests {
             let words = format.to_words(&bytes, rows, cols).unwrap();
             assert_eq!(words.len(), format.matrix_words(rows, cols), "{format:?}");
             let blk = &bytes[..format.block_bytes()];
+            let last_blk = &bytes[bytes.len() - format.block_bytes()..];
+            let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if matches!(format, PackedFormat::Q8_0 | PackedFormat::Q4_0) {
+                // split: the first block's first quant word first, the last block's scale last
+                assert_eq!(words[0], word(&blk[2..]), "{format:?} first quants");
+                let scales = rows * cols / format.block_len();
+                assert_eq!(words[words.len() - scales], f16_at(blk, 0).to_bits(), "{format:?} first d");
+                assert_eq!(*words.last().unwrap(), f16_at(last_blk, 0).to_bits(), "{format:?} last d");
+                let quant_words = words.len() - scales;
+                assert_eq!(
+                    words[quant_words - 1],
+                    word(&last_blk[last_blk.len() - 4..]),
+                    "{format:?} last quants"
+                );
+                continue;
+            }
             let d_at = if format == PackedFormat::Q6_K { 208 } else { 0 };
             assert_eq!(words[0], f16_at(blk, d_at).to_bits(), "{format:?} d");
             let last = *words.last().unwrap();
