@@ -433,8 +433,16 @@ mod tests {
                 // split: the first block's first quant word first, the last block's scale last
                 assert_eq!(words[0], word(&blk[2..]), "{format:?} first quants");
                 let scales = rows * cols / format.block_len();
-                assert_eq!(words[words.len() - scales], f16_at(blk, 0).to_bits(), "{format:?} first d");
-                assert_eq!(*words.last().unwrap(), f16_at(last_blk, 0).to_bits(), "{format:?} last d");
+                assert_eq!(
+                    words[words.len() - scales],
+                    f16_at(blk, 0).to_bits(),
+                    "{format:?} first d"
+                );
+                assert_eq!(
+                    *words.last().unwrap(),
+                    f16_at(last_blk, 0).to_bits(),
+                    "{format:?} last d"
+                );
                 let quant_words = words.len() - scales;
                 assert_eq!(
                     words[quant_words - 1],

@@ -115,6 +115,34 @@ fn matmul_2d<B: HearthBackend>(dev: &B::Device) {
     }
 }
 
+/// `x · w` with `w` a transposed view of a contiguous `[N, K]` (how dense device weights are
+/// kept), few rows: the cubecl backends' dense matvec kernel, against the host product.
+fn matvec_transposed<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(3);
+    let mut shapes = vec![
+        (1, 1, 1),
+        (1, 64, 48),
+        (2, 37, 53),
+        (4, 1024, 300),
+        (3, 2048, 7),
+        (1, 6, 1000),
+    ];
+    for _ in 0..6 {
+        shapes.push((1 + rng.below(4), 1 + rng.below(700), 1 + rng.below(300)));
+    }
+    for (m, k, n) in shapes {
+        let (a, wt) = (rng.vec(m * k), rng.vec(n * k));
+        // c = wtᵀ: [k, n]
+        let c: Vec<f32> = (0..k * n).map(|i| wt[(i % n) * k + i / n]).collect();
+        let (want, mag) = host_matmul(&a, &c, 1, m, k, n);
+        let ta = tensor::<B, 2>(a, [m, k], dev);
+        let tw = tensor::<B, 2>(wt, [n, k], dev).transpose();
+        let got = host(B::matmul(ta, tw));
+        let e = matmul_err(&got, &want, &mag);
+        assert!(e <= F32_MATMUL_TOL, "[{m},{k}]x[{n},{k}]ᵀ: {e:e}");
+    }
+}
+
 fn matmul_batched<B: HearthBackend>(dev: &B::Device) {
     let mut rng = Rng::new(2);
     for _ in 0..5 {
@@ -877,6 +905,10 @@ macro_rules! backend_tests {
                     let d = hearth_backend::cube::dequantize_packed(w, burn::tensor::DType::F32).unwrap();
                     assert_eq!(host(d), deq, "device dequantization");
                 });
+            }
+            #[test]
+            fn matvec_with_transposed_weight() {
+                matvec_transposed::<B>(&dev());
             }
             #[test]
             fn write_at_matches_slice_assign() {

@@ -16,7 +16,8 @@ const MIN_ALIGNED_COPY: usize = 64 * 1024;
 /// Where a linear layer's weight lives.
 #[derive(Clone, Debug)]
 pub enum LinearWeight<B: HearthBackend> {
-    /// A device tensor, transposed to `[in, out]` so the product is a plain matmul.
+    /// A device tensor `[in, out]` (a transposed view of the checkpoint's row-major
+    /// `[out, in]`), multiplied with [`HearthBackend::matmul`].
     Device(Tensor<B, 2>),
     /// Packed blocks `[out, in]` on the device (GGUF Q8_0/Q4_0/Q4_K/Q6_K re-laid-out by
     /// [`HearthBackend::upload_packed`]), multiplied by [`HearthBackend::packed_matmul`]: what
@@ -308,7 +309,7 @@ impl<B: HearthBackend> Loader<'_, B> {
     /// A linear layer `{prefix}.weight` (`[out, in]` on disk) and optional `{prefix}.bias`.
     /// On host-memory backends the weight stays packed in row-major `[out, in]` for the CPU
     /// kernels; elsewhere it is uploaded packed when [`Self::device_packed`] gives blocks, and
-    /// otherwise becomes a transposed f32 device tensor.
+    /// otherwise becomes an f32 device tensor `[out, in]` used through its transposed view.
     pub fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
         let weight = if B::HOST_KERNELS {
@@ -316,8 +317,10 @@ impl<B: HearthBackend> Loader<'_, B> {
         } else if let Some(p) = self.device_packed(&name, out, inp)? {
             LinearWeight::Packed(p)
         } else {
-            let w = self.transposed(&name, out, inp)?;
-            LinearWeight::Device(Tensor::from_data(TensorData::new(w, [inp, out]), &self.device))
+            // HF's row-major [out, in] as is, used through a transposed view: the device
+            // backends' matrix × vector reads each output's weights as one contiguous row
+            let (w, _) = self.store.f32(&name, Some(&[out, inp]))?;
+            LinearWeight::Device(Tensor::<B, 2>::from_data(TensorData::new(w, [out, inp]), &self.device).transpose())
         };
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), out)?)

@@ -4,11 +4,13 @@
 //! tensor-core (CMMA) kernel first; on CUDA its f32 operands are then staged as TF32 (10-bit
 //! mantissa). The strategies used here never call cubek's `adjust_dtypes`, so f32 stays f32.
 
-use super::{prim, wrap};
+use super::reduce::cube_sum;
+use super::{MATVEC_MAX_ROWS, kernel_float, plane_reductions, prim, reduction_cube_dim, wrap};
 use crate::BackendError;
 use burn::tensor::Tensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
 use burn_cubecl::{kernel::matmul::init_matmul_output, ops::numeric::empty_device_dtype};
+use cubecl::{calculate_cube_count_elemwise, prelude::*};
 use cubek::matmul::{
     definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError},
     launch::{Strategy, launch_ref},
@@ -19,6 +21,95 @@ use cubek::matmul::{
 };
 use cubek::std::InputBinding;
 use std::sync::OnceLock;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dense_matvec_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w: &Array<Vector<F, N>>,
+    out: &mut Array<F>,
+    n_rows: u32,
+    m_rows: u32,
+    k: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // one cube per output (m, n): its units take the row's vectors u, u + cube_dim, ...
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    if c >= nr * m_rows as usize {
+        terminate!();
+    }
+    let n = c % nr;
+    let m = c / nr;
+    let nv = k as usize / w.vector_size();
+    let (wr, xr) = (n * nv, m * nv);
+    let mut acc = 0.0f32;
+    let mut v = UNIT_POS as usize;
+    while v < nv {
+        let p = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
+        acc += f32::cast_from(p.vector_sum());
+        v += cube_dim;
+    }
+    let mut shared = SharedMemory::<f32>::new(cube_dim);
+    let total = cube_sum(acc, &mut shared, use_plane);
+    if UNIT_POS == 0 {
+        out[m * nr + n] = F::cast_from(total);
+    }
+}
+
+/// `x · w` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and `w: [K, N]` stored transposed (a
+/// `.transpose()` view of a contiguous `[N, K]`, as hearth's loader keeps dense device
+/// weights): one cube per output reads the weight row as 16-byte vectors, f32 accumulation.
+/// `None` when the operands are not in that shape and layout.
+fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    if ls.len() != 2 || rs.len() != 2 || !kernel_float(lhs.dtype) || lhs.dtype != rhs.dtype {
+        return None;
+    }
+    let (m, k, n) = (ls[0], ls[1], rs[1]);
+    let rst = rhs.meta.strides();
+    let transposed = rs[0] == k && rst[0] == 1 && rst[1] == k;
+    if m == 0 || m > MATVEC_MAX_ROWS || k == 0 || n == 0 || !transposed || !lhs.is_contiguous() {
+        return None;
+    }
+    // 16-byte vectors where the row length allows
+    let vs = (0..=(16 / lhs.dtype.size()).trailing_zeros())
+        .rev()
+        .map(|p| 1usize << p)
+        .find(|v| k.is_multiple_of(*v))
+        .unwrap_or(1);
+    let client = lhs.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        lhs.device.clone(),
+        burn::tensor::Shape::new([m, n]),
+        lhs.dtype,
+    );
+    let cube_dim = reduction_cube_dim(&client, k / vs);
+    let use_plane = plane_reductions(&client);
+    // SAFETY: x is [m, k] contiguous and w holds n contiguous rows of k (the transposed view
+    // checked above); out is [m, n] contiguous; cubes past m·n return early.
+    unsafe {
+        dense_matvec_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1)),
+            CubeDim::new_1d(cube_dim),
+            vs,
+            lhs.clone().into_array_arg(),
+            rhs.clone().into_array_arg(),
+            out.clone().into_array_arg(),
+            n as u32,
+            m as u32,
+            k as u32,
+            cube_dim as usize,
+            use_plane,
+            lhs.dtype.into(),
+        );
+    }
+    Some(out)
+}
 
 /// A strategy by the name used in `HEARTH_MATMUL` (for benchmarking on a GPU).
 fn named(name: &str) -> Option<Strategy> {
@@ -130,6 +221,9 @@ pub fn matmul_f32<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
         let out = empty_device_dtype(lhs.client.clone(), lhs.device.clone(), out_shape.clone(), lhs.dtype);
         let out: Tensor<CubeBackend<R, F, I, BT>, D> = wrap(out);
         return Ok(out.zeros_like());
+    }
+    if let Some(out) = dense_matvec(&lhs, &rhs) {
+        return Ok(wrap(out));
     }
     let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
     let (vec, mat) = plan();
