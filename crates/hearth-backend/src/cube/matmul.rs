@@ -9,7 +9,10 @@ use super::{MATVEC_MAX_ROWS, kernel_float, plane_reductions, prim, reduction_cub
 use crate::BackendError;
 use burn::tensor::Tensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
-use burn_cubecl::{kernel::matmul::init_matmul_output, ops::numeric::empty_device_dtype};
+use burn_cubecl::{
+    kernel::matmul::init_matmul_output,
+    ops::numeric::{empty_device_contiguous_dtype, empty_device_dtype},
+};
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 use cubek::matmul::{
     definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError},
@@ -81,7 +84,8 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
         .find(|v| k.is_multiple_of(*v))
         .unwrap_or(1);
     let client = lhs.client.clone();
-    let out = empty_device_dtype(
+    // strictly contiguous (`empty_device_dtype` may pad rows): the kernel writes at `m · n + n`
+    let out = empty_device_contiguous_dtype(
         client.clone(),
         lhs.device.clone(),
         burn::tensor::Shape::new([m, n]),

@@ -23,7 +23,7 @@ use crate::{BackendError, PACKED_BLOCK, PackedFormat, PackedMatrix, PackedStorag
 use burn::tensor::{DType, Shape, Tensor as BTensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
-    ops::numeric::empty_device_dtype, tensor::CubeTensor,
+    ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor,
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
@@ -674,7 +674,7 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let x = into_contiguous(prim(x));
     let client = x.client.clone();
     let dtype = x.dtype;
-    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
     if m == 0 {
         return Ok(wrap(out));
     }
@@ -753,7 +753,7 @@ pub fn dequantize_packed<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     }
     let (n, k) = (w.rows(), w.cols());
     let client = words.client.clone();
-    let out = empty_device_dtype(client.clone(), words.device.clone(), Shape::new([n, k]), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), words.device.clone(), Shape::new([n, k]), dtype);
     let chunks = k / PACKED_BLOCK;
     let total = n * chunks;
     let cube_dim = CubeDim::new(&client, total);
@@ -848,7 +848,8 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let client = x.client.clone();
     let use_plane = plane_reductions(&client);
     let dtype = x.dtype;
-    let outs = w.map(|wi| empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, wi.rows()]), dtype));
+    let outs =
+        w.map(|wi| empty_device_contiguous_dtype(client.clone(), x.device.clone(), Shape::new([m, wi.rows()]), dtype));
     if m == 0 {
         return Ok(outs.map(wrap));
     }
@@ -974,7 +975,7 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     let client = x.client.clone();
     let use_plane = plane_reductions(&client);
     let dtype = x.dtype;
-    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
     if m == 0 {
         return Ok(wrap(out));
     }

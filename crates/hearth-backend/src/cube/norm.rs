@@ -6,7 +6,7 @@ use crate::BackendError;
 use burn::tensor::Tensor as BTensor;
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
-    ops::numeric::empty_device_dtype,
+    ops::numeric::empty_device_contiguous_dtype,
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*, tensor_vector_size_parallel};
 
@@ -87,7 +87,7 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let w = into_contiguous(prim(weight));
     let client = x.client.clone();
     let dtype = x.dtype;
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
     let sizes = || client.io_optimized_vector_sizes(dtype.size());
     let vs = tensor_vector_size_parallel(sizes(), x.meta.shape(), x.meta.strides(), 1)
         .min(tensor_vector_size_parallel(
@@ -243,8 +243,8 @@ pub fn add_rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let w = into_contiguous(prim(weight));
     let client = x.client.clone();
     let dtype = x.dtype;
-    let sum = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let sum = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
     let sizes = || client.io_optimized_vector_sizes(dtype.size());
     let vs = [(&x, 1), (&r, 1), (&sum, 1), (&out, 1), (&w, 0)]
         .iter()
