@@ -300,6 +300,8 @@ fn main() {
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let n_big: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(150);
     let big_len: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2_400_000);
+    // (unused when no cubecl backend is compiled in)
+    let _ = (n, n_big, big_len);
     match backend.as_str() {
         #[cfg(feature = "wgpu")]
         "wgpu" => imp::run::<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>(n, n_big, big_len),
