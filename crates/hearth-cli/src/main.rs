@@ -281,6 +281,10 @@ fn run(cli: Cli) -> Result<()> {
     {
         hearth_quant::kernels::set_tasks_per_thread(n);
     }
+    // A/B knob: the fixed-task split of the parallel products instead of guided scheduling
+    if std::env::var_os("HEARTH_MATVEC_STATIC").is_some() {
+        hearth_quant::kernels::set_guided_schedule(false);
+    }
     let Some(margs) = model_args(&cli.cmd) else {
         return match cli.cmd {
             Cmd::Convert(a) => convert(&a),
