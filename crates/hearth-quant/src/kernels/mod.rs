@@ -1153,6 +1153,8 @@ pub fn matmul_with_isa(
 
 /// Measures memory read bandwidth (bytes/s) by summing a `bytes`-sized buffer with
 /// vectorised loads on `threads` threads (a dedicated rayon pool); returns the best of 5 runs.
+/// The buffer is allocated like repacked weights ([`crate::AlignedBytes::zeroed`]: transparent
+/// huge pages on Linux where enabled).
 ///
 /// Use a buffer much larger than the last-level cache (e.g. 1 GiB).
 ///
@@ -1167,7 +1169,10 @@ pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
         .build()
         .expect("building a rayon pool for the bandwidth probe");
     const CHUNK: usize = 1 << 17; // 1 MiB of u64
-    let mut buf = vec![0u64; words];
+    // the same allocation as repacked weights (huge pages where available, see
+    // `AlignedBytes::zeroed`): the probe then measures the memory, not the page walks
+    let mut bytes = crate::AlignedBytes::zeroed(words * 8);
+    let buf: &mut [u64] = bytemuck::cast_slice_mut(bytes.as_mut_slice());
     pool.install(|| {
         buf.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
             for (j, v) in c.iter_mut().enumerate() {
