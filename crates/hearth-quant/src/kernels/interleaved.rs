@@ -504,10 +504,10 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
                     } else {
                         next.wrapping_add(tq - qend)
                     };
-                    _mm_prefetch::<_MM_HINT_T0>(pq as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(64) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(128) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(192) as *const i8);
+                    super::avx2::prefetch_line(pq);
+                    super::avx2::prefetch_line(pq.wrapping_add(64));
+                    super::avx2::prefetch_line(pq.wrapping_add(128));
+                    super::avx2::prefetch_line(pq.wrapping_add(192));
                     if b % 2 == 0 {
                         // the scales' stream, as far ahead in tiles as the quants'
                         let ps = if ts < send {
@@ -515,13 +515,13 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
                         } else {
                             next.wrapping_add(qend + ts - send)
                         };
-                        _mm_prefetch::<_MM_HINT_T0>(ps as *const i8);
+                        super::avx2::prefetch_line(ps);
                     }
                     if !Q4 {
-                        _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(256) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(320) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(384) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(pq.wrapping_add(448) as *const i8);
+                        super::avx2::prefetch_line(pq.wrapping_add(256));
+                        super::avx2::prefetch_line(pq.wrapping_add(320));
+                        super::avx2::prefetch_line(pq.wrapping_add(384));
+                        super::avx2::prefetch_line(pq.wrapping_add(448));
                     }
                 }
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc as *const __m256i));
