@@ -41,31 +41,25 @@ mod kernels {
             out[ABSOLUTE_POS] = v;
         }
     }
+
 }
 
 #[cfg(feature = "cube")]
 mod imp {
     use super::kernels::*;
     use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
-    use burn_cubecl::{
-        BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, ops::numeric::empty_device_dtype,
-        tensor::CubeTensor,
-    };
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::{CubeCount, CubeDim};
     use hearth_backend::HearthBackend;
     use std::time::Instant;
 
     type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
-    fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-        t: Tensor<Cube<R, F, I, BT>, 2>,
-    ) -> CubeTensor<R> {
+    fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(t: Tensor<Cube<R, F, I, BT>, 2>) -> CubeTensor<R> {
         t.into_primitive().tensor()
     }
 
-    fn wrap<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-        t: CubeTensor<R>,
-    ) -> Tensor<Cube<R, F, I, BT>, 2> {
+    fn wrap<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(t: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, 2> {
         Tensor::from_primitive(TensorPrimitive::Float(t))
     }
 
@@ -92,11 +86,7 @@ mod imp {
             let enq = t0.elapsed().as_secs_f64();
             sync();
             let all = t0.elapsed().as_secs_f64();
-            println!(
-                "{name:<28} enqueue {:8.2} µs   with sync {:8.2} µs",
-                enq * 1e6 / n as f64,
-                all * 1e6 / n as f64
-            );
+            println!("{name:<28} enqueue {:8.2} µs   with sync {:8.2} µs", enq * 1e6 / n as f64, all * 1e6 / n as f64);
         };
         let launch = |kind: u8, x: Tensor<B<R, F, I, BT>, 2>| -> Tensor<B<R, F, I, BT>, 2> {
             let x = prim(x);
@@ -108,22 +98,8 @@ mod imp {
             // SAFETY: 64 units over 64-element tensors; every index is bounds-checked in the kernel.
             unsafe {
                 match kind {
-                    0 => copy_array::launch_unchecked::<R>(
-                        &client,
-                        count,
-                        dim,
-                        x.into_array_arg(),
-                        out.clone().into_array_arg(),
-                        dtype.into(),
-                    ),
-                    1 => copy_tensor::launch_unchecked::<R>(
-                        &client,
-                        count,
-                        dim,
-                        x.into_tensor_arg(),
-                        out.clone().into_tensor_arg(),
-                        dtype.into(),
-                    ),
+                    0 => copy_array::launch_unchecked::<R>(&client, count, dim, x.into_array_arg(), out.clone().into_array_arg(), dtype.into()),
+                    1 => copy_tensor::launch_unchecked::<R>(&client, count, dim, x.into_tensor_arg(), out.clone().into_tensor_arg(), dtype.into()),
                     _ => copy_tensor_comptime::launch_unchecked::<R>(
                         &client,
                         count,
@@ -230,18 +206,10 @@ mod imp {
         }
         // what loading a checkpoint does: ~1.4 GB uploaded from the host in tensors of 4–280 MB
         let mut uploaded = Vec::new();
-        for (i, mb) in [280usize, 4, 16, 32, 64, 4, 4, 16, 32, 64]
-            .iter()
-            .cycle()
-            .take(60)
-            .enumerate()
-        {
+        for (i, mb) in [280usize, 4, 16, 32, 64, 4, 4, 16, 32, 64].iter().cycle().take(60).enumerate() {
             let len = mb << 18;
             let host = vec![i as f32; len];
-            uploaded.push(Tensor::<B<R, F, I, BT>, 1>::from_data(
-                burn::tensor::TensorData::new(host, [len]),
-                dev,
-            ));
+            uploaded.push(Tensor::<B<R, F, I, BT>, 1>::from_data(burn::tensor::TensorData::new(host, [len]), dev));
             if i % 10 == 0 {
                 sync();
                 println!("-- after uploading {} tensors from the host", i + 1);
