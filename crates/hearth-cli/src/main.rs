@@ -281,6 +281,20 @@ fn run(cli: Cli) -> Result<()> {
     {
         hearth_quant::kernels::set_tasks_per_thread(n);
     }
+    // tuning knobs: software prefetch distance (bytes) and target cache level
+    if let Some(n) = std::env::var("HEARTH_PF_DIST")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        hearth_quant::kernels::set_prefetch_distance(n);
+    }
+    if std::env::var_os("HEARTH_PF_L2").is_some() {
+        hearth_quant::kernels::set_prefetch_to_l2(true);
+    }
+    // A/B knob: the fixed-task split of the parallel products instead of guided scheduling
+    if std::env::var_os("HEARTH_MATVEC_STATIC").is_some() {
+        hearth_quant::kernels::set_guided_schedule(false);
+    }
     let Some(margs) = model_args(&cli.cmd) else {
         return match cli.cmd {
             Cmd::Convert(a) => convert(&a),

@@ -89,9 +89,12 @@ impl HostWeight {
             kernels::interleaved::repack_into(self.format, &self.bytes, self.rows, self.cols, out.as_mut_slice())
                 .map_err(err)?;
             out
-        } else if !self.bytes.is_aligned() && self.bytes.len() >= MIN_ALIGNED_COPY {
+        } else if !self.bytes.is_aligned() && self.bytes.len() >= MIN_ALIGNED_COPY
+            || self.bytes.is_mapped() && AlignedBytes::huge_pages_for(self.bytes.len())
+        {
             // rows on cache-line boundaries (a GGUF aligns tensors to 32 bytes, safetensors
-            // to 8): no SIMD load straddles two lines
+            // to 8): no SIMD load straddles two lines; and big mapped weights onto huge pages
+            // (file maps use 4 KiB pages: a TLB miss per 4 KiB streamed at every decode step)
             AlignedBytes::copy_of(&self.bytes)
         } else {
             return Ok(self);

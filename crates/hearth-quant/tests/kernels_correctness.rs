@@ -714,3 +714,80 @@ fn this_machine_uses_expected_isa() {
     }
     assert!(Isa::available().contains(&Isa::detect()));
 }
+
+#[test]
+fn guided_schedule_is_bit_identical_to_one_thread_and_to_fixed_tasks() {
+    // Matrices large enough for many guided claims (several MiB in all, ragged row counts
+    // around the 4-row units and 16-row interleaved groups, the BF16 4-row passes), on pools of
+    // 2 and 3 threads (odd `join` spreads), for `matvec`, `matvec_many` and `matvec_each`: every
+    // result equals the one-thread result exactly, and the fixed-task schedule gives the same.
+    let mut rng = Rng(31);
+    let cols = 2048;
+    let shapes = [
+        (WeightFormat::Q4_0x16, 1001),
+        (WeightFormat::Q8_0x16, 333),
+        (WeightFormat::Bf16, 517),
+        (WeightFormat::Q4_0x16, 64),
+        (WeightFormat::Q4_K, 203),
+        (WeightFormat::Bf16, 3),
+    ];
+    let ws: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(f, r)| random_weights(f, r, cols, &mut rng))
+        .collect();
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|_| random_x(cols, &mut rng)).collect();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for isa in Isa::available() {
+        let want: Vec<Vec<f32>> = shapes
+            .iter()
+            .zip(&ws)
+            .zip(&xs)
+            .map(|((&(f, r), w), x)| {
+                let mut y = vec![0.0f32; r];
+                one.install(|| matvec_with_isa(isa, f, w, r, cols, x, &mut y).unwrap());
+                y
+            })
+            .collect();
+        let want_many: Vec<Vec<f32>> = shapes
+            .iter()
+            .zip(&ws)
+            .map(|(&(f, r), w)| {
+                let mut y = vec![0.0f32; r];
+                one.install(|| matvec_with_isa(isa, f, w, r, cols, &xs[0], &mut y).unwrap());
+                y
+            })
+            .collect();
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for guided in [true, false] {
+                hearth_quant::kernels::set_guided_schedule(guided);
+                let ctx = format!("{isa:?}, {threads} threads, guided {guided}");
+                for (i, ((&(f, r), w), x)) in shapes.iter().zip(&ws).zip(&xs).enumerate() {
+                    let mut y = vec![f32::NAN; r];
+                    pool.install(|| matvec_with_isa(isa, f, w, r, cols, x, &mut y).unwrap());
+                    assert_eq!(y, want[i], "matvec, {ctx}, matrix {i} ({f:?})");
+                }
+                let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, r)| vec![f32::NAN; r]).collect();
+                let mut jobs: Vec<MatvecJob<'_>> = shapes
+                    .iter()
+                    .zip(&ws)
+                    .zip(ys.iter_mut())
+                    .map(|((&(fmt, _), w), y)| MatvecJob { fmt, weight: w, y })
+                    .collect();
+                pool.install(|| matvec_many_with_isa(isa, &mut jobs, cols, &xs[0]).unwrap());
+                assert_eq!(ys, want_many, "matvec_many, {ctx}");
+                let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, r)| vec![f32::NAN; r]).collect();
+                let mut jobs: Vec<MatvecInputJob<'_>> = shapes
+                    .iter()
+                    .zip(&ws)
+                    .zip(&xs)
+                    .zip(ys.iter_mut())
+                    .map(|(((&(fmt, _), w), x), y)| MatvecInputJob { fmt, weight: w, x, y })
+                    .collect();
+                pool.install(|| matvec_each_with_isa(isa, &mut jobs, cols).unwrap());
+                assert_eq!(ys, want, "matvec_each, {ctx}");
+            }
+            hearth_quant::kernels::set_guided_schedule(true);
+        }
+    }
+}

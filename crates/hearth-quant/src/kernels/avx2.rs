@@ -82,12 +82,24 @@ pub(super) unsafe fn bcast_f16(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h))
 }
 
-/// Software prefetch (T0) of the line `dist` bytes past `p`; the address is never dereferenced.
+/// Software prefetch of the line `dist` bytes past `p` (into L1, or L2 with
+/// [`super::set_prefetch_to_l2`]); the address is never dereferenced.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(super) fn prefetch(p: *const u8, dist: usize) {
+    prefetch_line(p.wrapping_add(dist));
+}
+
+/// Software prefetch of the line at `p` (see [`prefetch`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn prefetch_line(p: *const u8) {
     // A prefetch is only a hint: it never faults, so a wrapping (possibly out-of-bounds) address is fine.
-    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(dist) as *const i8)
+    if super::prefetch_to_l2() {
+        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    } else {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]

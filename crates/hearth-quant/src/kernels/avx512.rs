@@ -501,9 +501,16 @@ fn rows4_bf16(r: [&[u8]; 4], xd: &[f32]) -> [f32; 4] {
     unsafe {
         while i + 64 <= n {
             let x: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(xp.add(i + 16 * j)));
+            // each row's prefetch stream runs on into the same row of the next four (the caller's
+            // rows are contiguous, 4 per pass): past its end a row's own stream would only
+            // re-touch the next row, which this pass is already reading, and the next pass would
+            // start its rows cold (rows of 4 KiB are a page each, which the hardware prefetcher
+            // does not cross)
+            let ahead = 2 * i + pf;
+            let jump = if pf > 0 && ahead >= 2 * n { 3 * 2 * n } else { 0 };
             for (a, &w) in acc.iter_mut().zip(&wp) {
-                prefetch(w.wrapping_add(2 * i), pf);
-                prefetch(w.wrapping_add(2 * i + 64), pf);
+                prefetch(w.wrapping_add(2 * i + jump), pf);
+                prefetch(w.wrapping_add(2 * i + 64 + jump), pf);
                 for k in 0..2 {
                     let v = _mm512_loadu_si512(w.add(2 * (i + 32 * k)) as *const _);
                     let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));

@@ -492,19 +492,36 @@ unsafe fn tile_dot<const Q4: bool, const NG: usize, const C: usize>(
                 let t = w.add(g * group_bytes + b * qb);
                 let sc = w.add(g * group_bytes + nb * qb + 2 * GROUP * b);
                 if pf > 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 64) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 128) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 192) as *const i8);
+                    // Each of the `NG` groups' quant and scale streams is prefetched `pf` bytes
+                    // ahead; past the end of its stream it runs on into the same stream of group
+                    // `g + NG`, the one it is read next (the caller walks consecutive groups `NG`
+                    // at a time), instead of into the next group, which this pass already reads.
+                    let (qend, send) = (nb * qb, nb * 2 * GROUP);
+                    let (tq, ts) = (b * qb + pf, 2 * GROUP * b + pf * 2 * GROUP / qb);
+                    let next = w.wrapping_add((g + NG) * group_bytes);
+                    let pq = if tq < qend {
+                        t.wrapping_add(pf)
+                    } else {
+                        next.wrapping_add(tq - qend)
+                    };
+                    super::avx2::prefetch_line(pq);
+                    super::avx2::prefetch_line(pq.wrapping_add(64));
+                    super::avx2::prefetch_line(pq.wrapping_add(128));
+                    super::avx2::prefetch_line(pq.wrapping_add(192));
                     if b % 2 == 0 {
                         // the scales' stream, as far ahead in tiles as the quants'
-                        _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add(pf * 2 * GROUP / qb) as *const i8);
+                        let ps = if ts < send {
+                            sc.wrapping_add(pf * 2 * GROUP / qb)
+                        } else {
+                            next.wrapping_add(qend + ts - send)
+                        };
+                        super::avx2::prefetch_line(ps);
                     }
                     if !Q4 {
-                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 256) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 320) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 384) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(pf + 448) as *const i8);
+                        super::avx2::prefetch_line(pq.wrapping_add(256));
+                        super::avx2::prefetch_line(pq.wrapping_add(320));
+                        super::avx2::prefetch_line(pq.wrapping_add(384));
+                        super::avx2::prefetch_line(pq.wrapping_add(448));
                     }
                 }
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc as *const __m256i));

@@ -48,7 +48,7 @@ pub use act::Q8Activations;
 use rayon::prelude::*;
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// On-disk / in-memory layout of a weight matrix row.
@@ -428,6 +428,23 @@ pub fn set_prefetch_distance(bytes: usize) {
     PREFETCH_DISTANCE.store(bytes, Ordering::Relaxed);
 }
 
+static PREFETCH_L2: AtomicBool = AtomicBool::new(false);
+
+#[doc(hidden)]
+/// Tuning knob for measurements: software prefetches into L2 (`prefetcht1`) instead of L1.
+///
+/// ```
+/// hearth_quant::kernels::set_prefetch_to_l2(false);
+/// ```
+pub fn set_prefetch_to_l2(on: bool) {
+    PREFETCH_L2.store(on, Ordering::Relaxed);
+}
+
+#[inline]
+pub(crate) fn prefetch_to_l2() -> bool {
+    PREFETCH_L2.load(Ordering::Relaxed)
+}
+
 #[inline]
 pub(crate) fn prefetch_distance() -> usize {
     PREFETCH_DISTANCE.load(Ordering::Relaxed)
@@ -589,6 +606,146 @@ pub fn set_tasks_per_thread(n: usize) {
     TASKS_PER_THREAD.store(n.max(1), Ordering::Relaxed);
 }
 
+static GUIDED: AtomicBool = AtomicBool::new(true);
+
+#[doc(hidden)]
+/// Tuning knob for A/B measurements: `false` splits each parallel matrix–vector product into
+/// fixed tasks ([`set_tasks_per_thread`] per thread) scheduled by rayon's work stealing instead
+/// of the default guided self-scheduling (see `run_guided`). Results are the same either way.
+///
+/// ```
+/// hearth_quant::kernels::set_guided_schedule(true);
+/// ```
+pub fn set_guided_schedule(on: bool) {
+    GUIDED.store(on, Ordering::Relaxed);
+}
+
+/// Jobs per guided pass (`matvec_many` / `matvec_each` run longer lists in passes).
+const GUIDED_PASS: usize = 40;
+
+/// Smallest span of weights a thread claims at once (a few µs of streaming).
+const MIN_CLAIM_BYTES: usize = 64 * 1024;
+
+/// Each claim takes `1 / (GUIDED_DIV · threads)` of the work still unclaimed.
+const GUIDED_DIV: usize = 2;
+
+/// An output pointer handed to the threads of one guided pass.
+struct OutPtr(*mut f32);
+
+// SAFETY: the pointer is only dereferenced through `run_guided`, whose cursor hands every row
+// span to exactly one thread, so no two threads ever write the same element.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above (shared references to `OutPtr` only ever create disjoint slices).
+unsafe impl Sync for OutPtr {}
+
+/// One matrix of a guided pass.
+struct GuidedJob<'a, 'p> {
+    fmt: WeightFormat,
+    weight: &'a [u8],
+    rb: usize,
+    rows: usize,
+    /// Rows per schedulable unit (a multiple of 4, whole interleaved groups).
+    unit: usize,
+    y: OutPtr,
+    /// `y` stays mutably borrowed for the job's lifetime.
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+    p: &'p Prepared<'p>,
+}
+
+impl<'a, 'p> GuidedJob<'a, 'p> {
+    fn new(fmt: WeightFormat, weight: &'a [u8], rb: usize, y: &'a mut [f32], p: &'p Prepared<'_>) -> Self {
+        // (`Prepared` is covariant in its lifetime: shorten it to the borrow's)
+        let p: &'p Prepared<'p> = p;
+        GuidedJob {
+            fmt,
+            weight,
+            rb,
+            rows: y.len(),
+            unit: align_rows(fmt, 4),
+            y: OutPtr(y.as_mut_ptr()),
+            _y: std::marker::PhantomData,
+            p,
+        }
+    }
+
+    fn units(&self) -> usize {
+        self.rows.div_ceil(self.unit)
+    }
+}
+
+/// Guided self-scheduling of the rows of several matrices over every thread of the current
+/// rayon pool: the units of all jobs ([`GuidedJob::units`] each) form one range, and each thread repeatedly claims (one atomic compare-and-swap) the next
+/// `remaining / (GUIDED_DIV · threads)` units, at least [`MIN_CLAIM_BYTES`] of weights, until
+/// none are left. Big claims first keep each thread streaming long contiguous runs; the small
+/// claims at the end make the threads finish within a few µs of each other (fixed tasks leave
+/// one thread idle for half a task on average), and a thread that starts late (or is
+/// preempted) just claims less. One task per thread via nested `rayon::join`: allocation-free.
+/// Results are bit-identical to one `dot_rows` over each whole matrix (units are whole groups of
+/// 4 rows / 16 interleaved rows, computed independently).
+fn run_guided(isa: Isa, jobs: &[Option<GuidedJob<'_, '_>>], cols: usize) {
+    // (`Option` only to build fixed-size tables without allocating; every entry is `Some`)
+    assert!(jobs.len() <= GUIDED_PASS);
+    let mut tbl: [usize; GUIDED_PASS + 1] = [0; GUIDED_PASS + 1];
+    for (i, j) in jobs.iter().enumerate() {
+        tbl[i + 1] = tbl[i] + j.as_ref().map_or(0, GuidedJob::units);
+    }
+    let starts = &tbl[..jobs.len() + 1];
+    let bytes: usize = jobs.iter().flatten().map(|j| j.weight.len()).sum();
+    let total = starts[jobs.len()];
+    if total == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let min_units = (MIN_CLAIM_BYTES / (bytes / total).max(1)).max(1);
+    let cursor = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let mut lo = cursor.load(Ordering::Relaxed);
+            let hi = loop {
+                if lo >= total {
+                    return;
+                }
+                let left = total - lo;
+                let take = left.div_ceil(GUIDED_DIV * threads).max(min_units).min(left);
+                match cursor.compare_exchange_weak(lo, lo + take, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break lo + take,
+                    Err(cur) => lo = cur,
+                }
+            };
+            // the claimed units, job by job
+            let first = starts.partition_point(|&s| s <= lo) - 1;
+            for (i, w) in starts.windows(2).enumerate().skip(first) {
+                let (s, e) = (w[0], w[1]);
+                if s >= hi {
+                    break;
+                }
+                let (a, b) = (lo.max(s) - s, hi.min(e) - s);
+                if a >= b {
+                    continue;
+                }
+                let Some(j) = &jobs[i] else { continue };
+                let (r0, r1) = (a * j.unit, (b * j.unit).min(j.rows));
+                let wend = (b * j.unit * j.rb).min(j.weight.len());
+                // SAFETY: `OutPtr` points at `j.rows` outputs and rows `r0..r1` belong to units
+                // `a..b` of this job, which the cursor handed to this thread alone.
+                let out = unsafe { std::slice::from_raw_parts_mut(j.y.0.add(r0), r1 - r0) };
+                dot_rows(isa, j.fmt, &j.weight[r0 * j.rb..wend], j.rb, cols, j.p, out);
+            }
+        }
+    };
+    spread(threads, &work);
+}
+
+/// Runs `f` on `k` rayon tasks (nested `join`s: no allocation).
+fn spread(k: usize, f: &(impl Fn() + Sync)) {
+    if k <= 1 {
+        f();
+    } else {
+        let h = k / 2;
+        rayon::join(|| spread(h, f), || spread(k - h, f));
+    }
+}
+
 /// Rows per rayon task: a few contiguous spans per thread (so each thread streams long
 /// runs of weights and a preempted thread's work can still be stolen), a multiple of 4 rows.
 fn chunk_rows(rows: usize) -> usize {
@@ -698,6 +855,8 @@ pub fn matvec_with_isa(
     let cr = align_rows(fmt, chunk_rows(rows));
     if rayon::current_num_threads() <= 1 || rows <= cr || weight.len() < SERIAL_BYTES {
         dot_rows(isa, fmt, weight, rb, cols, &p, y);
+    } else if GUIDED.load(Ordering::Relaxed) {
+        run_guided(isa, &[Some(GuidedJob::new(fmt, weight, rb, y, &p))], cols);
     } else {
         y.par_chunks_mut(cr)
             .zip(weight.par_chunks(cr * rb))
@@ -766,6 +925,18 @@ pub fn matvec_many_with_isa(isa: Isa, jobs: &mut [MatvecJob<'_>], cols: usize, x
         for j in jobs.iter_mut() {
             let rb = j.fmt.row_bytes(cols)?;
             dot_rows(isa, j.fmt, j.weight, rb, cols, prep(j.fmt), j.y);
+        }
+        return Ok(());
+    }
+    if GUIDED.load(Ordering::Relaxed) {
+        for pass in jobs.chunks_mut(GUIDED_PASS) {
+            let len = pass.len();
+            let mut g: [Option<GuidedJob<'_, '_>>; GUIDED_PASS] = [const { None }; GUIDED_PASS];
+            for (g, j) in g.iter_mut().zip(pass.iter_mut()) {
+                let rb = j.fmt.row_bytes(cols)?;
+                *g = Some(GuidedJob::new(j.fmt, j.weight, rb, j.y, prep(j.fmt)));
+            }
+            run_guided(isa, &g[..len], cols);
         }
         return Ok(());
     }
@@ -843,6 +1014,22 @@ pub fn matvec_each_with_isa(isa: Isa, jobs: &mut [MatvecInputJob<'_>], cols: usi
                 let rb = j.fmt.row_bytes(cols)?;
                 dot_rows(isa, j.fmt, j.weight, rb, cols, p.as_ref().expect("prepared above"), j.y);
             }
+            continue;
+        }
+        if GUIDED.load(Ordering::Relaxed) {
+            let len = pass.len();
+            let mut g: [Option<GuidedJob<'_, '_>>; GUIDED_PASS] = [const { None }; GUIDED_PASS];
+            for ((g, j), p) in g.iter_mut().zip(pass.iter_mut()).zip(preps) {
+                let rb = j.fmt.row_bytes(cols)?;
+                *g = Some(GuidedJob::new(
+                    j.fmt,
+                    j.weight,
+                    rb,
+                    j.y,
+                    p.as_ref().expect("prepared above"),
+                ));
+            }
+            run_guided(isa, &g[..len], cols);
             continue;
         }
         let tasks = threads * TASKS_PER_THREAD.load(Ordering::Relaxed);
@@ -983,6 +1170,8 @@ pub fn matmul_with_isa(
 
 /// Measures memory read bandwidth (bytes/s) by summing a `bytes`-sized buffer with
 /// vectorised loads on `threads` threads (a dedicated rayon pool); returns the best of 5 runs.
+/// The buffer is allocated like repacked weights ([`crate::AlignedBytes::zeroed`]: transparent
+/// huge pages on Linux where enabled).
 ///
 /// Use a buffer much larger than the last-level cache (e.g. 1 GiB).
 ///
@@ -997,7 +1186,10 @@ pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
         .build()
         .expect("building a rayon pool for the bandwidth probe");
     const CHUNK: usize = 1 << 17; // 1 MiB of u64
-    let mut buf = vec![0u64; words];
+    // the same allocation as repacked weights (huge pages where available, see
+    // `AlignedBytes::zeroed`): the probe then measures the memory, not the page walks
+    let mut bytes = crate::AlignedBytes::zeroed(words * 8);
+    let buf: &mut [u64] = bytemuck::cast_slice_mut(bytes.as_mut_slice());
     pool.install(|| {
         buf.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
             for (j, v) in c.iter_mut().enumerate() {
