@@ -50,6 +50,17 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     let (wr, xr) = (n * nv, m * nv);
     let mut acc = 0.0f32;
     let mut v = UNIT_POS as usize;
+    // four independent 16-byte loads in flight per pass, then the rest
+    while v + comptime!(3 * cube_dim) < nv {
+        let a = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
+        let b = Vector::<f32, N>::cast_from(w[wr + v + cube_dim]) * Vector::<f32, N>::cast_from(x[xr + v + cube_dim]);
+        let c = Vector::<f32, N>::cast_from(w[wr + v + comptime!(2 * cube_dim)])
+            * Vector::<f32, N>::cast_from(x[xr + v + comptime!(2 * cube_dim)]);
+        let d = Vector::<f32, N>::cast_from(w[wr + v + comptime!(3 * cube_dim)])
+            * Vector::<f32, N>::cast_from(x[xr + v + comptime!(3 * cube_dim)]);
+        acc += f32::cast_from(((a + b) + (c + d)).vector_sum());
+        v += comptime!(4 * cube_dim);
+    }
     while v < nv {
         let p = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
         acc += f32::cast_from(p.vector_sum());
@@ -91,7 +102,7 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
         burn::tensor::Shape::new([m, n]),
         lhs.dtype,
     );
-    let cube_dim = reduction_cube_dim(&client, k / vs);
+    let cube_dim = reduction_cube_dim(&client, k / vs / 4);
     let use_plane = plane_reductions(&client);
     // SAFETY: x is [m, k] contiguous and w holds n contiguous rows of k (the transposed view
     // checked above); out is [m, n] contiguous; cubes past m·n return early.

@@ -104,6 +104,70 @@ fn row_vectors(f: PackedFormat, k: usize) -> usize {
 /// that starts at vector `x_row` (`x` in vectors of 4): units take the row's 16-byte vectors
 /// `UNIT_POS, UNIT_POS + cube_dim, ...`. `wq` and `ws` are the same words (as vectors of 4 and
 /// as single words); `scale_off` is the scales' word offset in the split layout.
+/// Vector `v` of a row of a vector-format weight (quants at vector `row + v`, scales from word
+/// `srow`), dotted with the matching `x` values (`x` row at vector `x_row`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn vec_dot_at<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    x_row: usize,
+    wq: &Array<Vector<u32, NW>>,
+    ws: &Array<u32>,
+    row: usize,
+    srow: usize,
+    v: usize,
+    #[comptime] format: u32,
+) -> f32 {
+    let q = wq[row + v];
+    let mut s = 0.0f32;
+    if comptime!(format == FMT_F32) {
+        let xv = x[x_row + v];
+        #[unroll]
+        for i in 0..4usize {
+            s += f32::reinterpret(q[i]) * f32::cast_from(xv[i]);
+        }
+    } else if comptime!(format == FMT_Q8_0) {
+        // a vector is half a block: 16 i8 values
+        let d = f32::reinterpret(ws[srow + v / 2]);
+        #[unroll]
+        for i in 0..4usize {
+            let xv = x[x_row + 4 * v + i];
+            let word = q[i];
+            #[unroll]
+            for b in 0..4usize {
+                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                s += i8_value(byte) * f32::cast_from(xv[b]);
+            }
+        }
+        s *= d;
+    } else {
+        // Q4_0: a vector is one block; byte j holds values j (low nibble) and j + 16 (high)
+        let d = f32::reinterpret(ws[srow + v]);
+        #[unroll]
+        for i in 0..4usize {
+            let lo = x[x_row + 8 * v + i];
+            let hi = x[x_row + 8 * v + 4 + i];
+            let word = q[i];
+            #[unroll]
+            for b in 0..4usize {
+                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                s += (f32::cast_from(byte & 0xFu32) - 8.0f32) * f32::cast_from(lo[b])
+                    + (f32::cast_from(byte >> 4u32) - 8.0f32) * f32::cast_from(hi[b]);
+            }
+        }
+        s *= d;
+    }
+    s
+}
+
+/// Vectors each unit of a vector-format matvec takes per pass (independent loads in flight).
+const VEC_UNROLL: usize = 4;
+
+/// This unit's share of the dot product of row `n` of a vector-format weight with the `x` row
+/// that starts at vector `x_row` (`x` in vectors of 4): units take the row's 16-byte vectors
+/// `UNIT_POS, UNIT_POS + cube_dim, ...`, [`VEC_UNROLL`] per pass. `wq` and `ws` are the same
+/// words (as vectors of 4 and as single words); `scale_off` is the scales' word offset in the
+/// split layout.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn vec_row_dot<F: Float, NX: Size, NW: Size>(
@@ -117,66 +181,28 @@ fn vec_row_dot<F: Float, NX: Size, NW: Size>(
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
 ) -> f32 {
+    let nvec = if comptime!(format == FMT_F32) {
+        k / 4
+    } else if comptime!(format == FMT_Q8_0) {
+        k / 16
+    } else {
+        k / 32
+    };
+    let row = n * nvec;
+    let srow = scale_off + n * (k / 32);
     let mut acc = 0.0f32;
     let mut v = UNIT_POS as usize;
-    if comptime!(format == FMT_F32) {
-        let nvec = k / 4;
-        let row = n * nvec;
-        while v < nvec {
-            let q = wq[row + v];
-            let xv = x[x_row + v];
-            #[unroll]
-            for i in 0..4usize {
-                acc += f32::reinterpret(q[i]) * f32::cast_from(xv[i]);
-            }
-            v += cube_dim;
-        }
-    } else if comptime!(format == FMT_Q8_0) {
-        // a vector is half a block: 16 i8 values
-        let nvec = k / 16;
-        let row = n * nvec;
-        let srow = scale_off + n * (k / 32);
-        while v < nvec {
-            let q = wq[row + v];
-            let d = f32::reinterpret(ws[srow + v / 2]);
-            let mut s = 0.0f32;
-            #[unroll]
-            for i in 0..4usize {
-                let xv = x[x_row + 4 * v + i];
-                let word = q[i];
-                #[unroll]
-                for b in 0..4usize {
-                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                    s += i8_value(byte) * f32::cast_from(xv[b]);
-                }
-            }
-            acc += s * d;
-            v += cube_dim;
-        }
-    } else {
-        // Q4_0: a vector is one block; byte j holds values j (low nibble) and j + 16 (high)
-        let nvec = k / 32;
-        let row = n * nvec;
-        let srow = scale_off + n * nvec;
-        while v < nvec {
-            let q = wq[row + v];
-            let d = f32::reinterpret(ws[srow + v]);
-            let mut s = 0.0f32;
-            #[unroll]
-            for i in 0..4usize {
-                let lo = x[x_row + 8 * v + i];
-                let hi = x[x_row + 8 * v + 4 + i];
-                let word = q[i];
-                #[unroll]
-                for b in 0..4usize {
-                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                    s += (f32::cast_from(byte & 0xFu32) - 8.0f32) * f32::cast_from(lo[b])
-                        + (f32::cast_from(byte >> 4u32) - 8.0f32) * f32::cast_from(hi[b]);
-                }
-            }
-            acc += s * d;
-            v += cube_dim;
-        }
+    while v + comptime!(3 * cube_dim) < nvec {
+        let a = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v, format);
+        let b = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + cube_dim, format);
+        let c = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + comptime!(2 * cube_dim), format);
+        let d = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + comptime!(3 * cube_dim), format);
+        acc += (a + b) + (c + d);
+        v += comptime!(VEC_UNROLL * cube_dim);
+    }
+    while v < nvec {
+        acc += vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v, format);
+        v += cube_dim;
     }
     acc
 }
@@ -682,7 +708,7 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
         // SAFETY: the kernel only indexes within the extents validated above (x is [m, k]
         // contiguous, k a multiple of 32; the words hold n rows of the format, scales after
         // the quants at `scale_offset`; out is [m, n] contiguous); units past the work return.
@@ -858,7 +884,7 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let format = w[0].format();
     let cube_count = calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
         let so = |i: usize| scale_offset(format, w[i].rows(), k) as u32;
         // SAFETY: as in `packed_matvec`, for each of the three matrices and outputs.
         unsafe {
@@ -982,7 +1008,7 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     let format = gate.format();
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k));
+        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
         // SAFETY: as in `packed_matvec`, for both matrices (same shape, checked above).
         unsafe {
             vec_matvec_silu_kernel::launch_unchecked::<R>(
