@@ -714,6 +714,9 @@ fn packed_cases(format: PackedFormat, rng: &mut Rng) -> Vec<(usize, usize, usize
             (5, 9, 160),
             (9, 33, 64),
             (17, 7, 224),
+            // long rows: the matvecs' unrolled passes (4 vectors per unit) and their remainder
+            (2, 5, 4096),
+            (1, 3, 3200),
         ]
     } else {
         vec![
