@@ -3,6 +3,7 @@
 # Nothing CUDA is needed here: cubecl compiles kernels at run time with NVRTC.
 #
 #   gpu-bin/hearth.gz                   the `hearth` CLI, release, --features cuda (and cpu)
+#   gpu-bin/matvec_bw.gz                the matvec bandwidth example (kernels alone, HEARTH_MATVEC sweeps)
 #   gpu-bin/tests/kernels.gz            hearth-backend's kernel tests (tests/kernels.rs) on CUDA
 #   gpu-bin/tests/half_precision.gz     the same kernels with bf16 compute (tests/half_precision.rs)
 #   gpu-bin/fixtures/models/            the fixture models and their float64 references
@@ -16,6 +17,7 @@ target="${CARGO_TARGET_DIR:-target}"
 out=gpu-bin
 
 cargo build --release --locked -p hearth-cli --features cuda
+cargo build --release --locked -p hearth-backend --features cuda --example matvec_bw
 # The test binaries: their paths come from cargo's JSON messages.
 tests_json="$(mktemp)"
 trap 'rm -f "$tests_json"' EXIT
@@ -33,6 +35,7 @@ pack() { # pack SRC DEST.gz
   rm -f "$tmp"
 }
 pack "$target/release/hearth" "$out/hearth.gz"
+pack "$target/release/examples/matvec_bw" "$out/matvec_bw.gz"
 python3 - "$tests_json" <<'PY' | while read -r name exe; do pack "$exe" "$out/tests/$name.gz"; done
 import json, sys
 for line in open(sys.argv[1]):

@@ -341,6 +341,22 @@ pub trait HearthBackend: Backend {
         Ok(())
     }
 
+    /// The device's read bandwidth in bytes/s, measured now by a kernel that only streams
+    /// `bytes` of memory (the yardstick for a decode step, which reads its weights once), or
+    /// `None` where the backend has no such kernel (the fallback; callers then measure with
+    /// burn ops).
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// assert!(Cpu::read_bandwidth(&Default::default(), 1 << 20).is_none());
+    /// # }
+    /// ```
+    fn read_bandwidth(device: &Self::Device, bytes: usize) -> Option<f64> {
+        let _ = (device, bytes);
+        None
+    }
+
     /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
         ops::rms_norm(x, weight, eps)

@@ -115,6 +115,23 @@ fn matmul_2d<B: HearthBackend>(dev: &B::Device) {
     }
 }
 
+/// Launch shapes of the vectorised matvecs besides the default: every one must compute the
+/// same products (one row per cube and one vector per pass; many rows sharing `x`; one plane
+/// per cube with deep unrolling; the integer conversion of quants).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn matvec_shapes() -> Vec<hearth_backend::cube::MatvecShape> {
+    use hearth_backend::cube::MatvecShape;
+    [
+        "rows=1,unroll=1,units=32,convert=0",
+        "rows=4,unroll=2",
+        "rows=8,unroll=8,units=32",
+        "rows=2,units=256,convert=0",
+    ]
+    .iter()
+    .map(|s| MatvecShape::parse(s).unwrap())
+    .collect()
+}
+
 /// `x · w` with `w` a transposed view of a contiguous `[N, K]` (how dense device weights are
 /// kept), few rows: the cubecl backends' dense matvec kernel, against the host product.
 fn matvec_transposed<B: HearthBackend>(dev: &B::Device) {
@@ -137,9 +154,17 @@ fn matvec_transposed<B: HearthBackend>(dev: &B::Device) {
         let (want, mag) = host_matmul(&a, &c, 1, m, k, n);
         let ta = tensor::<B, 2>(a, [m, k], dev);
         let tw = tensor::<B, 2>(wt, [n, k], dev).transpose();
-        let got = host(B::matmul(ta, tw));
+        let got = host(B::matmul(ta.clone(), tw.clone()));
         let e = matmul_err(&got, &want, &mag);
         assert!(e <= F32_MATMUL_TOL, "[{m},{k}]x[{n},{k}]ᵀ: {e:e}");
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        for shape in matvec_shapes() {
+            hearth_backend::cube::set_matvec_shape(Some(shape));
+            let got = host(B::matmul(ta.clone(), tw.clone()));
+            hearth_backend::cube::set_matvec_shape(None);
+            let e = matmul_err(&got, &want, &mag);
+            assert!(e <= F32_MATMUL_TOL, "[{m},{k}]x[{n},{k}]ᵀ {shape:?}: {e:e}");
+        }
     }
 }
 
@@ -612,6 +637,9 @@ fn fused_packed<B: CubeKernels>(dev: &B::Device) {
                 .map(|&n| B::upload_packed(format, &gguf_bytes(format, &weights(&mut rng, n * k)), n, k, dev).unwrap())
                 .collect();
             let x = tensor::<B, 2>(rng.vec(m * k), [m, k], dev);
+            // a different launch shape for the fused kernels each round (all compute the same)
+            let shapes = matvec_shapes();
+            hearth_backend::cube::set_matvec_shape(Some(shapes[rng.below(shapes.len())]));
             let got = B::k_matvec3(x.clone(), [&ws[0], &ws[1], &ws[2]]).unwrap();
             let via_trait = B::packed_matmul3(x.clone(), [&ws[0], &ws[1], &ws[2]]).unwrap();
             for ((g, t), w) in got.into_iter().zip(via_trait).zip(&ws) {
@@ -636,6 +664,7 @@ fn fused_packed<B: CubeKernels>(dev: &B::Device) {
             .unwrap();
             let x8 = x.clone() * 4.0;
             let got = host(B::k_silu(x8.clone(), &ws[0], &up).unwrap());
+            hearth_backend::cube::set_matvec_shape(None);
             let g = B::k_matvec(x8.clone(), &ws[0]).unwrap();
             let u = B::k_matvec(x8.clone(), &up).unwrap();
             let want = host(ops::silu_mul(g, u));
@@ -903,8 +932,21 @@ macro_rules! backend_tests {
             fn packed_matmul_matches_dequantized() {
                 packed::<B>(&dev(), &|w, x, deq, want, mag| {
                     // the fused matvec at every M, and the dequantization kernel (bit-exact)
-                    let got = host(hearth_backend::cube::packed_matvec(x, w).unwrap());
+                    let got = host(hearth_backend::cube::packed_matvec(x.clone(), w).unwrap());
                     assert!(matmul_err(&got, want, mag) <= F32_MATMUL_TOL, "matvec");
+                    // every launch shape of the vectorised kernels computes the same product
+                    if matches!(
+                        w.format(),
+                        PackedFormat::F32 | PackedFormat::Q8_0 | PackedFormat::Q4_0
+                    ) {
+                        for shape in matvec_shapes() {
+                            hearth_backend::cube::set_matvec_shape(Some(shape));
+                            let got = host(hearth_backend::cube::packed_matvec(x.clone(), w).unwrap());
+                            hearth_backend::cube::set_matvec_shape(None);
+                            let e = matmul_err(&got, want, mag);
+                            assert!(e <= F32_MATMUL_TOL, "{:?} matvec {shape:?}: {e:e}", w.format());
+                        }
+                    }
                     let d = hearth_backend::cube::dequantize_packed(w, burn::tensor::DType::F32).unwrap();
                     assert_eq!(host(d), deq, "device dequantization");
                 });

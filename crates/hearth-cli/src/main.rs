@@ -797,10 +797,18 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     let best = |runs: &[f64]| runs.iter().copied().fold(0.0, f64::max);
     let decode_tok_s = best(&decode_runs);
     // bandwidth of this machine, measured now, after the model's peak RSS was recorded
-    let bw = if B::HOST_KERNELS {
-        Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, threads))
+    // on a device: the better of burn's element-wise pass and hearth's read-only stream (the
+    // floor must not flatter: the faster yardstick wins)
+    let (bw, elementwise_bw, stream_bw) = if B::HOST_KERNELS {
+        (
+            Some(hearth_quant::kernels::measure_read_bandwidth(1 << 30, threads)),
+            None,
+            None,
+        )
     } else {
-        Some(device_read_bandwidth::<B>(dev))
+        let e = device_read_bandwidth::<B>(dev);
+        let s = B::read_bandwidth(dev, 1 << 30);
+        (Some(s.map_or(e, |s| s.max(e))), Some(e), s)
     };
     let pct = |tok_s: f64| bw.map(|b| 100.0 * tok_s * bytes as f64 / b);
     let line = serde_json::json!({
@@ -818,6 +826,8 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "decode_runs_tok_s": decode_runs,
         "weight_bytes_per_token": bytes,
         "read_bandwidth_gb_s": bw.map(|b| b / 1e9),
+        "elementwise_bandwidth_gb_s": elementwise_bw.map(|b| b / 1e9),
+        "stream_read_bandwidth_gb_s": stream_bw.map(|b| b / 1e9),
         "floor_tok_s": bw.map(|b| b / bytes as f64),
         "pct_of_floor": pct(decode_tok_s),
         "kernels_only_tok_s": kernels_tok_s,

@@ -4,8 +4,8 @@
 //! tensor-core (CMMA) kernel first; on CUDA its f32 operands are then staged as TF32 (10-bit
 //! mantissa). The strategies used here never call cubek's `adjust_dtypes`, so f32 stays f32.
 
-use super::reduce::cube_sum;
-use super::{MATVEC_MAX_ROWS, kernel_float, plane_reductions, prim, reduction_cube_dim, wrap};
+use super::reduce::cube_sum_rows;
+use super::{MATVEC_MAX_ROWS, kernel_float, matvec_shape, matvec_units, plane_reductions, prim, single_plane, wrap};
 use crate::BackendError;
 use burn::tensor::Tensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
@@ -35,41 +35,63 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     m_rows: u32,
     k: u32,
     #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    // one cube per output (m, n): its units take the row's vectors u, u + cube_dim, ...
+    // cube c: weight rows n0 .. n0 + rows of output row m; its units take the rows' vectors
+    // u, u + cube_dim, ..., `unroll` per row per pass, each load of x serving every row
     let c = CUBE_POS;
     let nr = n_rows as usize;
-    if c >= nr * m_rows as usize {
+    let groups = nr.div_ceil(rows);
+    if c >= groups * m_rows as usize {
         terminate!();
     }
-    let n = c % nr;
-    let m = c / nr;
+    let n0 = (c % groups) * rows;
+    let m = c / groups;
     let nv = k as usize / w.vector_size();
-    let (wr, xr) = (n * nv, m * nv);
-    let mut acc = 0.0f32;
+    let xr = m * nv;
+    let mut acc = Array::<f32>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        acc[r] = 0.0f32;
+    }
     let mut v = UNIT_POS as usize;
-    // four independent 16-byte loads in flight per pass, then the rest
-    while v + comptime!(3 * cube_dim) < nv {
-        let a = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
-        let b = Vector::<f32, N>::cast_from(w[wr + v + cube_dim]) * Vector::<f32, N>::cast_from(x[xr + v + cube_dim]);
-        let c = Vector::<f32, N>::cast_from(w[wr + v + comptime!(2 * cube_dim)])
-            * Vector::<f32, N>::cast_from(x[xr + v + comptime!(2 * cube_dim)]);
-        let d = Vector::<f32, N>::cast_from(w[wr + v + comptime!(3 * cube_dim)])
-            * Vector::<f32, N>::cast_from(x[xr + v + comptime!(3 * cube_dim)]);
-        acc += f32::cast_from(((a + b) + (c + d)).vector_sum());
-        v += comptime!(4 * cube_dim);
+    while v + comptime!((unroll - 1) * cube_dim) < nv {
+        #[unroll]
+        for r in 0..rows {
+            // rows past the matrix repeat the last one (not written)
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let mut s = Vector::<f32, N>::zeroed();
+            #[unroll]
+            for u in 0..unroll {
+                s += Vector::<f32, N>::cast_from(w[wr + v + u * cube_dim])
+                    * Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
+            }
+            acc[r] += f32::cast_from(s.vector_sum());
+        }
+        v += comptime!(unroll * cube_dim);
     }
     while v < nv {
-        let p = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
-        acc += f32::cast_from(p.vector_sum());
+        #[unroll]
+        for r in 0..rows {
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let p = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
+            acc[r] += f32::cast_from(p.vector_sum());
+        }
         v += cube_dim;
     }
-    let mut shared = SharedMemory::<f32>::new(cube_dim);
-    let total = cube_sum(acc, &mut shared, use_plane);
+    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
     if UNIT_POS == 0 {
-        out[m * nr + n] = F::cast_from(total);
+        #[unroll]
+        for r in 0..rows {
+            if n0 + r < nr {
+                out[m * nr + n0 + r] = F::cast_from(acc[r]);
+            }
+        }
     }
 }
 
@@ -102,15 +124,17 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
         burn::tensor::Shape::new([m, n]),
         lhs.dtype,
     );
-    let cube_dim = reduction_cube_dim(&client, k / vs / 4);
-    let use_plane = plane_reductions(&client);
+    let shape = matvec_shape();
+    let units = matvec_units(&client, shape, k * lhs.dtype.size() / 16);
+    let cubes = m * n.div_ceil(shape.rows);
     // SAFETY: x is [m, k] contiguous and w holds n contiguous rows of k (the transposed view
-    // checked above); out is [m, n] contiguous; cubes past m·n return early.
+    // checked above); out is [m, n] contiguous; rows past n are clamped to the last row and
+    // not written; cubes past the work return early.
     unsafe {
         dense_matvec_kernel::launch_unchecked::<R>(
             &client,
-            calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1)),
-            CubeDim::new_1d(cube_dim),
+            calculate_cube_count_elemwise(&client, cubes, CubeDim::new_1d(1)),
+            CubeDim::new_1d(units),
             vs,
             lhs.clone().into_array_arg(),
             rhs.clone().into_array_arg(),
@@ -118,8 +142,11 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
             n as u32,
             m as u32,
             k as u32,
-            cube_dim as usize,
-            use_plane,
+            units as usize,
+            shape.rows,
+            shape.unroll,
+            plane_reductions(&client),
+            single_plane(&client, units),
             lhs.dtype.into(),
         );
     }

@@ -17,8 +17,11 @@
 //! cubecl upload their shapes and strides on every launch (a device allocation and a copy),
 //! which cost more host time than the whole kernel.
 
-use super::reduce::cube_sum;
-use super::{MATVEC_MAX_ROWS, kernel_float, matmul_f32, plane_reductions, prim, reduction_cube_dim, wrap};
+use super::reduce::{cube_sum, cube_sum_rows};
+use super::{
+    MATVEC_MAX_ROWS, MatvecShape, kernel_float, matmul_f32, matvec_shape, matvec_units, plane_reductions, prim,
+    reduction_cube_dim, single_plane, wrap,
+};
 use crate::{BackendError, PACKED_BLOCK, PackedFormat, PackedMatrix, PackedStorage};
 use burn::tensor::{DType, Shape, Tensor as BTensor};
 use burn_cubecl::{
@@ -100,12 +103,36 @@ fn row_vectors(f: PackedFormat, k: usize) -> usize {
     }
 }
 
-/// This unit's share of the dot product of row `n` of a vector-format weight with the `x` row
-/// that starts at vector `x_row` (`x` in vectors of 4): units take the row's 16-byte vectors
-/// `UNIT_POS, UNIT_POS + cube_dim, ...`. `wq` and `ws` are the same words (as vectors of 4 and
-/// as single words); `scale_off` is the scales' word offset in the split layout.
+/// How a vector-format matvec is launched on `client` for rows of `k` values of `format`:
+/// the process's [`MatvecShape`], its units per cube and its reduction path.
+struct VecLaunch {
+    shape: MatvecShape,
+    units: u32,
+    use_plane: bool,
+    single_plane: bool,
+}
+
+impl VecLaunch {
+    fn new<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, format: PackedFormat, k: usize) -> Self {
+        let shape = matvec_shape();
+        let units = matvec_units(client, shape, row_vectors(format, k));
+        VecLaunch {
+            shape,
+            units,
+            use_plane: plane_reductions(client),
+            single_plane: single_plane(client, units),
+        }
+    }
+
+    /// Cubes for `m` activation rows over `n` weight rows.
+    fn cubes(&self, n: usize) -> usize {
+        n.div_ceil(self.shape.rows)
+    }
+}
+
 /// Vector `v` of a row of a vector-format weight (quants at vector `row + v`, scales from word
-/// `srow`), dotted with the matching `x` values (`x` row at vector `x_row`).
+/// `srow`), dotted with the matching `x` values (`x` row at vector `x_row`). `convert` picks how
+/// quants become f32 (see [`super::MatvecShape::convert`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn vec_dot_at<F: Float, NX: Size, NW: Size>(
@@ -117,6 +144,7 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
     srow: usize,
     v: usize,
     #[comptime] format: u32,
+    #[comptime] convert: u32,
 ) -> f32 {
     let q = wq[row + v];
     let mut s = 0.0f32;
@@ -132,11 +160,18 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
         #[unroll]
         for i in 0..4usize {
             let xv = x[x_row + 4 * v + i];
-            let word = q[i];
+            // bias every byte by 128 (0..=255), once per word
+            let word = q[i] ^ 0x8080_8080u32;
             #[unroll]
             for b in 0..4usize {
                 let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                s += i8_value(byte) * f32::cast_from(xv[b]);
+                let value = if comptime!(convert == 1) {
+                    // 2²³ + byte, exactly, then minus 2²³ + 128
+                    f32::reinterpret(byte | 0x4B00_0000u32) - 8_388_736.0f32
+                } else {
+                    f32::cast_from(byte) - 128.0f32
+                };
+                s += value * f32::cast_from(xv[b]);
             }
         }
         s *= d;
@@ -150,9 +185,18 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
             let word = q[i];
             #[unroll]
             for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                s += (f32::cast_from(byte & 0xFu32) - 8.0f32) * f32::cast_from(lo[b])
-                    + (f32::cast_from(byte >> 4u32) - 8.0f32) * f32::cast_from(hi[b]);
+                let l = (word >> comptime!((b * 8) as u32)) & 0xFu32;
+                let h = (word >> comptime!((b * 8 + 4) as u32)) & 0xFu32;
+                let (l, h) = if comptime!(convert == 1) {
+                    // 2²³ + nibble, exactly, then minus 2²³ + 8
+                    (
+                        f32::reinterpret(l | 0x4B00_0000u32) - 8_388_616.0f32,
+                        f32::reinterpret(h | 0x4B00_0000u32) - 8_388_616.0f32,
+                    )
+                } else {
+                    (f32::cast_from(l) - 8.0f32, f32::cast_from(h) - 8.0f32)
+                };
+                s += l * f32::cast_from(lo[b]) + h * f32::cast_from(hi[b]);
             }
         }
         s *= d;
@@ -160,49 +204,92 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
     s
 }
 
-/// Vectors each unit of a vector-format matvec takes per pass (independent loads in flight).
-const VEC_UNROLL: usize = 4;
-
-/// This unit's share of the dot product of row `n` of a vector-format weight with the `x` row
-/// that starts at vector `x_row` (`x` in vectors of 4): units take the row's 16-byte vectors
-/// `UNIT_POS, UNIT_POS + cube_dim, ...`, [`VEC_UNROLL`] per pass. `wq` and `ws` are the same
-/// words (as vectors of 4 and as single words); `scale_off` is the scales' word offset in the
-/// split layout.
+/// 16-byte vectors per row of `k` values of a vector format.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn vec_row_dot<F: Float, NX: Size, NW: Size>(
-    x: &Array<Vector<F, NX>>,
-    x_row: usize,
-    wq: &Array<Vector<u32, NW>>,
-    ws: &Array<u32>,
-    n: usize,
-    k: usize,
-    scale_off: usize,
-    #[comptime] format: u32,
-    #[comptime] cube_dim: usize,
-) -> f32 {
-    let nvec = if comptime!(format == FMT_F32) {
+fn vectors_per_row(k: usize, #[comptime] format: u32) -> usize {
+    if comptime!(format == FMT_F32) {
         k / 4
     } else if comptime!(format == FMT_Q8_0) {
         k / 16
     } else {
         k / 32
-    };
-    let row = n * nvec;
-    let srow = scale_off + n * (k / 32);
-    let mut acc = 0.0f32;
+    }
+}
+
+/// This unit's shares of the dot products of `rows` consecutive rows `n0, n0 + 1, ...` of a
+/// vector-format weight `a` (and, with `two`, of the same rows of `b`) with the `x` row that
+/// starts at vector `x_row`, added to `acc[r]` (and `acc[rows + r]`). Units take the rows'
+/// 16-byte vectors `UNIT_POS, UNIT_POS + cube_dim, ...`, `unroll` per row per pass; every
+/// load of `x` serves all the rows. Rows at or past `n_rows` repeat the last row (their sums
+/// are not written). `wq`/`ws` are the same words as vectors of 4 and as single words;
+/// `scale_off` is the scales' word offset in the split layout.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    x_row: usize,
+    aq: &Array<Vector<u32, NW>>,
+    as_: &Array<u32>,
+    bq: &Array<Vector<u32, NW>>,
+    bs: &Array<u32>,
+    n0: usize,
+    n_rows: usize,
+    k: usize,
+    scale_off: usize,
+    acc: &mut Array<f32>,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] two: bool,
+    #[comptime] convert: u32,
+) {
+    let nvec = vectors_per_row(k, format);
+    let spr = k / 32;
     let mut v = UNIT_POS as usize;
-    while v + comptime!(3 * cube_dim) < nvec {
-        let a = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v, format);
-        let b = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + cube_dim, format);
-        let c = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + comptime!(2 * cube_dim), format);
-        let d = vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v + comptime!(3 * cube_dim), format);
-        acc += (a + b) + (c + d);
-        v += comptime!(VEC_UNROLL * cube_dim);
+    while v + comptime!((unroll - 1) * cube_dim) < nvec {
+        #[unroll]
+        for r in 0..rows {
+            let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+            let (row, srow) = (n * nvec, scale_off + n * spr);
+            let mut s = 0.0f32;
+            #[unroll]
+            for u in 0..unroll {
+                s += vec_dot_at::<F, NX, NW>(x, x_row, aq, as_, row, srow, v + u * cube_dim, format, convert);
+            }
+            acc[r] += s;
+            if two {
+                let mut t = 0.0f32;
+                #[unroll]
+                for u in 0..unroll {
+                    t += vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v + u * cube_dim, format, convert);
+                }
+                acc[rows + r] += t;
+            }
+        }
+        v += comptime!(unroll * cube_dim);
     }
     while v < nvec {
-        acc += vec_dot_at::<F, NX, NW>(x, x_row, wq, ws, row, srow, v, format);
+        #[unroll]
+        for r in 0..rows {
+            let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+            let (row, srow) = (n * nvec, scale_off + n * spr);
+            acc[r] += vec_dot_at::<F, NX, NW>(x, x_row, aq, as_, row, srow, v, format, convert);
+            if two {
+                acc[rows + r] += vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v, format, convert);
+            }
+        }
         v += cube_dim;
+    }
+}
+
+/// A zeroed local accumulator of `len` values.
+#[cube]
+fn zeros(#[comptime] len: usize) -> Array<f32> {
+    let mut acc = Array::<f32>::new(len);
+    #[unroll]
+    for i in 0..len {
+        acc[i] = 0.0f32;
     }
     acc
 }
@@ -220,22 +307,52 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     scale_off: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] convert: u32,
     #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    // cube c: rows n0 .. n0 + rows of output row m
     let c = CUBE_POS;
     let nr = n_rows as usize;
-    if c >= nr * m_rows as usize {
+    let groups = nr.div_ceil(rows);
+    if c >= groups * m_rows as usize {
         terminate!();
     }
-    let n = c % nr;
-    let m = c / nr;
+    let n0 = (c % groups) * rows;
+    let m = c / groups;
     let kk = k as usize;
-    let acc = vec_row_dot::<F, NX, NW>(x, m * kk / 4, wq, ws, n, kk, scale_off as usize, format, cube_dim);
-    let mut shared = SharedMemory::<f32>::new(cube_dim);
-    let total = cube_sum(acc, &mut shared, use_plane);
+    let mut acc = zeros(rows);
+    vec_rows_dot::<F, NX, NW>(
+        x,
+        m * kk / 4,
+        wq,
+        ws,
+        wq,
+        ws,
+        n0,
+        nr,
+        kk,
+        scale_off as usize,
+        &mut acc,
+        format,
+        cube_dim,
+        rows,
+        unroll,
+        false,
+        convert,
+    );
+    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
     if UNIT_POS == 0 {
-        out[m * nr + n] = F::cast_from(total);
+        #[unroll]
+        for r in 0..rows {
+            if n0 + r < nr {
+                out[m * nr + n0 + r] = F::cast_from(acc[r]);
+            }
+        }
     }
 }
 
@@ -262,36 +379,108 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     so2: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] convert: u32,
     #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    // cubes: m-major over the concatenated outputs [n0 | n1 | n2]
+    // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
     let c = CUBE_POS;
     let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
-    let nt = a0 + a1 + a2;
-    if c >= nt * m_rows as usize {
+    let (g0, g1) = (a0.div_ceil(rows), a1.div_ceil(rows));
+    let gt = g0 + g1 + a2.div_ceil(rows);
+    if c >= gt * m_rows as usize {
         terminate!();
     }
-    let j = c % nt;
-    let m = c / nt;
+    let g = c % gt;
+    let m = c / gt;
     let kk = k as usize;
     let xr = m * kk / 4;
-    let acc = if j < a0 {
-        vec_row_dot::<F, NX, NW>(x, xr, wq0, ws0, j, kk, so0 as usize, format, cube_dim)
-    } else if j < a0 + a1 {
-        vec_row_dot::<F, NX, NW>(x, xr, wq1, ws1, j - a0, kk, so1 as usize, format, cube_dim)
+    let mut acc = zeros(rows);
+    if g < g0 {
+        vec_rows_dot::<F, NX, NW>(
+            x,
+            xr,
+            wq0,
+            ws0,
+            wq0,
+            ws0,
+            g * rows,
+            a0,
+            kk,
+            so0 as usize,
+            &mut acc,
+            format,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+            convert,
+        );
+    } else if g < g0 + g1 {
+        vec_rows_dot::<F, NX, NW>(
+            x,
+            xr,
+            wq1,
+            ws1,
+            wq1,
+            ws1,
+            (g - g0) * rows,
+            a1,
+            kk,
+            so1 as usize,
+            &mut acc,
+            format,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+            convert,
+        );
     } else {
-        vec_row_dot::<F, NX, NW>(x, xr, wq2, ws2, j - a0 - a1, kk, so2 as usize, format, cube_dim)
-    };
-    let mut shared = SharedMemory::<f32>::new(cube_dim);
-    let total = cube_sum(acc, &mut shared, use_plane);
+        vec_rows_dot::<F, NX, NW>(
+            x,
+            xr,
+            wq2,
+            ws2,
+            wq2,
+            ws2,
+            (g - g0 - g1) * rows,
+            a2,
+            kk,
+            so2 as usize,
+            &mut acc,
+            format,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+            convert,
+        );
+    }
+    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
     if UNIT_POS == 0 {
-        if j < a0 {
-            out0[m * a0 + j] = F::cast_from(total);
-        } else if j < a0 + a1 {
-            out1[m * a1 + j - a0] = F::cast_from(total);
-        } else {
-            out2[m * a2 + j - a0 - a1] = F::cast_from(total);
+        #[unroll]
+        for r in 0..rows {
+            if g < g0 {
+                let n = g * rows + r;
+                if n < a0 {
+                    out0[m * a0 + n] = F::cast_from(acc[r]);
+                }
+            } else if g < g0 + g1 {
+                let n = (g - g0) * rows + r;
+                if n < a1 {
+                    out1[m * a1 + n] = F::cast_from(acc[r]);
+                }
+            } else {
+                let n = (g - g0 - g1) * rows + r;
+                if n < a2 {
+                    out2[m * a2 + n] = F::cast_from(acc[r]);
+                }
+            }
         }
     }
 }
@@ -311,27 +500,55 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     so: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] convert: u32,
     #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let c = CUBE_POS;
     let nr = n_rows as usize;
-    if c >= nr * m_rows as usize {
+    let groups = nr.div_ceil(rows);
+    if c >= groups * m_rows as usize {
         terminate!();
     }
-    let n = c % nr;
-    let m = c / nr;
+    let n0 = (c % groups) * rows;
+    let m = c / groups;
     let kk = k as usize;
-    let xr = m * kk / 4;
-    let g = vec_row_dot::<F, NX, NW>(x, xr, wqg, wsg, n, kk, so as usize, format, cube_dim);
-    let u = vec_row_dot::<F, NX, NW>(x, xr, wqu, wsu, n, kk, so as usize, format, cube_dim);
-    let mut shared_g = SharedMemory::<f32>::new(cube_dim);
-    let mut shared_u = SharedMemory::<f32>::new(cube_dim);
-    // both products rounded to F first, as the separate matvecs would leave them
-    let g = f32::cast_from(F::cast_from(cube_sum(g, &mut shared_g, use_plane)));
-    let u = f32::cast_from(F::cast_from(cube_sum(u, &mut shared_u, use_plane)));
+    // gate rows in acc[0..rows], up rows in acc[rows..2·rows]
+    let mut acc = zeros(comptime!(2 * rows));
+    vec_rows_dot::<F, NX, NW>(
+        x,
+        m * kk / 4,
+        wqg,
+        wsg,
+        wqu,
+        wsu,
+        n0,
+        nr,
+        kk,
+        so as usize,
+        &mut acc,
+        format,
+        cube_dim,
+        rows,
+        unroll,
+        true,
+        convert,
+    );
+    let mut shared = SharedMemory::<f32>::new(comptime!(2 * rows * cube_dim));
+    cube_sum_rows(&mut acc, &mut shared, comptime!(2 * rows), use_plane, single_plane);
     if UNIT_POS == 0 {
-        out[m * nr + n] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+        #[unroll]
+        for r in 0..rows {
+            if n0 + r < nr {
+                // both products rounded to F first, as the separate matvecs would leave them
+                let g = f32::cast_from(F::cast_from(acc[r]));
+                let u = f32::cast_from(F::cast_from(acc[rows + r]));
+                out[m * nr + n0 + r] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+            }
+        }
     }
 }
 
@@ -708,15 +925,17 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
+        let l = VecLaunch::new(&client, format, k);
+        let cube_count = calculate_cube_count_elemwise(&client, m * l.cubes(n), CubeDim::new_1d(1));
         // SAFETY: the kernel only indexes within the extents validated above (x is [m, k]
         // contiguous, k a multiple of 32; the words hold n rows of the format, scales after
-        // the quants at `scale_offset`; out is [m, n] contiguous); units past the work return.
+        // the quants at `scale_offset`; out is [m, n] contiguous; rows past n are clamped to
+        // the last row and not written); cubes past the work return.
         unsafe {
             vec_matvec_kernel::launch_unchecked::<R>(
                 &client,
                 cube_count,
-                CubeDim::new_1d(cube_dim),
+                CubeDim::new_1d(l.units),
                 4,
                 4,
                 x.into_array_arg(),
@@ -728,8 +947,12 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
                 k as u32,
                 scale_offset(format, n, k) as u32,
                 format_id(format),
-                cube_dim as usize,
-                use_plane,
+                l.units as usize,
+                l.shape.rows,
+                l.shape.unroll,
+                l.shape.convert,
+                l.use_plane,
+                l.single_plane,
                 dtype.into(),
             );
         }
@@ -884,14 +1107,16 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let format = w[0].format();
     let cube_count = calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
+        let l = VecLaunch::new(&client, format, k);
+        let groups: usize = w.iter().map(|wi| l.cubes(wi.rows())).sum();
+        let cube_count = calculate_cube_count_elemwise(&client, m * groups, CubeDim::new_1d(1));
         let so = |i: usize| scale_offset(format, w[i].rows(), k) as u32;
         // SAFETY: as in `packed_matvec`, for each of the three matrices and outputs.
         unsafe {
             vec_matvec3_kernel::launch_unchecked::<R>(
                 &client,
                 cube_count,
-                CubeDim::new_1d(cube_dim),
+                CubeDim::new_1d(l.units),
                 4,
                 4,
                 x.into_array_arg(),
@@ -913,8 +1138,12 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
                 so(1),
                 so(2),
                 format_id(format),
-                cube_dim as usize,
-                use_plane,
+                l.units as usize,
+                l.shape.rows,
+                l.shape.unroll,
+                l.shape.convert,
+                l.use_plane,
+                l.single_plane,
                 dtype.into(),
             );
         }
@@ -1008,13 +1237,14 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     let format = gate.format();
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
-        let cube_dim = reduction_cube_dim(&client, row_vectors(format, k) / VEC_UNROLL);
+        let l = VecLaunch::new(&client, format, k);
+        let cube_count = calculate_cube_count_elemwise(&client, m * l.cubes(n), CubeDim::new_1d(1));
         // SAFETY: as in `packed_matvec`, for both matrices (same shape, checked above).
         unsafe {
             vec_matvec_silu_kernel::launch_unchecked::<R>(
                 &client,
                 cube_count,
-                CubeDim::new_1d(cube_dim),
+                CubeDim::new_1d(l.units),
                 4,
                 4,
                 x.into_array_arg(),
@@ -1028,8 +1258,12 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
                 k as u32,
                 scale_offset(format, n, k) as u32,
                 format_id(format),
-                cube_dim as usize,
-                use_plane,
+                l.units as usize,
+                l.shape.rows,
+                l.shape.unroll,
+                l.shape.convert,
+                l.use_plane,
+                l.single_plane,
                 dtype.into(),
             );
         }

@@ -46,6 +46,7 @@ pub use copy::write_at;
 pub use matmul::matmul_f32;
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use norm::{add_rms_norm, rms_norm};
+pub use reduce::read_bandwidth;
 pub use rope::rope;
 
 use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage};
@@ -126,6 +127,124 @@ pub(crate) fn plane_reductions<R: CubeRuntime>(client: &cubecl::client::ComputeC
         && (4..=128).contains(&hw.plane_size_max)
 }
 
+/// Launch shape of the vectorised matrix × vector kernels (F32/Q8_0/Q4_0 packed weights and
+/// dense row-major weights): how many weight rows a cube takes and how each unit walks them.
+/// Every shape computes the same products (up to f32 summation order); the choice is a speed
+/// trade-off per GPU, measured with the `matvec_bw` example.
+///
+/// The process-wide shape is [`MatvecShape::DEFAULT`], `HEARTH_MATVEC` in the environment
+/// (`rows=2,unroll=4,units=64,convert=1`, any subset), or [`set_matvec_shape`].
+///
+/// ```
+/// use hearth_backend::cube::MatvecShape;
+/// let s = MatvecShape::parse("rows=4,unroll=2").unwrap();
+/// assert_eq!((s.rows, s.unroll), (4, 2));
+/// assert!(MatvecShape::parse("rows=3").is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatvecShape {
+    /// Weight rows per cube, 1, 2, 4 or 8: the rows share every load of `x`.
+    pub rows: usize,
+    /// 16-byte weight vectors each unit loads per row per pass (loads in flight): 1, 2, 4 or 8.
+    pub unroll: usize,
+    /// Units per cube (a power of two from 32 to 1024); 0 picks one from the row length.
+    pub units: u32,
+    /// How Q8_0/Q4_0 quants become f32: 0 = integer → float conversion instructions,
+    /// 1 = the quant placed in the mantissa of 2²³ (no conversion instruction).
+    pub convert: u32,
+}
+
+impl MatvecShape {
+    /// The shape used unless the environment or [`set_matvec_shape`] says otherwise.
+    pub const DEFAULT: MatvecShape = MatvecShape {
+        rows: 2,
+        unroll: 4,
+        units: 0,
+        convert: 1,
+    };
+
+    /// Parses `key=value` pairs (`rows`, `unroll`, `units`, `convert`) separated by commas over
+    /// [`MatvecShape::DEFAULT`]. Errors name the bad pair.
+    pub fn parse(spec: &str) -> Result<MatvecShape, String> {
+        let mut s = MatvecShape::DEFAULT;
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            let v: u32 = value.trim().parse().map_err(|_| format!("`{part}`: not a number"))?;
+            let pow2 = |lo: u32, hi: u32| v.is_power_of_two() && (lo..=hi).contains(&v);
+            match key.trim() {
+                "rows" if pow2(1, 8) => s.rows = v as usize,
+                "unroll" if pow2(1, 8) => s.unroll = v as usize,
+                "units" if v == 0 || pow2(32, 1024) => s.units = v,
+                "convert" if v <= 1 => s.convert = v,
+                _ => return Err(format!("`{part}`: unknown key or value out of range")),
+            }
+        }
+        Ok(s)
+    }
+}
+
+static MATVEC_SHAPE: std::sync::RwLock<Option<MatvecShape>> = std::sync::RwLock::new(None);
+
+/// Sets the matvec launch shape for every later launch in this process (`None`: back to the
+/// environment's or the default).
+///
+/// ```
+/// use hearth_backend::cube::{MatvecShape, matvec_shape, set_matvec_shape};
+/// set_matvec_shape(Some(MatvecShape { rows: 1, ..MatvecShape::DEFAULT }));
+/// assert_eq!(matvec_shape().rows, 1);
+/// set_matvec_shape(None);
+/// ```
+pub fn set_matvec_shape(shape: Option<MatvecShape>) {
+    *MATVEC_SHAPE.write().unwrap_or_else(|e| e.into_inner()) = shape;
+}
+
+/// The matvec launch shape now in force (see [`MatvecShape`]). A malformed `HEARTH_MATVEC` is
+/// reported once on stderr and ignored.
+///
+/// ```
+/// assert!(hearth_backend::cube::matvec_shape().rows >= 1);
+/// ```
+pub fn matvec_shape() -> MatvecShape {
+    if let Some(s) = *MATVEC_SHAPE.read().unwrap_or_else(|e| e.into_inner()) {
+        return s;
+    }
+    static ENV: std::sync::OnceLock<MatvecShape> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("HEARTH_MATVEC") {
+        Ok(spec) => MatvecShape::parse(&spec).unwrap_or_else(|e| {
+            eprintln!("hearth: ignoring HEARTH_MATVEC: {e}");
+            MatvecShape::DEFAULT
+        }),
+        Err(_) => MatvecShape::DEFAULT,
+    })
+}
+
+/// Units per cube of a vectorised matvec whose rows hold `vectors` 16-byte vectors: the
+/// shape's `units`, or enough for one pass of `unroll` vectors per unit (32 to 256).
+pub(crate) fn matvec_units<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    shape: MatvecShape,
+    vectors: usize,
+) -> u32 {
+    let auto = reduction_cube_dim(client, vectors / shape.unroll);
+    if shape.units == 0 {
+        return auto;
+    }
+    let hw = &client.properties().hardware;
+    let max = hw.max_units_per_cube.min(hw.max_cube_dim.0).max(1);
+    // a whole number of planes, within the device's limit
+    shape
+        .units
+        .min(1 << (31 - max.leading_zeros()))
+        .max(hw.plane_size_max.next_power_of_two())
+}
+
+/// Whether a cube of `units` is exactly one plane (its reduction needs no shared memory).
+pub(crate) fn single_plane<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, units: u32) -> bool {
+    plane_reductions(client) && client.properties().hardware.plane_size_max == units
+}
+
 /// Units per cube for a reduction over `work` items: a power of two in `[32, 256]`, at least
 /// the plane size, at most the device's limit.
 pub(crate) fn reduction_cube_dim<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, work: usize) -> u32 {
@@ -149,6 +268,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
         crate::catch_panic(std::panic::AssertUnwindSafe(move || {
             R::client(&device);
         }))
+    }
+
+    fn read_bandwidth(device: &Self::Device, bytes: usize) -> Option<f64> {
+        reduce::read_bandwidth::<R>(device, bytes, 5)
     }
 
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
