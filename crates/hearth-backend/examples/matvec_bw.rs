@@ -49,8 +49,9 @@ mod bench {
 
     pub fn run<B: HearthBackend>(dev: &B::Device, iters: usize, filter: &str, dense: &[DType]) {
         let sync = || B::sync(dev).expect("sync");
-        let shape = hearth_backend::cube::matvec_shape();
-        println!("matvec shape {shape:?}");
+        for w in [None, Some(PackedFormat::Q8_0), Some(PackedFormat::Q4_0)] {
+            println!("matvec shape for {w:?}: {:?}", hearth_backend::cube::matvec_shape(w));
+        }
         // the yardstick, measured now
         let bw = B::read_bandwidth(dev, 1 << 30).unwrap_or(f64::NAN);
         println!("read bandwidth (stream kernel): {:.1} GB/s", bw / 1e9);

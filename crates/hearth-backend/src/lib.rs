@@ -562,6 +562,46 @@ pub trait HearthBackend: Backend {
         Ok(Self::silu_mul(g, u))
     }
 
+    /// `[x · w₀, x · w₁, x · w₂]` for dense weights `wᵢ: [K, Nᵢ]` (attention's q/k/v): one
+    /// launch on the cubecl backends when `x` has few rows and the weights are transposed
+    /// views of row-major matrices (as hearth's loader keeps them); otherwise, and in the
+    /// fallback, three [`Self::matmul`]s.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let w = Tensor::<Cpu, 2>::ones([4, 2], &dev);
+    /// let [q, k, _] = Cpu::matmul3(Tensor::ones([1, 4], &dev), [&w, &w, &w]);
+    /// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![4.0, 4.0]);
+    /// assert_eq!(k.dims(), [1, 2]);
+    /// # }
+    /// ```
+    fn matmul3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> [Tensor<Self, 2>; 3] {
+        w.map(|wi| Self::matmul(x.clone(), wi.clone()))
+    }
+
+    /// SwiGLU with dense weights `gate, up: [K, N]`: `silu(x · gate) · (x · up)`, one launch on
+    /// the cubecl backends under the conditions of [`Self::matmul3`]; otherwise two
+    /// [`Self::matmul`]s and [`Self::silu_mul`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let w = Tensor::<Cpu, 2>::ones([4, 3], &dev);
+    /// let y = Cpu::matmul_silu(Tensor::zeros([1, 4], &dev), &w, &w);
+    /// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0; 3]);
+    /// # }
+    /// ```
+    fn matmul_silu(x: Tensor<Self, 2>, gate: &Tensor<Self, 2>, up: &Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let g = Self::matmul(x.clone(), gate.clone());
+        let u = Self::matmul(x, up.clone());
+        Self::silu_mul(g, u)
+    }
+
     /// `dst` with `src` written at `offset` (per dimension), as
     /// `dst.slice_assign([o₀..o₀ + s₀, ..], src)` (KV-cache writes). The cubecl backends
     /// write in place with one launch when `dst` is not shared.

@@ -343,6 +343,9 @@ trait CubeKernels: HearthBackend {
         g: &PackedMatrix<Self>,
         u: &PackedMatrix<Self>,
     ) -> Result<Tensor<Self, 2>, BackendError>;
+    #[allow(clippy::type_complexity)]
+    fn k_dense3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
+    fn k_dense_silu(x: Tensor<Self, 2>, g: &Tensor<Self, 2>, u: &Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels for CubeBackend<R, F, I, BT> {
@@ -388,6 +391,87 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     ) -> Result<Tensor<Self, 2>, BackendError> {
         hearth_backend::cube::packed_matvec_silu(x, g, u)
     }
+    fn k_dense3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> Option<[Tensor<Self, 2>; 3]> {
+        hearth_backend::cube::dense_matvec3(x, w)
+    }
+    fn k_dense_silu(x: Tensor<Self, 2>, g: &Tensor<Self, 2>, u: &Tensor<Self, 2>) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::dense_matvec_silu(x, g, u)
+    }
+}
+
+/// Dense q/k/v in one launch and dense gate/up/SiLU in one launch (row-major weights behind
+/// `.transpose()`), against the host products; every launch shape; layouts the kernels do
+/// not take (a plain `[K, N]` weight, too many rows) are declined, and the trait falls back.
+fn fused_dense<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(12);
+    let mut cases = vec![
+        (1, 64, [48, 16, 16]),
+        (3, 37, [5, 9, 1]),
+        (4, 1000, [33, 7, 7]),
+        (2, 4096, [3, 2, 1]),
+    ];
+    for _ in 0..4 {
+        let k = 1 + rng.below(700);
+        cases.push((
+            1 + rng.below(4),
+            k,
+            [1 + rng.below(90), 1 + rng.below(30), 1 + rng.below(30)],
+        ));
+    }
+    let shapes: Vec<Option<hearth_backend::cube::MatvecShape>> = std::iter::once(None)
+        .chain(matvec_shapes().into_iter().map(Some))
+        .collect();
+    for (m, k, ns) in cases {
+        let a = rng.vec(m * k);
+        let ws: Vec<Vec<f32>> = ns.iter().map(|&n| rng.vec(n * k)).collect();
+        let up = rng.vec(ns[0] * k);
+        let tw = |w: &Vec<f32>, n: usize| tensor::<B, 2>(w.clone(), [n, k], dev).transpose();
+        let tws: Vec<Tensor<B, 2>> = ws.iter().zip(ns).map(|(w, n)| tw(w, n)).collect();
+        let tup = tw(&up, ns[0]);
+        let ta = tensor::<B, 2>(a.clone(), [m, k], dev);
+        // host references: x · wᵢᵀ
+        let product = |w: &[f32], n: usize| {
+            let c: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            host_matmul(&a, &c, 1, m, k, n)
+        };
+        let wants: Vec<(Vec<f32>, Vec<f64>)> = ws.iter().zip(ns).map(|(w, n)| product(w, n)).collect();
+        let (g_want, _) = &wants[0];
+        let (u_want, _) = product(&up, ns[0]);
+        // silu(g)·u on the host, from the f32 products
+        let silu_want: Vec<f32> = g_want
+            .iter()
+            .zip(&u_want)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        for shape in &shapes {
+            hearth_backend::cube::set_matvec_shape(*shape);
+            let got = B::k_dense3(ta.clone(), [&tws[0], &tws[1], &tws[2]]).expect("the kernel takes these operands");
+            let via_trait = B::matmul3(ta.clone(), [&tws[0], &tws[1], &tws[2]]);
+            let silu = host(B::k_dense_silu(ta.clone(), &tws[0], &tup).expect("the kernel takes these operands"));
+            let silu_trait = host(B::matmul_silu(ta.clone(), &tws[0], &tup));
+            hearth_backend::cube::set_matvec_shape(None);
+            for ((g, t), (want, mag)) in got.into_iter().zip(via_trait).zip(&wants) {
+                let (g, t) = (host(g), host(t));
+                let e = matmul_err(&g, want, mag);
+                assert!(e <= F32_MATMUL_TOL, "dense3 m{m} k{k} {ns:?} {shape:?}: {e:e}");
+                assert!(matmul_err(&t, want, mag) <= F32_MATMUL_TOL, "trait matmul3");
+            }
+            let e = rel_err(&silu, &silu_want, 1e-4);
+            assert!(e < 1e-4, "dense silu m{m} k{k} n{} {shape:?}: {e:e}", ns[0]);
+            assert!(rel_err(&silu_trait, &silu_want, 1e-4) < 1e-4, "trait matmul_silu");
+        }
+    }
+    // operands the kernels decline: a [K, N] weight that is not a transposed view, 5 rows
+    let plain = Tensor::<B, 2>::ones([8, 3], dev);
+    let x = Tensor::<B, 2>::ones([1, 8], dev);
+    assert!(B::k_dense3(x.clone(), [&plain, &plain, &plain]).is_none());
+    assert!(B::k_dense_silu(x.clone(), &plain, &plain).is_none());
+    let [q, _, _] = B::matmul3(x, [&plain, &plain, &plain]);
+    assert_eq!(host(q), vec![8.0; 3]);
+    let t = Tensor::<B, 2>::ones([3, 8], dev).transpose();
+    let x5 = Tensor::<B, 2>::ones([5, 8], dev);
+    assert!(B::k_dense3(x5.clone(), [&t, &t, &t]).is_none());
+    assert_eq!(host(B::matmul_silu(x5, &t, &t)).len(), 15);
 }
 
 /// In-place strided writes (KV-cache updates) against `slice_assign`: ragged shapes, strided
@@ -974,6 +1058,10 @@ macro_rules! backend_tests {
             #[test]
             fn fused_packed_matvecs_match_separate() {
                 fused_packed::<B>(&dev());
+            }
+            #[test]
+            fn fused_dense_matvecs_match_host() {
+                fused_dense::<B>(&dev());
             }
             #[test]
             fn packed_bad_input_is_an_error() {

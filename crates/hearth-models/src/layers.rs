@@ -212,8 +212,9 @@ impl<B: HearthBackend> Mlp<B> {
         self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()
     }
 
-    /// Applies the MLP to the last dimension. Packed gate/up weights without biases go through
-    /// [`HearthBackend::packed_matmul_silu`] (one launch on the cubecl backends).
+    /// Applies the MLP to the last dimension. Gate/up weights without biases, both packed or
+    /// both dense on the device, go through [`HearthBackend::packed_matmul_silu`] /
+    /// [`HearthBackend::matmul_silu`] (one launch on the cubecl backends).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dev = x.device();
         let dims = x.dims();
@@ -226,6 +227,14 @@ impl<B: HearthBackend> Mlp<B> {
                     B::packed_matmul_silu(x.reshape([rows, dims[D - 1]]), g, u)
                         .expect("packed weight sizes are checked at upload")
                         .reshape(shape)
+                })
+            }
+            (LinearWeight::Device(g), LinearWeight::Device(u), None, None) => {
+                let rows: usize = dims[..D - 1].iter().product();
+                let mut shape = dims;
+                shape[D - 1] = g.dims()[1];
+                profile::scope::<B, _>(&dev, "mlp.gate_up_silu", || {
+                    B::matmul_silu(x.reshape([rows, dims[D - 1]]), g, u).reshape(shape)
                 })
             }
             _ => {
@@ -241,26 +250,29 @@ impl<B: HearthBackend> Mlp<B> {
 
 /// `x · Wᵀ + b` for three projections of the same input `x: [B, T, in]` (attention's q, k,
 /// v): one [`HearthBackend::packed_matmul3`] when all three weights are packed on the device,
-/// else three [`Linear::forward`]s.
+/// one [`HearthBackend::matmul3`] when all three are dense device tensors, else three
+/// [`Linear::forward`]s.
 pub fn linear3<B: HearthBackend>(x: Tensor<B, 3>, l: [&Linear<B>; 3]) -> [Tensor<B, 3>; 3] {
     let [b, t, inp] = x.dims();
-    match (&l[0].weight, &l[1].weight, &l[2].weight) {
+    let ys = match (&l[0].weight, &l[1].weight, &l[2].weight) {
         (LinearWeight::Packed(p0), LinearWeight::Packed(p1), LinearWeight::Packed(p2)) => {
-            let ys = B::packed_matmul3(x.reshape([b * t, inp]), [p0, p1, p2])
-                .expect("packed weight sizes are checked at upload");
-            let mut i = 0;
-            ys.map(|y| {
-                let n = y.dims()[1];
-                let y = match &l[i].bias {
-                    Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
-                    None => y,
-                };
-                i += 1;
-                y.reshape([b, t, n])
-            })
+            B::packed_matmul3(x.reshape([b * t, inp]), [p0, p1, p2]).expect("packed weight sizes are checked at upload")
         }
-        _ => [l[0].forward(x.clone()), l[1].forward(x.clone()), l[2].forward(x)],
-    }
+        (LinearWeight::Device(w0), LinearWeight::Device(w1), LinearWeight::Device(w2)) => {
+            B::matmul3(x.reshape([b * t, inp]), [w0, w1, w2])
+        }
+        _ => return [l[0].forward(x.clone()), l[1].forward(x.clone()), l[2].forward(x)],
+    };
+    let mut i = 0;
+    ys.map(|y| {
+        let n = y.dims()[1];
+        let y = match &l[i].bias {
+            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        };
+        i += 1;
+        y.reshape([b, t, n])
+    })
 }
 
 /// Reads tensors from a [`WeightStore`](crate::WeightStore) onto a device, checking shapes.

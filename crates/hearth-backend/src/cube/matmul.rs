@@ -4,7 +4,7 @@
 //! tensor-core (CMMA) kernel first; on CUDA its f32 operands are then staged as TF32 (10-bit
 //! mantissa). The strategies used here never call cubek's `adjust_dtypes`, so f32 stays f32.
 
-use super::reduce::cube_sum_rows;
+use super::reduce::{cube_sum_rows, zeros};
 use super::{MATVEC_MAX_ROWS, kernel_float, matvec_shape, matvec_units, plane_reductions, prim, single_plane, wrap};
 use crate::BackendError;
 use burn::tensor::Tensor;
@@ -25,6 +25,63 @@ use cubek::matmul::{
 use cubek::std::InputBinding;
 use std::sync::OnceLock;
 
+/// This unit's shares of the dot products of `rows` consecutive rows `n0, n0 + 1, ...` of the
+/// row-major weight `a` (and, with `two`, of the same rows of `b`) with the `x` row at vector
+/// `xr` (rows of `nv` vectors), added to `acc[r]` (and `acc[rows + r]`). Units take the rows'
+/// vectors `UNIT_POS, UNIT_POS + cube_dim, ...`, `unroll` per row per pass; each load of `x`
+/// serves every row. Rows at or past `nr` repeat the last row (their sums are not written).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dense_rows_dot<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    xr: usize,
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
+    n0: usize,
+    nr: usize,
+    nv: usize,
+    acc: &mut Array<f32>,
+    #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] two: bool,
+) {
+    let mut v = UNIT_POS as usize;
+    while v + comptime!((unroll - 1) * cube_dim) < nv {
+        #[unroll]
+        for r in 0..rows {
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let mut s = Vector::<f32, N>::zeroed();
+            let mut t = Vector::<f32, N>::zeroed();
+            #[unroll]
+            for u in 0..unroll {
+                let xv = Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
+                s += Vector::<f32, N>::cast_from(a[wr + v + u * cube_dim]) * xv;
+                if two {
+                    t += Vector::<f32, N>::cast_from(b[wr + v + u * cube_dim]) * xv;
+                }
+            }
+            acc[r] += f32::cast_from(s.vector_sum());
+            if two {
+                acc[rows + r] += f32::cast_from(t.vector_sum());
+            }
+        }
+        v += comptime!(unroll * cube_dim);
+    }
+    while v < nv {
+        #[unroll]
+        for r in 0..rows {
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let xv = Vector::<f32, N>::cast_from(x[xr + v]);
+            acc[r] += f32::cast_from((Vector::<f32, N>::cast_from(a[wr + v]) * xv).vector_sum());
+            if two {
+                acc[rows + r] += f32::cast_from((Vector::<f32, N>::cast_from(b[wr + v]) * xv).vector_sum());
+            }
+        }
+        v += cube_dim;
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn dense_matvec_kernel<F: Float, N: Size>(
@@ -41,8 +98,7 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    // cube c: weight rows n0 .. n0 + rows of output row m; its units take the rows' vectors
-    // u, u + cube_dim, ..., `unroll` per row per pass, each load of x serving every row
+    // cube c: weight rows n0 .. n0 + rows of output row m
     let c = CUBE_POS;
     let nr = n_rows as usize;
     let groups = nr.div_ceil(rows);
@@ -52,37 +108,8 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     let n0 = (c % groups) * rows;
     let m = c / groups;
     let nv = k as usize / w.vector_size();
-    let xr = m * nv;
-    let mut acc = Array::<f32>::new(rows);
-    #[unroll]
-    for r in 0..rows {
-        acc[r] = 0.0f32;
-    }
-    let mut v = UNIT_POS as usize;
-    while v + comptime!((unroll - 1) * cube_dim) < nv {
-        #[unroll]
-        for r in 0..rows {
-            // rows past the matrix repeat the last one (not written)
-            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
-            let mut s = Vector::<f32, N>::zeroed();
-            #[unroll]
-            for u in 0..unroll {
-                s += Vector::<f32, N>::cast_from(w[wr + v + u * cube_dim])
-                    * Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
-            }
-            acc[r] += f32::cast_from(s.vector_sum());
-        }
-        v += comptime!(unroll * cube_dim);
-    }
-    while v < nv {
-        #[unroll]
-        for r in 0..rows {
-            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
-            let p = Vector::<f32, N>::cast_from(w[wr + v]) * Vector::<f32, N>::cast_from(x[xr + v]);
-            acc[r] += f32::cast_from(p.vector_sum());
-        }
-        v += cube_dim;
-    }
+    let mut acc = zeros(rows);
+    dense_rows_dot::<F, N>(x, m * nv, w, w, n0, nr, nv, &mut acc, cube_dim, rows, unroll, false);
     let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
     if UNIT_POS == 0 {
@@ -95,62 +122,363 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     }
 }
 
-/// `x · w` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and `w: [K, N]` stored transposed (a
-/// `.transpose()` view of a contiguous `[N, K]`, as hearth's loader keeps dense device
-/// weights): one cube per output reads the weight row as 16-byte vectors, f32 accumulation.
-/// `None` when the operands are not in that shape and layout.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dense_matvec3_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    w0: &Array<Vector<F, N>>,
+    w1: &Array<Vector<F, N>>,
+    w2: &Array<Vector<F, N>>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    m_rows: u32,
+    k: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
+    let c = CUBE_POS;
+    let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
+    let (g0, g1) = (a0.div_ceil(rows), a1.div_ceil(rows));
+    let gt = g0 + g1 + a2.div_ceil(rows);
+    if c >= gt * m_rows as usize {
+        terminate!();
+    }
+    let g = c % gt;
+    let m = c / gt;
+    let nv = k as usize / w0.vector_size();
+    let xr = m * nv;
+    let mut acc = zeros(rows);
+    if g < g0 {
+        dense_rows_dot::<F, N>(x, xr, w0, w0, g * rows, a0, nv, &mut acc, cube_dim, rows, unroll, false);
+    } else if g < g0 + g1 {
+        dense_rows_dot::<F, N>(
+            x,
+            xr,
+            w1,
+            w1,
+            (g - g0) * rows,
+            a1,
+            nv,
+            &mut acc,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+        );
+    } else {
+        dense_rows_dot::<F, N>(
+            x,
+            xr,
+            w2,
+            w2,
+            (g - g0 - g1) * rows,
+            a2,
+            nv,
+            &mut acc,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+        );
+    }
+    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
+    if UNIT_POS == 0 {
+        #[unroll]
+        for r in 0..rows {
+            if g < g0 {
+                let n = g * rows + r;
+                if n < a0 {
+                    out0[m * a0 + n] = F::cast_from(acc[r]);
+                }
+            } else if g < g0 + g1 {
+                let n = (g - g0) * rows + r;
+                if n < a1 {
+                    out1[m * a1 + n] = F::cast_from(acc[r]);
+                }
+            } else {
+                let n = (g - g0 - g1) * rows + r;
+                if n < a2 {
+                    out2[m * a2 + n] = F::cast_from(acc[r]);
+                }
+            }
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dense_matvec_silu_kernel<F: Float, N: Size>(
+    x: &Array<Vector<F, N>>,
+    wg: &Array<Vector<F, N>>,
+    wu: &Array<Vector<F, N>>,
+    out: &mut Array<F>,
+    n_rows: u32,
+    m_rows: u32,
+    k: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] use_plane: bool,
+    #[comptime] single_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let nr = n_rows as usize;
+    let groups = nr.div_ceil(rows);
+    if c >= groups * m_rows as usize {
+        terminate!();
+    }
+    let n0 = (c % groups) * rows;
+    let m = c / groups;
+    let nv = k as usize / wg.vector_size();
+    // gate rows in acc[0..rows], up rows in acc[rows..2·rows]
+    let mut acc = zeros(comptime!(2 * rows));
+    dense_rows_dot::<F, N>(x, m * nv, wg, wu, n0, nr, nv, &mut acc, cube_dim, rows, unroll, true);
+    let mut shared = SharedMemory::<f32>::new(comptime!(2 * rows * cube_dim));
+    cube_sum_rows(&mut acc, &mut shared, comptime!(2 * rows), use_plane, single_plane);
+    if UNIT_POS == 0 {
+        #[unroll]
+        for r in 0..rows {
+            if n0 + r < nr {
+                // both products rounded to F first, as the separate matmuls would leave them
+                let g = f32::cast_from(F::cast_from(acc[r]));
+                let u = f32::cast_from(F::cast_from(acc[rows + r]));
+                out[m * nr + n0 + r] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
+            }
+        }
+    }
+}
+
+/// `[K, N]` of a weight stored transposed (a `.transpose()` view of a contiguous `[N, K]`, as
+/// hearth's loader keeps dense device weights), or `None` for any other layout.
+fn transposed_dims<R: CubeRuntime>(w: &CubeTensor<R>) -> Option<(usize, usize)> {
+    let (shape, strides) = (w.meta.shape(), w.meta.strides());
+    (shape.len() == 2 && strides[0] == 1 && strides[1] == shape[0] && shape[1] > 0).then(|| (shape[0], shape[1]))
+}
+
+/// The launch of a dense matvec over `x: [m, k]` (≤ [`MATVEC_MAX_ROWS`] rows, contiguous, a
+/// kernel float) and transposed weights of width `k` and `x`'s dtype, or `None` when these
+/// operands do not fit the kernels.
+struct DenseLaunch {
+    m: usize,
+    k: usize,
+    /// Elements per vector: 16 bytes where `k` allows.
+    vs: usize,
+    units: u32,
+    rows: usize,
+    unroll: usize,
+    use_plane: bool,
+    single_plane: bool,
+}
+
+impl DenseLaunch {
+    fn new<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> Option<(DenseLaunch, Vec<usize>)> {
+        let xs = x.meta.shape();
+        if xs.len() != 2 || !kernel_float(x.dtype) || !x.is_contiguous() {
+            return None;
+        }
+        let (m, k) = (xs[0], xs[1]);
+        if m == 0 || m > MATVEC_MAX_ROWS || k == 0 {
+            return None;
+        }
+        let mut ns = Vec::with_capacity(ws.len());
+        for w in ws {
+            let (wk, n) = transposed_dims(w)?;
+            if wk != k || w.dtype != x.dtype {
+                return None;
+            }
+            ns.push(n);
+        }
+        let vs = (0..=(16 / x.dtype.size()).trailing_zeros())
+            .rev()
+            .map(|p| 1usize << p)
+            .find(|v| k.is_multiple_of(*v))
+            .unwrap_or(1);
+        let client = &x.client;
+        let shape = matvec_shape(None);
+        let units = matvec_units(client, shape, k * x.dtype.size() / 16);
+        let launch = DenseLaunch {
+            m,
+            k,
+            vs,
+            units,
+            rows: shape.rows,
+            unroll: shape.unroll,
+            use_plane: plane_reductions(client),
+            single_plane: single_plane(client, units),
+        };
+        Some((launch, ns))
+    }
+
+    fn cubes(&self, n: usize) -> usize {
+        n.div_ceil(self.rows)
+    }
+
+    /// A strictly contiguous `[m, n]` output (`empty_device_dtype` may pad rows; the kernels
+    /// write at `m · n + n`).
+    fn output<R: CubeRuntime>(&self, x: &CubeTensor<R>, n: usize) -> CubeTensor<R> {
+        empty_device_contiguous_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            burn::tensor::Shape::new([self.m, n]),
+            x.dtype,
+        )
+    }
+}
+
+/// `x · w` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and `w: [K, N]` stored transposed:
+/// [`MatvecShape`](super::MatvecShape)`::rows` weight rows per cube read as 16-byte vectors,
+/// f32 accumulation. `None` when the operands are not in that shape and layout.
 fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    if ls.len() != 2 || rs.len() != 2 || !kernel_float(lhs.dtype) || lhs.dtype != rhs.dtype {
-        return None;
-    }
-    let (m, k, n) = (ls[0], ls[1], rs[1]);
-    let rst = rhs.meta.strides();
-    let transposed = rs[0] == k && rst[0] == 1 && rst[1] == k;
-    if m == 0 || m > MATVEC_MAX_ROWS || k == 0 || n == 0 || !transposed || !lhs.is_contiguous() {
-        return None;
-    }
-    // 16-byte vectors where the row length allows
-    let vs = (0..=(16 / lhs.dtype.size()).trailing_zeros())
-        .rev()
-        .map(|p| 1usize << p)
-        .find(|v| k.is_multiple_of(*v))
-        .unwrap_or(1);
+    let (l, ns) = DenseLaunch::new(lhs, &[rhs])?;
+    let n = ns[0];
     let client = lhs.client.clone();
-    // strictly contiguous (`empty_device_dtype` may pad rows): the kernel writes at `m · n + n`
-    let out = empty_device_contiguous_dtype(
-        client.clone(),
-        lhs.device.clone(),
-        burn::tensor::Shape::new([m, n]),
-        lhs.dtype,
-    );
-    let shape = matvec_shape();
-    let units = matvec_units(&client, shape, k * lhs.dtype.size() / 16);
-    let cubes = m * n.div_ceil(shape.rows);
+    let out = l.output(lhs, n);
     // SAFETY: x is [m, k] contiguous and w holds n contiguous rows of k (the transposed view
-    // checked above); out is [m, n] contiguous; rows past n are clamped to the last row and
-    // not written; cubes past the work return early.
+    // checked by `DenseLaunch::new`); out is [m, n] contiguous; rows past n are clamped to the
+    // last row and not written; cubes past the work return early.
     unsafe {
         dense_matvec_kernel::launch_unchecked::<R>(
             &client,
-            calculate_cube_count_elemwise(&client, cubes, CubeDim::new_1d(1)),
-            CubeDim::new_1d(units),
-            vs,
+            calculate_cube_count_elemwise(&client, l.m * l.cubes(n), CubeDim::new_1d(1)),
+            CubeDim::new_1d(l.units),
+            l.vs,
             lhs.clone().into_array_arg(),
             rhs.clone().into_array_arg(),
             out.clone().into_array_arg(),
             n as u32,
-            m as u32,
-            k as u32,
-            units as usize,
-            shape.rows,
-            shape.unroll,
-            plane_reductions(&client),
-            single_plane(&client, units),
+            l.m as u32,
+            l.k as u32,
+            l.units as usize,
+            l.rows,
+            l.unroll,
+            l.use_plane,
+            l.single_plane,
             lhs.dtype.into(),
         );
     }
     Some(out)
+}
+
+/// `[x · w₀, x · w₁, x · w₂]` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and three dense
+/// weights `[K, Nᵢ]` stored transposed (attention's q/k/v projections), in one launch of the
+/// dense matvec kernel (each cube takes rows of one of the three). `None` when the operands
+/// do not fit (other layouts or dtypes, more rows): the caller multiplies them separately.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let w = Tensor::<Wgpu, 2>::ones([3, 8], &dev).transpose(); // [8, 3], stored [3, 8]
+/// let [q, _, _] = cube::dense_matvec3(Tensor::ones([1, 8], &dev), [&w, &w, &w]).unwrap();
+/// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![8.0; 3]);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn dense_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    w: [&Tensor<CubeBackend<R, F, I, BT>, 2>; 3],
+) -> Option<[Tensor<CubeBackend<R, F, I, BT>, 2>; 3]> {
+    let x = prim(x);
+    let ws = w.map(|t| prim(t.clone()));
+    let (l, ns) = DenseLaunch::new(&x, &[&ws[0], &ws[1], &ws[2]])?;
+    let client = x.client.clone();
+    let outs = [l.output(&x, ns[0]), l.output(&x, ns[1]), l.output(&x, ns[2])];
+    let groups: usize = ns.iter().map(|&n| l.cubes(n)).sum();
+    let [w0, w1, w2] = ws;
+    // SAFETY: as in `dense_matvec`, for each of the three weights and outputs.
+    unsafe {
+        dense_matvec3_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, l.m * groups, CubeDim::new_1d(1)),
+            CubeDim::new_1d(l.units),
+            l.vs,
+            x.clone().into_array_arg(),
+            w0.into_array_arg(),
+            w1.into_array_arg(),
+            w2.into_array_arg(),
+            outs[0].clone().into_array_arg(),
+            outs[1].clone().into_array_arg(),
+            outs[2].clone().into_array_arg(),
+            ns[0] as u32,
+            ns[1] as u32,
+            ns[2] as u32,
+            l.m as u32,
+            l.k as u32,
+            l.units as usize,
+            l.rows,
+            l.unroll,
+            l.use_plane,
+            l.single_plane,
+            x.dtype.into(),
+        );
+    }
+    Some(outs.map(wrap))
+}
+
+/// `silu(x · g) · (x · u)` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and dense `g, u: [K, N]`
+/// stored transposed (an MLP's gate and up), in one launch: each cube computes both products
+/// of its rows from the same loads of `x` (f32, each rounded to the float dtype as the
+/// separate products would be) and the gate. `None` when the operands do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let y = cube::dense_matvec_silu(Tensor::zeros([1, 8], &dev), &w, &w).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0; 2]);
+/// # }
+/// ```
+pub fn dense_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    gate: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    up: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>> {
+    let x = prim(x);
+    let (g, u) = (prim(gate.clone()), prim(up.clone()));
+    let (l, ns) = DenseLaunch::new(&x, &[&g, &u])?;
+    if ns[0] != ns[1] {
+        return None;
+    }
+    let n = ns[0];
+    let client = x.client.clone();
+    let out = l.output(&x, n);
+    // SAFETY: as in `dense_matvec`, for both weights (same shape, checked above).
+    unsafe {
+        dense_matvec_silu_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, l.m * l.cubes(n), CubeDim::new_1d(1)),
+            CubeDim::new_1d(l.units),
+            l.vs,
+            x.clone().into_array_arg(),
+            g.into_array_arg(),
+            u.into_array_arg(),
+            out.clone().into_array_arg(),
+            n as u32,
+            l.m as u32,
+            l.k as u32,
+            l.units as usize,
+            l.rows,
+            l.unroll,
+            l.use_plane,
+            l.single_plane,
+            x.dtype.into(),
+        );
+    }
+    Some(wrap(out))
 }
 
 /// A strategy by the name used in `HEARTH_MATMUL` (for benchmarking on a GPU).

@@ -17,7 +17,7 @@
 //! cubecl upload their shapes and strides on every launch (a device allocation and a copy),
 //! which cost more host time than the whole kernel.
 
-use super::reduce::{cube_sum, cube_sum_rows};
+use super::reduce::{cube_sum, cube_sum_rows, zeros};
 use super::{
     MATVEC_MAX_ROWS, MatvecShape, kernel_float, matmul_f32, matvec_shape, matvec_units, plane_reductions, prim,
     reduction_cube_dim, single_plane, wrap,
@@ -114,7 +114,7 @@ struct VecLaunch {
 
 impl VecLaunch {
     fn new<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, format: PackedFormat, k: usize) -> Self {
-        let shape = matvec_shape();
+        let shape = matvec_shape(Some(format));
         let units = matvec_units(client, shape, row_vectors(format, k));
         VecLaunch {
             shape,
@@ -281,17 +281,6 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
         }
         v += cube_dim;
     }
-}
-
-/// A zeroed local accumulator of `len` values.
-#[cube]
-fn zeros(#[comptime] len: usize) -> Array<f32> {
-    let mut acc = Array::<f32>::new(len);
-    #[unroll]
-    for i in 0..len {
-        acc[i] = 0.0f32;
-    }
-    acc
 }
 
 #[cube(launch_unchecked)]

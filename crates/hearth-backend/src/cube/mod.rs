@@ -14,8 +14,10 @@
 //!   [`ATTENTION_MAX_QUERIES`] query rows (scores, online softmax and values in one kernel),
 //!   [`HearthBackend::add_rms_norm`] with [`add_rms_norm`], [`HearthBackend::packed_matmul3`]
 //!   with [`packed_matvec3`] (q/k/v in one launch) and [`HearthBackend::packed_matmul_silu`]
-//!   with [`packed_matvec_silu`] (gate, up and SiLU·mul in one launch). `HEARTH_FUSED=0` in the
-//!   environment turns these five back to their burn-op fallbacks (for comparisons).
+//!   with [`packed_matvec_silu`] (gate, up and SiLU·mul in one launch), and their dense-weight
+//!   twins [`HearthBackend::matmul3`] / [`HearthBackend::matmul_silu`] with [`dense_matvec3`] /
+//!   [`dense_matvec_silu`]. `HEARTH_FUSED=0` in the environment turns these back to their
+//!   burn-op fallbacks (for comparisons).
 //!
 //! Every kernel has a burn-op fallback in [`crate::ops`] and is tested against it.
 //!
@@ -43,7 +45,7 @@ mod rope;
 pub use act::silu_mul;
 pub use attention::{ATTENTION_MAX_QUERIES, gqa_attention};
 pub use copy::write_at;
-pub use matmul::matmul_f32;
+pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use norm::{add_rms_norm, rms_norm};
 pub use reduce::read_bandwidth;
@@ -132,8 +134,9 @@ pub(crate) fn plane_reductions<R: CubeRuntime>(client: &cubecl::client::ComputeC
 /// Every shape computes the same products (up to f32 summation order); the choice is a speed
 /// trade-off per GPU, measured with the `matvec_bw` example.
 ///
-/// The process-wide shape is [`MatvecShape::DEFAULT`], `HEARTH_MATVEC` in the environment
-/// (`rows=2,unroll=4,units=64,convert=1`, any subset), or [`set_matvec_shape`].
+/// Each weight kind has its own tuned shape ([`MatvecShape::tuned`]); `HEARTH_MATVEC` in the
+/// environment (`rows=2,unroll=4,units=64,convert=1`, any subset, over
+/// [`MatvecShape::DEFAULT`]) or [`set_matvec_shape`] replaces them all, for sweeps and tests.
 ///
 /// ```
 /// use hearth_backend::cube::MatvecShape;
@@ -162,6 +165,39 @@ impl MatvecShape {
         units: 0,
         convert: 1,
     };
+
+    /// The shape for `weights` (`None`: dense row-major weights) measured best on an H200
+    /// with the `matvec_bw` example (llama-3.1-8b's shapes, 2026-12-01): dense weights one
+    /// row per cube (their `x` costs as much as the weight, sharing it saves little and
+    /// costs registers), Q8_0 two rows with eight vectors in flight per row, Q4_0 four rows
+    /// (it converts twice as many values per byte, so sharing `x` pays most).
+    ///
+    /// ```
+    /// use hearth_backend::{PackedFormat, cube::MatvecShape};
+    /// assert_eq!(MatvecShape::tuned(None).rows, 1);
+    /// assert!(MatvecShape::tuned(Some(PackedFormat::Q4_0)).rows > 1);
+    /// ```
+    pub fn tuned(weights: Option<PackedFormat>) -> MatvecShape {
+        let d = MatvecShape::DEFAULT;
+        match weights {
+            None | Some(PackedFormat::F32) => MatvecShape {
+                rows: 1,
+                unroll: 4,
+                ..d
+            },
+            Some(PackedFormat::Q8_0) => MatvecShape {
+                rows: 2,
+                unroll: 8,
+                ..d
+            },
+            Some(PackedFormat::Q4_0) => MatvecShape {
+                rows: 4,
+                unroll: 2,
+                ..d
+            },
+            Some(_) => d,
+        }
+    }
 
     /// Parses `key=value` pairs (`rows`, `unroll`, `units`, `convert`) separated by commas over
     /// [`MatvecShape::DEFAULT`]. Errors name the bad pair.
@@ -192,32 +228,33 @@ static MATVEC_SHAPE: std::sync::RwLock<Option<MatvecShape>> = std::sync::RwLock:
 ///
 /// ```
 /// use hearth_backend::cube::{MatvecShape, matvec_shape, set_matvec_shape};
-/// set_matvec_shape(Some(MatvecShape { rows: 1, ..MatvecShape::DEFAULT }));
-/// assert_eq!(matvec_shape().rows, 1);
+/// set_matvec_shape(Some(MatvecShape { rows: 8, ..MatvecShape::DEFAULT }));
+/// assert_eq!(matvec_shape(None).rows, 8);
 /// set_matvec_shape(None);
 /// ```
 pub fn set_matvec_shape(shape: Option<MatvecShape>) {
     *MATVEC_SHAPE.write().unwrap_or_else(|e| e.into_inner()) = shape;
 }
 
-/// The matvec launch shape now in force (see [`MatvecShape`]). A malformed `HEARTH_MATVEC` is
-/// reported once on stderr and ignored.
+/// The matvec launch shape in force for `weights` (`None`: dense weights; see
+/// [`MatvecShape`]): [`set_matvec_shape`]'s, else `HEARTH_MATVEC`'s, else
+/// [`MatvecShape::tuned`]. A malformed `HEARTH_MATVEC` is reported once on stderr and ignored.
 ///
 /// ```
-/// assert!(hearth_backend::cube::matvec_shape().rows >= 1);
+/// assert!(hearth_backend::cube::matvec_shape(None).rows >= 1);
 /// ```
-pub fn matvec_shape() -> MatvecShape {
+pub fn matvec_shape(weights: Option<PackedFormat>) -> MatvecShape {
     if let Some(s) = *MATVEC_SHAPE.read().unwrap_or_else(|e| e.into_inner()) {
         return s;
     }
-    static ENV: std::sync::OnceLock<MatvecShape> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("HEARTH_MATVEC") {
-        Ok(spec) => MatvecShape::parse(&spec).unwrap_or_else(|e| {
-            eprintln!("hearth: ignoring HEARTH_MATVEC: {e}");
-            MatvecShape::DEFAULT
-        }),
-        Err(_) => MatvecShape::DEFAULT,
-    })
+    static ENV: std::sync::OnceLock<Option<MatvecShape>> = std::sync::OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let spec = std::env::var("HEARTH_MATVEC").ok()?;
+        MatvecShape::parse(&spec)
+            .inspect_err(|e| eprintln!("hearth: ignoring HEARTH_MATVEC: {e}"))
+            .ok()
+    });
+    env.unwrap_or_else(|| MatvecShape::tuned(weights))
 }
 
 /// Units per cube of a vectorised matvec whose rows hold `vectors` 16-byte vectors: the
@@ -373,6 +410,26 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
             Self::packed_matmul(x.clone(), w[1])?,
             Self::packed_matmul(x, w[2])?,
         ])
+    }
+
+    fn matmul3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> [Tensor<Self, 2>; 3] {
+        if fused_kernels()
+            && let Some(ys) = dense_matvec3(x.clone(), w)
+        {
+            return ys;
+        }
+        w.map(|wi| Self::matmul(x.clone(), wi.clone()))
+    }
+
+    fn matmul_silu(x: Tensor<Self, 2>, gate: &Tensor<Self, 2>, up: &Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if fused_kernels()
+            && let Some(y) = dense_matvec_silu(x.clone(), gate, up)
+        {
+            return y;
+        }
+        let g = Self::matmul(x.clone(), gate.clone());
+        let u = Self::matmul(x, up.clone());
+        Self::silu_mul(g, u)
     }
 
     fn packed_matmul_silu(

@@ -69,6 +69,17 @@ pub(crate) fn cube_max(value: f32, shared: &mut SharedMemory<f32>, #[comptime] u
     }
 }
 
+/// A zeroed local accumulator of `len` values.
+#[cube]
+pub(crate) fn zeros(#[comptime] len: usize) -> Array<f32> {
+    let mut acc = Array::<f32>::new(len);
+    #[unroll]
+    for i in 0..len {
+        acc[i] = 0.0f32;
+    }
+    acc
+}
+
 /// Sums each of the first `rows` values of `acc` over every unit of the cube, in place: after
 /// it every unit's `acc[r]` is the cube's total of row `r`. Same contract as [`cube_sum`]
 /// (every unit calls it); `shared` holds at least `rows · CUBE_DIM` values. With
@@ -130,7 +141,7 @@ pub(crate) fn cube_sum_rows(
     }
 }
 
-/// Reads every 16-byte vector of `data` once (a grid-stride loop, four independent loads in
+/// Reads every 16-byte vector of `data` once (a grid-stride loop, eight independent loads in
 /// flight per unit) and writes one word per cube, so that no load can be dropped.
 #[cube(launch_unchecked)]
 fn read_probe_kernel<N: Size>(data: &Array<Vector<u32, N>>, out: &mut Array<u32>, #[comptime] cube_dim: usize) {
@@ -138,11 +149,11 @@ fn read_probe_kernel<N: Size>(data: &Array<Vector<u32, N>>, out: &mut Array<u32>
     let stride = (CUBE_COUNT as usize) * cube_dim;
     let mut v = ABSOLUTE_POS;
     let mut acc = Vector::<u32, N>::empty().fill(0u32);
-    while v + 3 * stride < n {
-        let a = data[v] ^ data[v + stride];
-        let b = data[v + 2 * stride] ^ data[v + 3 * stride];
+    while v + 7 * stride < n {
+        let a = (data[v] ^ data[v + stride]) ^ (data[v + 2 * stride] ^ data[v + 3 * stride]);
+        let b = (data[v + 4 * stride] ^ data[v + 5 * stride]) ^ (data[v + 6 * stride] ^ data[v + 7 * stride]);
         acc ^= a ^ b;
-        v += 4 * stride;
+        v += 8 * stride;
     }
     while v < n {
         acc ^= data[v];
@@ -199,7 +210,8 @@ pub fn read_bandwidth<R: burn_cubecl::CubeRuntime>(device: &R::Device, bytes: us
                 CubeCount::Static(cubes as u32, 1, 1),
                 CubeDim::new_1d(cube_dim as u32),
                 4,
-                ArrayArg::from_raw_parts(data.clone(), vectors),
+                // array lengths are in scalars (the kernel sees `len / 4` vectors)
+                ArrayArg::from_raw_parts(data.clone(), vectors * 4),
                 ArrayArg::from_raw_parts(out.clone(), cubes),
                 cube_dim,
             );
