@@ -874,10 +874,15 @@ fn packed<B: HearthBackend>(dev: &B::Device, cube_checks: CubeChecks<B>) {
                 let kernel = B::upload_packed(format, &bytes, n, k, dev).unwrap();
                 let got = host(B::packed_matmul(tx.clone(), &kernel).unwrap());
                 let fallback = PackedMatrix::<B>::dense_from_bytes(format, &bytes, n, k, dev).unwrap();
-                let reference = host(tx.clone().matmul(match fallback.storage() {
-                    hearth_backend::PackedStorage::Dense(t) => t.clone(),
-                    _ => unreachable!(),
-                }));
+                // through hearth's full-f32 matmul: burn's own may run TF32 tensor cores on
+                // CUDA (whichever its autotune picks), which this bound cannot hold
+                let reference = host(B::matmul(
+                    tx.clone(),
+                    match fallback.storage() {
+                        hearth_backend::PackedStorage::Dense(t) => t.clone(),
+                        _ => unreachable!(),
+                    },
+                ));
                 let e = matmul_err(&got, &want, &mag);
                 worst = worst.max(e);
                 assert!(e <= F32_MATMUL_TOL, "{format:?} m{m} n{n} k{k} plane={plane}: {e:e}");

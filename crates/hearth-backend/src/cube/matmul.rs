@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 /// This unit's shares of the dot products of `rows` consecutive rows `n0, n0 + 1, ...` of the
 /// row-major weight `a` (and, with `two`, of the same rows of `b`) with the `x` row at vector
-/// `xr` (rows of `nv` vectors), added to `acc[r]` (and `acc[rows + r]`). Units take the rows'
+/// `xr` (rows of `nv` vectors, `wp` vectors apart in the weights), added to `acc[r]` (and `acc[rows + r]`). Units take the rows'
 /// vectors `UNIT_POS, UNIT_POS + cube_dim, ...`, `unroll` per row per pass; each load of `x`
 /// serves every row. Rows at or past `nr` repeat the last row (their sums are not written).
 #[cube]
@@ -40,6 +40,7 @@ fn dense_rows_dot<F: Float, N: Size>(
     n0: usize,
     nr: usize,
     nv: usize,
+    wp: usize,
     acc: &mut Array<f32>,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -50,7 +51,7 @@ fn dense_rows_dot<F: Float, N: Size>(
     while v + comptime!((unroll - 1) * cube_dim) < nv {
         #[unroll]
         for r in 0..rows {
-            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
             let mut s = Vector::<f32, N>::zeroed();
             let mut t = Vector::<f32, N>::zeroed();
             #[unroll]
@@ -71,7 +72,7 @@ fn dense_rows_dot<F: Float, N: Size>(
     while v < nv {
         #[unroll]
         for r in 0..rows {
-            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * nv;
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
             let xv = Vector::<f32, N>::cast_from(x[xr + v]);
             acc[r] += f32::cast_from((Vector::<f32, N>::cast_from(a[wr + v]) * xv).vector_sum());
             if two {
@@ -91,6 +92,8 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     n_rows: u32,
     m_rows: u32,
     k: u32,
+    xp: u32,
+    wp: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
@@ -98,7 +101,7 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     #[comptime] single_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    // cube c: weight rows n0 .. n0 + rows of output row m
+    // cube c: weight rows n0 .. n0 + rows of output row m (row pitches xp, wp in vectors)
     let c = CUBE_POS;
     let nr = n_rows as usize;
     let groups = nr.div_ceil(rows);
@@ -109,7 +112,8 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     let m = c / groups;
     let nv = k as usize / w.vector_size();
     let mut acc = zeros(rows);
-    dense_rows_dot::<F, N>(x, m * nv, w, w, n0, nr, nv, &mut acc, cube_dim, rows, unroll, false);
+    let (xp, wp) = (xp as usize, wp as usize);
+    dense_rows_dot::<F, N>(x, m * xp, w, w, n0, nr, nv, wp, &mut acc, cube_dim, rows, unroll, false);
     let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
     if UNIT_POS == 0 {
@@ -137,6 +141,10 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     n2: u32,
     m_rows: u32,
     k: u32,
+    xp: u32,
+    wp0: u32,
+    wp1: u32,
+    wp2: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
@@ -155,10 +163,24 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     let g = c % gt;
     let m = c / gt;
     let nv = k as usize / w0.vector_size();
-    let xr = m * nv;
+    let xr = m * xp as usize;
     let mut acc = zeros(rows);
     if g < g0 {
-        dense_rows_dot::<F, N>(x, xr, w0, w0, g * rows, a0, nv, &mut acc, cube_dim, rows, unroll, false);
+        dense_rows_dot::<F, N>(
+            x,
+            xr,
+            w0,
+            w0,
+            g * rows,
+            a0,
+            nv,
+            wp0 as usize,
+            &mut acc,
+            cube_dim,
+            rows,
+            unroll,
+            false,
+        );
     } else if g < g0 + g1 {
         dense_rows_dot::<F, N>(
             x,
@@ -168,6 +190,7 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
             (g - g0) * rows,
             a1,
             nv,
+            wp1 as usize,
             &mut acc,
             cube_dim,
             rows,
@@ -183,6 +206,7 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
             (g - g0 - g1) * rows,
             a2,
             nv,
+            wp2 as usize,
             &mut acc,
             cube_dim,
             rows,
@@ -225,6 +249,8 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     n_rows: u32,
     m_rows: u32,
     k: u32,
+    xp: u32,
+    wp: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
@@ -243,7 +269,22 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     let nv = k as usize / wg.vector_size();
     // gate rows in acc[0..rows], up rows in acc[rows..2·rows]
     let mut acc = zeros(comptime!(2 * rows));
-    dense_rows_dot::<F, N>(x, m * nv, wg, wu, n0, nr, nv, &mut acc, cube_dim, rows, unroll, true);
+    let (xp, wp) = (xp as usize, wp as usize);
+    dense_rows_dot::<F, N>(
+        x,
+        m * xp,
+        wg,
+        wu,
+        n0,
+        nr,
+        nv,
+        wp,
+        &mut acc,
+        cube_dim,
+        rows,
+        unroll,
+        true,
+    );
     let mut shared = SharedMemory::<f32>::new(comptime!(2 * rows * cube_dim));
     cube_sum_rows(&mut acc, &mut shared, comptime!(2 * rows), use_plane, single_plane);
     if UNIT_POS == 0 {
@@ -259,21 +300,25 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     }
 }
 
-/// `[K, N]` of a weight stored transposed (a `.transpose()` view of a contiguous `[N, K]`, as
-/// hearth's loader keeps dense device weights), or `None` for any other layout.
-fn transposed_dims<R: CubeRuntime>(w: &CubeTensor<R>) -> Option<(usize, usize)> {
+/// `(K, N, row pitch)` of a weight stored transposed (a `.transpose()` view of a row-major
+/// `[N, K]` whose rows may be padded, as CUDA allocations can be; hearth's loader keeps dense
+/// device weights so), or `None` for any other layout.
+fn transposed_dims<R: CubeRuntime>(w: &CubeTensor<R>) -> Option<(usize, usize, usize)> {
     let (shape, strides) = (w.meta.shape(), w.meta.strides());
-    (shape.len() == 2 && strides[0] == 1 && strides[1] == shape[0] && shape[1] > 0).then(|| (shape[0], shape[1]))
+    (shape.len() == 2 && strides[0] == 1 && strides[1] >= shape[0] && shape[1] > 0)
+        .then(|| (shape[0], shape[1], strides[1]))
 }
 
-/// The launch of a dense matvec over `x: [m, k]` (≤ [`MATVEC_MAX_ROWS`] rows, contiguous, a
-/// kernel float) and transposed weights of width `k` and `x`'s dtype, or `None` when these
-/// operands do not fit the kernels.
+/// The launch of a dense matvec over `x: [m, k]` (≤ [`MATVEC_MAX_ROWS`] rows, unit column
+/// stride, a kernel float) and transposed weights of width `k` and `x`'s dtype, or `None`
+/// when these operands do not fit the kernels.
 struct DenseLaunch {
     m: usize,
     k: usize,
-    /// Elements per vector: 16 bytes where `k` allows.
+    /// Elements per vector: 16 bytes where `k` and every row pitch allow.
     vs: usize,
+    /// `x`'s row pitch, in vectors.
+    xp: usize,
     units: u32,
     rows: usize,
     unroll: usize,
@@ -282,27 +327,30 @@ struct DenseLaunch {
 }
 
 impl DenseLaunch {
-    fn new<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> Option<(DenseLaunch, Vec<usize>)> {
-        let xs = x.meta.shape();
-        if xs.len() != 2 || !kernel_float(x.dtype) || !x.is_contiguous() {
+    /// The launch and, per weight, `(N, row pitch in vectors)`.
+    #[allow(clippy::type_complexity)]
+    fn new<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> Option<(DenseLaunch, Vec<(usize, usize)>)> {
+        let (xs, xst) = (x.meta.shape(), x.meta.strides());
+        if xs.len() != 2 || !kernel_float(x.dtype) {
             return None;
         }
         let (m, k) = (xs[0], xs[1]);
-        if m == 0 || m > MATVEC_MAX_ROWS || k == 0 {
+        if m == 0 || m > MATVEC_MAX_ROWS || k == 0 || (k > 1 && xst[1] != 1) || (m > 1 && xst[0] < k) {
             return None;
         }
-        let mut ns = Vec::with_capacity(ws.len());
+        let x_pitch = if m > 1 { xst[0] } else { k };
+        let mut dims = Vec::with_capacity(ws.len());
         for w in ws {
-            let (wk, n) = transposed_dims(w)?;
+            let (wk, n, pitch) = transposed_dims(w)?;
             if wk != k || w.dtype != x.dtype {
                 return None;
             }
-            ns.push(n);
+            dims.push((n, pitch));
         }
         let vs = (0..=(16 / x.dtype.size()).trailing_zeros())
             .rev()
             .map(|p| 1usize << p)
-            .find(|v| k.is_multiple_of(*v))
+            .find(|v| k.is_multiple_of(*v) && x_pitch.is_multiple_of(*v) && dims.iter().all(|d| d.1.is_multiple_of(*v)))
             .unwrap_or(1);
         let client = &x.client;
         let shape = matvec_shape(None);
@@ -311,13 +359,15 @@ impl DenseLaunch {
             m,
             k,
             vs,
+            xp: x_pitch / vs,
             units,
             rows: shape.rows,
             unroll: shape.unroll,
             use_plane: plane_reductions(client),
             single_plane: single_plane(client, units),
         };
-        Some((launch, ns))
+        let dims = dims.into_iter().map(|(n, pitch)| (n, pitch / vs)).collect();
+        Some((launch, dims))
     }
 
     fn cubes(&self, n: usize) -> usize {
@@ -340,12 +390,13 @@ impl DenseLaunch {
 /// [`MatvecShape`](super::MatvecShape)`::rows` weight rows per cube read as 16-byte vectors,
 /// f32 accumulation. `None` when the operands are not in that shape and layout.
 fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
-    let (l, ns) = DenseLaunch::new(lhs, &[rhs])?;
-    let n = ns[0];
+    let (l, dims) = DenseLaunch::new(lhs, &[rhs])?;
+    let (n, wp) = dims[0];
     let client = lhs.client.clone();
     let out = l.output(lhs, n);
-    // SAFETY: x is [m, k] contiguous and w holds n contiguous rows of k (the transposed view
-    // checked by `DenseLaunch::new`); out is [m, n] contiguous; rows past n are clamped to the
+    // SAFETY: x holds m rows of k (unit stride, `xp` vectors apart) and w n rows of k (`wp`
+    // vectors apart: the transposed view checked by `DenseLaunch::new`); out is [m, n]
+    // contiguous; rows past n are clamped to the
     // last row and not written; cubes past the work return early.
     unsafe {
         dense_matvec_kernel::launch_unchecked::<R>(
@@ -359,6 +410,8 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
             n as u32,
             l.m as u32,
             l.k as u32,
+            l.xp as u32,
+            wp as u32,
             l.units as usize,
             l.rows,
             l.unroll,
@@ -392,7 +445,8 @@ pub fn dense_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
 ) -> Option<[Tensor<CubeBackend<R, F, I, BT>, 2>; 3]> {
     let x = prim(x);
     let ws = w.map(|t| prim(t.clone()));
-    let (l, ns) = DenseLaunch::new(&x, &[&ws[0], &ws[1], &ws[2]])?;
+    let (l, dims) = DenseLaunch::new(&x, &[&ws[0], &ws[1], &ws[2]])?;
+    let ns: Vec<usize> = dims.iter().map(|d| d.0).collect();
     let client = x.client.clone();
     let outs = [l.output(&x, ns[0]), l.output(&x, ns[1]), l.output(&x, ns[2])];
     let groups: usize = ns.iter().map(|&n| l.cubes(n)).sum();
@@ -416,6 +470,10 @@ pub fn dense_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             ns[2] as u32,
             l.m as u32,
             l.k as u32,
+            l.xp as u32,
+            dims[0].1 as u32,
+            dims[1].1 as u32,
+            dims[2].1 as u32,
             l.units as usize,
             l.rows,
             l.unroll,
@@ -449,11 +507,12 @@ pub fn dense_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
 ) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>> {
     let x = prim(x);
     let (g, u) = (prim(gate.clone()), prim(up.clone()));
-    let (l, ns) = DenseLaunch::new(&x, &[&g, &u])?;
-    if ns[0] != ns[1] {
+    let (l, dims) = DenseLaunch::new(&x, &[&g, &u])?;
+    // one pitch for both weights (the kernel walks their rows together)
+    if dims[0] != dims[1] {
         return None;
     }
-    let n = ns[0];
+    let (n, wp) = dims[0];
     let client = x.client.clone();
     let out = l.output(&x, n);
     // SAFETY: as in `dense_matvec`, for both weights (same shape, checked above).
@@ -470,6 +529,8 @@ pub fn dense_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
             n as u32,
             l.m as u32,
             l.k as u32,
+            l.xp as u32,
+            wp as u32,
             l.units as usize,
             l.rows,
             l.unroll,

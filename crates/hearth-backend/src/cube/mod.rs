@@ -308,7 +308,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
     }
 
     fn read_bandwidth(device: &Self::Device, bytes: usize) -> Option<f64> {
-        reduce::read_bandwidth::<R>(device, bytes, 5)
+        reduce::read_bandwidth::<R>(device, bytes, 10)
     }
 
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {
