@@ -178,7 +178,7 @@ fn read_probe_kernel<N: Size>(data: &Array<Vector<u32, N>>, out: &mut Array<u32>
 
 /// The device's read bandwidth in bytes/s, measured now: the best of `passes` reads of a
 /// `bytes`-byte buffer (at most the device's largest allocation, rounded down to whole 16-byte
-/// vectors) by a streaming kernel that only
+/// vectors), after 0.2 s of warm-up passes, by a streaming kernel that only
 /// loads (no stores but one word per cube), each pass synchronised by reading its result back.
 /// `None` when the device could not run it.
 /// The yardstick for `hearth bench`'s floor on cubecl devices: a matrix × vector product
@@ -218,9 +218,13 @@ pub fn read_bandwidth<R: burn_cubecl::CubeRuntime>(device: &R::Device, bytes: us
         }
         std::hint::black_box(client.read_one(out.clone())).is_ok()
     };
-    // compile the kernel and touch the buffer
-    if !pass() {
-        return None;
+    // compile the kernel, touch the buffer, and keep the device busy for a fifth of a second
+    // first: a GPU idling between short bursts runs at lower clocks and under-reads
+    let warm = std::time::Instant::now();
+    while warm.elapsed().as_secs_f64() < 0.2 {
+        if !pass() {
+            return None;
+        }
     }
     let mut best = 0.0f64;
     for _ in 0..passes.max(1) {
