@@ -170,7 +170,7 @@ mod imp {
             .map(|i| Tensor::<B<R, F, I, BT>, 1>::zeros([big_len + i * 64], dev))
             .collect::<Vec<_>>();
         sync();
-        println!("-- with {n_big} device buffers of ~{} MB alive", big_len * 4 >> 20);
+        println!("-- with {n_big} device buffers of ~{} MB alive", (big_len * 4) >> 20);
         time("burn add_scalar", &|| {
             std::hint::black_box(x.clone().add_scalar(1.0));
         });

@@ -135,6 +135,7 @@ mod bench {
     }
 }
 
+#[cfg_attr(not(feature = "cube"), allow(unused_variables))]
 fn main() {
     let mut args = std::env::args().skip(1);
     let backend = args.next().unwrap_or_else(|| "cuda".into());

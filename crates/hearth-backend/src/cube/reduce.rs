@@ -146,7 +146,7 @@ pub(crate) fn cube_sum_rows(
 #[cube(launch_unchecked)]
 fn read_probe_kernel<N: Size>(data: &Array<Vector<u32, N>>, out: &mut Array<u32>, #[comptime] cube_dim: usize) {
     let n = data.len();
-    let stride = (CUBE_COUNT as usize) * cube_dim;
+    let stride = CUBE_COUNT * cube_dim;
     let mut v = ABSOLUTE_POS;
     let mut acc = Vector::<u32, N>::empty().fill(0u32);
     while v + 7 * stride < n {
