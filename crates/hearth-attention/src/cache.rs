@@ -231,8 +231,7 @@ impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
         });
         if pos.is_uniform() && pos.new.first() == Some(&t) {
             let p = pos.past[0];
-            kc = B::write_at(kc, k, [0, 0, p, 0]);
-            vc = B::write_at(vc, v, [0, 0, p, 0]);
+            (kc, vc) = B::write_at2(kc, k, vc, v, [0, 0, p, 0]);
         } else {
             for row in 0..b {
                 let (p, n) = (pos.past[row], pos.new[row]);

@@ -621,6 +621,62 @@ pub trait HearthBackend: Backend {
         ops::write_at(dst, src, offset)
     }
 
+    /// Two [`Self::write_at`]s at one `offset` (a layer's K and V into their caches): one
+    /// launch on the cubecl backends when both destinations are unshared.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let z = || Tensor::<Cpu, 4>::zeros([1, 1, 2, 1], &dev);
+    /// let (k, v) = Cpu::write_at2(z(), Tensor::ones([1, 1, 1, 1], &dev), z(), Tensor::ones([1, 1, 1, 1], &dev), [0, 0, 1, 0]);
+    /// assert_eq!(k.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+    /// assert_eq!(v.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+    /// # }
+    /// ```
+    fn write_at2(
+        dst_a: Tensor<Self, 4>,
+        src_a: Tensor<Self, 4>,
+        dst_b: Tensor<Self, 4>,
+        src_b: Tensor<Self, 4>,
+        offset: [usize; 4],
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        (
+            Self::write_at(dst_a, src_a, offset),
+            Self::write_at(dst_b, src_b, offset),
+        )
+    }
+
+    /// [`Self::rope`] of two tensors with the same tables (attention's q and k): one launch on
+    /// the cubecl backends.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let x = Tensor::<Cpu, 4>::from_floats([[[[0.0, 1.0]]]], &dev);
+    /// let cos = Tensor::<Cpu, 4>::from_floats([[[[0.0, 0.0]]]], &dev);
+    /// let sin = Tensor::<Cpu, 4>::from_floats([[[[1.0, 1.0]]]], &dev);
+    /// let (q, _) = Cpu::rope2(x.clone(), x, &cos, &sin, 2, false);
+    /// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![-1.0, 0.0]);
+    /// # }
+    /// ```
+    fn rope2(
+        a: Tensor<Self, 4>,
+        b: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+        rope_dim: usize,
+        interleaved: bool,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        (
+            Self::rope(a, cos, sin, rope_dim, interleaved),
+            Self::rope(b, cos, sin, rope_dim, interleaved),
+        )
+    }
+
     /// Scaled dot-product attention with grouped query heads and an additive mask.
     ///
     /// `q`: `[B, H, T, D]`, `k`: `[B, Hkv, S, D]`, `v`: `[B, Hkv, S, Dv]`, `mask`: `[B, T, S]`

@@ -344,6 +344,23 @@ trait CubeKernels: HearthBackend {
         u: &PackedMatrix<Self>,
     ) -> Result<Tensor<Self, 2>, BackendError>;
     #[allow(clippy::type_complexity)]
+    fn k_rope2(
+        a: Tensor<Self, 4>,
+        b: Tensor<Self, 4>,
+        c: &Tensor<Self, 4>,
+        s: &Tensor<Self, 4>,
+        r: usize,
+        il: bool,
+    ) -> Result<(Tensor<Self, 4>, Tensor<Self, 4>), BackendError>;
+    #[allow(clippy::type_complexity)]
+    fn k_write_at2(
+        da: Tensor<Self, 4>,
+        sa: Tensor<Self, 4>,
+        db: Tensor<Self, 4>,
+        sb: Tensor<Self, 4>,
+        at: [usize; 4],
+    ) -> Option<(Tensor<Self, 4>, Tensor<Self, 4>)>;
+    #[allow(clippy::type_complexity)]
     fn k_dense3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
     fn k_dense_silu(x: Tensor<Self, 2>, g: &Tensor<Self, 2>, u: &Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
 }
@@ -390,6 +407,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
         u: &PackedMatrix<Self>,
     ) -> Result<Tensor<Self, 2>, BackendError> {
         hearth_backend::cube::packed_matvec_silu(x, g, u)
+    }
+    fn k_rope2(
+        a: Tensor<Self, 4>,
+        b: Tensor<Self, 4>,
+        c: &Tensor<Self, 4>,
+        s: &Tensor<Self, 4>,
+        r: usize,
+        il: bool,
+    ) -> Result<(Tensor<Self, 4>, Tensor<Self, 4>), BackendError> {
+        hearth_backend::cube::rope2(a, b, c, s, r, il)
+    }
+    fn k_write_at2(
+        da: Tensor<Self, 4>,
+        sa: Tensor<Self, 4>,
+        db: Tensor<Self, 4>,
+        sb: Tensor<Self, 4>,
+        at: [usize; 4],
+    ) -> Option<(Tensor<Self, 4>, Tensor<Self, 4>)> {
+        hearth_backend::cube::write_at2(da, sa, db, sb, at)
     }
     fn k_dense3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> Option<[Tensor<Self, 2>; 3]> {
         hearth_backend::cube::dense_matvec3(x, w)
@@ -506,8 +542,36 @@ fn write_at<B: CubeKernels>(dev: &B::Device) {
         let dst = tensor::<B, 4>(dst_v.clone(), dd, dev);
         let keep = dst.clone();
         assert!(B::k_write_at(dst.clone(), src.clone(), at).is_err());
-        assert_eq!(host(B::write_at(dst, src, at)), want);
+        assert_eq!(host(B::write_at(dst, src.clone(), at)), want);
         assert_eq!(host(keep), dst_v, "the shared destination changed");
+        // two writes in one launch (K and V): the second pair a plain copy of another source
+        let src2_v = rng.vec(sd.iter().product());
+        let dst2_v = rng.vec(dd.iter().product());
+        let src2 = tensor::<B, 4>(src2_v, sd, dev);
+        let want2 = host(ops::write_at(tensor::<B, 4>(dst2_v.clone(), dd, dev), src2.clone(), at));
+        let (a, b) = B::k_write_at2(
+            tensor::<B, 4>(dst_v.clone(), dd, dev),
+            src.clone(),
+            tensor::<B, 4>(dst2_v.clone(), dd, dev),
+            src2.clone(),
+            at,
+        )
+        .expect("write_at2");
+        assert_eq!(
+            (host(a), host(b)),
+            (want.clone(), want2.clone()),
+            "write_at2 {sd:?} at {at:?}"
+        );
+        // a shared second destination: declined, nothing written; the trait still writes both
+        let (d1, d2) = (
+            tensor::<B, 4>(dst_v.clone(), dd, dev),
+            tensor::<B, 4>(dst2_v.clone(), dd, dev),
+        );
+        let keep2 = d2.clone();
+        assert!(B::k_write_at2(d1.clone(), src.clone(), d2.clone(), src2.clone(), at).is_none());
+        let (a, b) = B::write_at2(d1, src.clone(), d2, src2, at);
+        assert_eq!((host(a), host(b)), (want, want2), "HearthBackend::write_at2");
+        assert_eq!(host(keep2), dst2_v, "the shared destination changed");
     }
     let dst = Tensor::<B, 4>::zeros([1, 1, 4, 4], dev);
     assert!(B::k_write_at(dst.clone(), Tensor::ones([1, 1, 2, 4], dev), [0, 0, 3, 0]).is_err());
@@ -549,8 +613,26 @@ fn rope<B: CubeKernels>(dev: &B::Device) {
         // the trait method runs the same kernel (other tests may switch plane reductions
         // concurrently, so compare with a tolerance rather than bit for bit)
         assert!(
-            rel_err(&host(B::rope(x, &cos, &sin, r, interleaved)), &got, 1e-6) < 1e-6,
+            rel_err(&host(B::rope(x.clone(), &cos, &sin, r, interleaved)), &got, 1e-6) < 1e-6,
             "trait method"
+        );
+        // with a second tensor of other heads in the same launch (q and k)
+        let hk = 1 + rng.below(3);
+        let k = tensor::<B, 4>(rng.vec(b * t * hk * d), [b, t, hk, d], dev).swap_dims(1, 2);
+        let want_k = host(ops::rope(k.clone(), &cos, &sin, r, interleaved));
+        let (gq, gk) = B::k_rope2(x.clone(), k.clone(), &cos, &sin, r, interleaved).unwrap();
+        assert!(
+            rel_err(&host(gq), &want, 1e-6) < 1e-6,
+            "rope2 q b{b} h{h} t{t} d{d} r{r}"
+        );
+        assert!(
+            rel_err(&host(gk), &want_k, 1e-6) < 1e-6,
+            "rope2 k b{b} h{hk} t{t} d{d} r{r}"
+        );
+        let (tq, tk) = B::rope2(x, k, &cos, &sin, r, interleaved);
+        assert!(
+            rel_err(&host(tq), &want, 1e-6) < 1e-6 && rel_err(&host(tk), &want_k, 1e-6) < 1e-6,
+            "trait rope2"
         );
     }
     // bad input: odd or too large rope_dim, wrong table

@@ -77,11 +77,6 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         self.q.weight_bytes() + self.k.weight_bytes() + self.v.weight_bytes() + self.o.weight_bytes()
     }
 
-    fn rope(&self, x: Tensor<B, 4>, ctx: &AttnContext<B>) -> Tensor<B, 4> {
-        let interleaved = self.rope_layout == RopeLayout::Interleaved;
-        B::rope(x, ctx.cos, ctx.sin, self.rope_dim, interleaved)
-    }
-
     /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`.
     pub fn forward<C: KvCache<B>>(
         &self,
@@ -104,8 +99,16 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
             q = self.q_norm.as_ref().expect("q_norm").forward(q);
             k = self.k_norm.as_ref().expect("k_norm").forward(k);
         }
+        let interleaved = self.rope_layout == RopeLayout::Interleaved;
         let (q, k) = profile::scope::<B, _>(&dev, "attn.rope", || {
-            (self.rope(q.swap_dims(1, 2), ctx), self.rope(k.swap_dims(1, 2), ctx))
+            B::rope2(
+                q.swap_dims(1, 2),
+                k.swap_dims(1, 2),
+                ctx.cos,
+                ctx.sin,
+                self.rope_dim,
+                interleaved,
+            )
         });
         let v = v.reshape([b, t, hkv, d]).swap_dims(1, 2);
         let (k, v) = profile::scope::<B, _>(&dev, "attn.kv_cache", || cache.update(layer, k, v, ctx.pos))?;

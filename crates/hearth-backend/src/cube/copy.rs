@@ -23,6 +23,19 @@ struct WriteLayout {
     base: u32,
 }
 
+/// Element `i` (row-major over `src`'s shape) of `src` written to `dst`.
+#[cube]
+fn write_element<F: Float>(src: &Array<F>, dst: &mut Array<F>, l: &WriteLayout, i: usize) {
+    let (d1, d2, d3) = (l.d1 as usize, l.d2 as usize, l.d3 as usize);
+    let j3 = i % d3;
+    let j2 = (i / d3) % d2;
+    let j1 = (i / (d3 * d2)) % d1;
+    let j0 = i / (d3 * d2 * d1);
+    let s = j0 * l.s0 as usize + j1 * l.s1 as usize + j2 * l.s2 as usize + j3 * l.s3 as usize;
+    let t = l.base as usize + j0 * l.t0 as usize + j1 * l.t1 as usize + j2 * l.t2 as usize + j3 * l.t3 as usize;
+    dst[t] = src[s];
+}
+
 #[cube(launch_unchecked)]
 fn write_at_kernel<F: Float>(
     src: &Array<F>,
@@ -35,14 +48,34 @@ fn write_at_kernel<F: Float>(
     if i >= len as usize {
         terminate!();
     }
-    let (d1, d2, d3) = (l.d1 as usize, l.d2 as usize, l.d3 as usize);
-    let j3 = i % d3;
-    let j2 = (i / d3) % d2;
-    let j1 = (i / (d3 * d2)) % d1;
-    let j0 = i / (d3 * d2 * d1);
-    let s = j0 * l.s0 as usize + j1 * l.s1 as usize + j2 * l.s2 as usize + j3 * l.s3 as usize;
-    let t = l.base as usize + j0 * l.t0 as usize + j1 * l.t1 as usize + j2 * l.t2 as usize + j3 * l.t3 as usize;
-    dst[t] = src[s];
+    write_element::<F>(src, dst, &l, i);
+}
+
+/// Two writes in one launch (a layer's K and V): units below `len_a` copy `src_a`'s
+/// elements, the rest `src_b`'s.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn write_at2_kernel<F: Float>(
+    src_a: &Array<F>,
+    dst_a: &mut Array<F>,
+    src_b: &Array<F>,
+    dst_b: &mut Array<F>,
+    la: WriteLayout,
+    lb: WriteLayout,
+    len_a: u32,
+    len_b: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    let (na, nb) = (len_a as usize, len_b as usize);
+    if i >= na + nb {
+        terminate!();
+    }
+    if i < na {
+        write_element::<F>(src_a, dst_a, &la, i);
+    } else {
+        write_element::<F>(src_b, dst_b, &lb, i - na);
+    }
 }
 
 /// `dst` with `src` written at `offset`, in place (one launch): the cubecl
@@ -70,36 +103,33 @@ pub fn write_at<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     write_at_or_back(dst, src, offset).map_err(|(_, e)| e)
 }
 
-/// [`write_at`], giving `dst` back with the error.
-#[allow(clippy::type_complexity)]
-pub(crate) fn write_at_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    dst: BTensor<CubeBackend<R, F, I, BT>, 4>,
-    src: BTensor<CubeBackend<R, F, I, BT>, 4>,
+/// Why `src` cannot be written into `dst` at `offset` in place, or the element count.
+fn validate<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    dst: &BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src: &BTensor<CubeBackend<R, F, I, BT>, 4>,
     offset: [usize; 4],
-) -> Result<BTensor<CubeBackend<R, F, I, BT>, 4>, (BTensor<CubeBackend<R, F, I, BT>, 4>, BackendError)> {
+) -> Result<usize, BackendError> {
     let (dd, sd) = (dst.dims(), src.dims());
     let fits = (0..4).all(|i| offset[i] + sd[i] <= dd[i]);
-    let mismatch = |reason: String| BackendError::ShapeMismatch { op: "write_at", reason };
     if !fits || dst.dtype() != src.dtype() {
-        let e = mismatch(format!(
-            "src {sd:?} {:?} at {offset:?} in dst {dd:?} {:?}",
-            src.dtype(),
-            dst.dtype()
-        ));
-        return Err((dst, e));
+        return Err(BackendError::ShapeMismatch {
+            op: "write_at",
+            reason: format!(
+                "src {sd:?} {:?} at {offset:?} in dst {dd:?} {:?}",
+                src.dtype(),
+                dst.dtype()
+            ),
+        });
     }
-    let len: usize = sd.iter().product();
-    if len == 0 {
-        return Ok(dst);
-    }
-    let (dst, src): (CubeTensor<R>, CubeTensor<R>) = (prim(dst), prim(src));
-    if !dst.can_mut() {
-        return Err((wrap(dst), mismatch("dst is shared".into())));
-    }
-    let (ss, ts) = (src.meta.strides().clone(), dst.meta.strides().clone());
+    Ok(sd.iter().product())
+}
+
+/// The kernel's view of one write (shapes and strides of both, `dst`'s base offset).
+fn layout<R: CubeRuntime>(dst: &CubeTensor<R>, src: &CubeTensor<R>, offset: [usize; 4]) -> WriteLayoutLaunch<R> {
+    let (sd, ss, ts) = (src.meta.shape(), src.meta.strides(), dst.meta.strides());
     let base: usize = (0..4).map(|i| offset[i] * ts[i]).sum();
     let u = |v: usize| v as u32;
-    let layout = WriteLayoutLaunch::new(
+    WriteLayoutLaunch::new(
         u(sd[1]),
         u(sd[2]),
         u(sd[3]),
@@ -112,7 +142,32 @@ pub(crate) fn write_at_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, B
         u(ts[2]),
         u(ts[3]),
         u(base),
-    );
+    )
+}
+
+/// [`write_at`], giving `dst` back with the error.
+#[allow(clippy::type_complexity)]
+pub(crate) fn write_at_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    dst: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    offset: [usize; 4],
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 4>, (BTensor<CubeBackend<R, F, I, BT>, 4>, BackendError)> {
+    let len = match validate(&dst, &src, offset) {
+        Ok(len) => len,
+        Err(e) => return Err((dst, e)),
+    };
+    if len == 0 {
+        return Ok(dst);
+    }
+    let (dst, src): (CubeTensor<R>, CubeTensor<R>) = (prim(dst), prim(src));
+    if !dst.can_mut() {
+        let e = BackendError::ShapeMismatch {
+            op: "write_at",
+            reason: "dst is shared".into(),
+        };
+        return Err((wrap(dst), e));
+    }
+    let layout = layout(&dst, &src, offset);
     let client = dst.client.clone();
     let dtype = dst.dtype;
     let cube_dim = CubeDim::new(&client, len);
@@ -133,4 +188,90 @@ pub(crate) fn write_at_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, B
         );
     }
     Ok(wrap(dst))
+}
+
+/// Two in-place writes at the same `offset` in one launch (a layer's K and V into their
+/// caches), or both destinations given back when either write cannot be done in place
+/// (shapes, dtypes, a shared destination: the caller falls back).
+#[allow(clippy::type_complexity)]
+pub(crate) fn write_at2_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    dst_a: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src_a: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    dst_b: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src_b: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    offset: [usize; 4],
+) -> Result<
+    (
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+    ),
+    (
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+    ),
+> {
+    let (len_a, len_b) = match (validate(&dst_a, &src_a, offset), validate(&dst_b, &src_b, offset)) {
+        (Ok(a), Ok(b)) if a > 0 && b > 0 && dst_a.dtype() == dst_b.dtype() => (a, b),
+        _ => return Err((dst_a, dst_b)),
+    };
+    let (dst_a, src_a, dst_b, src_b): (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) =
+        (prim(dst_a), prim(src_a), prim(dst_b), prim(src_b));
+    // both in place (two views of one buffer share its handle, so neither is `can_mut`)
+    if !dst_a.can_mut() || !dst_b.can_mut() {
+        return Err((wrap(dst_a), wrap(dst_b)));
+    }
+    let (la, lb) = (layout(&dst_a, &src_a, offset), layout(&dst_b, &src_b, offset));
+    let client = dst_a.client.clone();
+    let dtype = dst_a.dtype;
+    let len = len_a + len_b;
+    let cube_dim = CubeDim::new(&client, len);
+    let cube_count = calculate_cube_count_elemwise(&client, len, cube_dim);
+    // SAFETY: as in `write_at_or_back`, for each of the two writes (validated above, both
+    // destinations unshared and distinct); units below `len_a` touch only the first pair.
+    unsafe {
+        write_at2_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            src_a.into_array_arg(),
+            dst_a.clone().into_array_arg(),
+            src_b.into_array_arg(),
+            dst_b.clone().into_array_arg(),
+            la,
+            lb,
+            len_a as u32,
+            len_b as u32,
+            dtype.into(),
+        );
+    }
+    Ok((wrap(dst_a), wrap(dst_b)))
+}
+
+/// Two [`write_at`]s at one `offset` in one launch (a layer's K and V into their caches):
+/// `None`, with nothing written, when either cannot be done in place (shapes or dtypes that do
+/// not fit, a shared or empty destination); [`crate::HearthBackend::write_at2`] then falls back.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let z = || Tensor::<Wgpu, 4>::zeros([1, 1, 2, 1], &dev);
+/// let one = || Tensor::<Wgpu, 4>::ones([1, 1, 1, 1], &dev);
+/// let (k, _) = cube::write_at2(z(), one(), z(), one(), [0, 0, 1, 0]).unwrap();
+/// assert_eq!(k.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn write_at2<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    dst_a: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src_a: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    dst_b: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    src_b: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    offset: [usize; 4],
+) -> Option<(
+    BTensor<CubeBackend<R, F, I, BT>, 4>,
+    BTensor<CubeBackend<R, F, I, BT>, 4>,
+)> {
+    write_at2_or_back(dst_a, src_a, dst_b, src_b, offset).ok()
 }

@@ -44,12 +44,12 @@ mod rope;
 
 pub use act::silu_mul;
 pub use attention::{ATTENTION_MAX_QUERIES, gqa_attention};
-pub use copy::write_at;
+pub use copy::{write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use norm::{add_rms_norm, rms_norm};
 pub use reduce::read_bandwidth;
-pub use rope::rope;
+pub use rope::{rope, rope2};
 
 use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
@@ -386,6 +386,47 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
             return o;
         }
         crate::ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
+    }
+
+    fn write_at2(
+        dst_a: Tensor<Self, 4>,
+        src_a: Tensor<Self, 4>,
+        dst_b: Tensor<Self, 4>,
+        src_b: Tensor<Self, 4>,
+        offset: [usize; 4],
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if !fused_kernels() {
+            return (
+                crate::ops::write_at(dst_a, src_a, offset),
+                crate::ops::write_at(dst_b, src_b, offset),
+            );
+        }
+        match copy::write_at2_or_back(dst_a, src_a.clone(), dst_b, src_b.clone(), offset) {
+            Ok(ys) => ys,
+            Err((dst_a, dst_b)) => (
+                Self::write_at(dst_a, src_a, offset),
+                Self::write_at(dst_b, src_b, offset),
+            ),
+        }
+    }
+
+    fn rope2(
+        a: Tensor<Self, 4>,
+        b: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+        rope_dim: usize,
+        interleaved: bool,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if fused_kernels()
+            && let Ok(ys) = rope::rope2(a.clone(), b.clone(), cos, sin, rope_dim, interleaved)
+        {
+            return ys;
+        }
+        (
+            Self::rope(a, cos, sin, rope_dim, interleaved),
+            Self::rope(b, cos, sin, rope_dim, interleaved),
+        )
     }
 
     fn write_at(dst: Tensor<Self, 4>, src: Tensor<Self, 4>, offset: [usize; 4]) -> Tensor<Self, 4> {
