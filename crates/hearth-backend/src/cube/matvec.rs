@@ -124,7 +124,7 @@ impl VecLaunch {
         }
     }
 
-    /// Cubes for `m` activation rows over `n` weight rows.
+    /// Cubes per activation row over `n` weight rows.
     fn cubes(&self, n: usize) -> usize {
         n.div_ceil(self.shape.rows)
     }
