@@ -245,10 +245,7 @@ impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
             }
         }
         let s = pos.key_len();
-        let out = (
-            kc.clone().slice([0..b, 0..h, 0..s, 0..dk]),
-            vc.clone().slice([0..b, 0..h, 0..s, 0..dv]),
-        );
+        let out = (B::prefix(kc.clone(), 2, s), B::prefix(vc.clone(), 2, s));
         *slot = Some((kc, vc));
         Ok(out)
     }

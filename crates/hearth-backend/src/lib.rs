@@ -648,6 +648,25 @@ pub trait HearthBackend: Backend {
         )
     }
 
+    /// The first `len` entries of `t` along `dim` (a KV cache's filled part), as
+    /// `t.narrow(dim, 0, len)`. The cubecl backends return a view of the same buffer with the
+    /// same strides, never a copy (burn's slice copies there unless the cut falls on the
+    /// allocator's alignment). Panics like `narrow` when `dim` or `len` is out of range.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let dev = Default::default();
+    /// let t = Tensor::<Cpu, 2>::from_floats([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev);
+    /// let p = Cpu::prefix(t, 1, 2);
+    /// assert_eq!(p.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 4.0, 5.0]);
+    /// # }
+    /// ```
+    fn prefix<const D: usize>(t: Tensor<Self, D>, dim: usize, len: usize) -> Tensor<Self, D> {
+        t.narrow(dim, 0, len)
+    }
+
     /// [`Self::rope`] of two tensors with the same tables (attention's q and k): one launch on
     /// the cubecl backends.
     ///

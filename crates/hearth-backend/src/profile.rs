@@ -49,6 +49,19 @@ pub fn enabled() -> bool {
     }
 }
 
+/// Turns the scopes on or off for the rest of the run, whatever `HEARTH_PROFILE` says: e.g. off
+/// to time a step without the scopes' synchronisations, then on again for the per-op totals.
+///
+/// ```
+/// let was = hearth_backend::profile::enabled();
+/// hearth_backend::profile::set_enabled(false);
+/// assert!(!hearth_backend::profile::enabled());
+/// hearth_backend::profile::set_enabled(was);
+/// ```
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
 /// Runs `f`; when profiling, between two device synchronisations, adding the time to `name`'s
 /// total. A failed synchronisation is not fatal (the time is still recorded).
 ///

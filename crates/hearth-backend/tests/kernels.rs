@@ -656,6 +656,10 @@ fn fused_attention<B: CubeKernels>(dev: &B::Device) {
         (1, 8, 4, 1, 1, 64, 64),
         (1, 2, 2, 1, 200, 130, 70),
         (2, 1, 3, 3, 65, 16, 16),
+        // long contexts: the keys split over several cubes per row and joined
+        (1, 2, 2, 1, 700, 64, 64),
+        (2, 2, 2, 2, 1000, 128, 128),
+        (1, 1, 1, 1, 4100, 32, 48),
     ];
     for _ in 0..6 {
         cases.push((

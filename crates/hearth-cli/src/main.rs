@@ -611,8 +611,10 @@ fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64,
 
 /// With `HEARTH_PROFILE=1` (device forward): what one decode step costs and where it goes.
 /// - the cost of one launch: 1000 tiny burn element-wise ops, 1000 tiny hearth RMSNorm kernels;
-/// - host vs device: per step, the time until `forward` returns (the host enqueued every
-///   kernel) and until the logits are on the host;
+/// - host vs device (the scopes off): per step, the time until `forward` returns (the host
+///   enqueued every kernel) and until the logits are on the host; the same steps enqueued back
+///   to back with one synchronisation at the end (what the device needs per step); the cost of
+///   reading back logits that are ready;
 /// - per op (hearth_backend::profile scopes, each between two device synchronisations), per
 ///   decode step.
 fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &BenchArgs) -> Result<serde_json::Value> {
@@ -641,7 +643,7 @@ fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &Be
     let vocab = model.config().vocab_size as u32;
     let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     // host vs device, without the profile's synchronisations
-    let mut cache = model.new_cache(1, Some(a.prompt_len + 2 * steps + 2));
+    let mut cache = model.new_cache(1, Some(a.prompt_len + 3 * steps + 2));
     let run = |cache: &mut _, tok: u32| -> Result<(u32, f64, f64)> {
         let t0 = Instant::now();
         let out = model.forward(&[vec![tok]], cache, LAST_ONLY)?;
@@ -663,13 +665,31 @@ fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &Be
             .map_err(|e| anyhow::anyhow!("{e:?}"))?,
     )?;
     let (mut enq, mut total) = (0.0, 0.0);
+    // the scopes off: host enqueue vs the whole step as in a plain run
+    profile::set_enabled(false);
     for _ in 0..steps {
         let (t, e, s) = run(&mut cache, tok)?;
         tok = t;
         enq += e;
         total += s;
     }
+    // the same steps enqueued back to back (nothing read back between them), then one
+    // synchronisation: what the device needs per step when the host is never in its way
+    let t0 = Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        last = Some(model.forward(&[vec![tok]], &mut cache, LAST_ONLY)?.logits);
+    }
+    sync()?;
+    let pipelined_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    // reading back logits that are ready
+    let t0 = Instant::now();
+    if let Some(l) = last {
+        let _ = l.into_data();
+    }
+    let readback_us = t0.elapsed().as_secs_f64() * 1e6;
     // per op, synchronised
+    profile::set_enabled(true);
     profile::reset();
     let t0 = Instant::now();
     for _ in 0..steps {
@@ -691,6 +711,8 @@ fn profile_decode<B: HearthBackend>(model: &CausalLm<B>, dev: &B::Device, a: &Be
         "tiny_hearth_kernel_us": kernel_us,
         "step_ms": total * 1e3 / steps as f64,
         "step_host_enqueue_ms": enq * 1e3 / steps as f64,
+        "step_ms_pipelined": pipelined_ms,
+        "logits_readback_us": readback_us,
         "step_ms_with_per_op_sync": synced_ms,
         "ops": ops,
     });

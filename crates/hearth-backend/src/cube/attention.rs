@@ -1,5 +1,6 @@
-//! Attention for few queries (decode) in one kernel: scores, online softmax and the value
-//! product, per query row.
+//! Attention for few queries (decode): scores, online softmax and the value product per query
+//! row in one kernel, with the keys split over several cubes (flash-decoding) when one cube per
+//! row would leave the device idle, and a second kernel joining the splits.
 
 use super::reduce::{cube_max, cube_sum};
 use super::{kernel_float, plane_reductions, prim, wrap};
@@ -50,19 +51,27 @@ fn gqa_attention_kernel<F: Float>(
     v: &Array<F>,
     mask: &Array<F>,
     out: &mut Array<F>,
+    part: &mut Array<f32>,
     l: AttnLayout,
     scale: f32,
+    splits: u32,
+    chunk: u32,
     #[comptime] d: usize,
     #[comptime] dv: usize,
     #[comptime] use_plane: bool,
+    #[comptime] split: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    // one cube per (b, h, t); out is [B, T, H, Dv] contiguous
+    // one cube per (b, h, t, split): out is [B, T, H, Dv] contiguous; with `split`, each cube
+    // walks keys `sp·chunk .. (sp + 1)·chunk` and leaves its unnormalised values, running
+    // max and sum in `part` for `gqa_attention_combine_kernel`
     let h_len = l.h_len as usize;
     let t_len = l.t_len as usize;
     let s_len = l.s_len as usize;
     let group = h_len / l.hkv as usize;
-    let c = CUBE_POS;
+    let ns = splits as usize;
+    let sp = CUBE_POS % ns;
+    let c = CUBE_POS / ns;
     let t = c % t_len;
     let h = (c / t_len) % h_len;
     let b = c / (t_len * h_len);
@@ -93,16 +102,20 @@ fn gqa_attention_kernel<F: Float>(
     let ms = l.m2 as usize;
     let (ks, kd) = (l.k2 as usize, l.k3 as usize);
     let (vs, vd) = (l.v2 as usize, l.v3 as usize);
+    let lo = sp * chunk as usize;
+    let hi = min(s_len, lo + chunk as usize);
     // running max (finite, so that fully masked tiles give exp(-inf) = 0, never NaN) and sum
     let mut m = f32::new(-1.0e30);
     let mut l = 0.0f32;
-    let mut s0 = 0usize;
-    while s0 < s_len {
+    let mut s0 = lo;
+    while s0 < hi {
         let s = s0 + u;
         let mut score = f32::new(-3.0e38);
-        if s < s_len {
+        if s < hi {
             let row = kb + s * ks;
+            // unrolled: the key's loads are all in flight at once
             let mut dot = 0.0f32;
+            #[unroll]
             for j in 0..d {
                 dot += q_s[j] * f32::cast_from(k[row + j * kd]);
             }
@@ -115,12 +128,22 @@ fn gqa_attention_kernel<F: Float>(
         l = l * alpha + cube_sum(p, &mut red_sum, use_plane);
         m = m_new;
         // cube_sum synchronised the cube: p_s is complete
-        let n = min(TILE, s_len - s0);
+        let n = min(TILE, hi - s0);
         let mut e = u;
         while e < dv {
             let mut a = acc[e] * alpha;
-            for j in 0..n {
-                a += p_s[j] * f32::cast_from(v[vb + (s0 + j) * vs + e * vd]);
+            let vrow = vb + s0 * vs + e * vd;
+            if n == TILE {
+                // a whole tile, unrolled: 64 independent loads per unit instead of one
+                // load-use round trip to memory per key
+                #[unroll]
+                for j in 0..TILE {
+                    a += p_s[j] * f32::cast_from(v[vrow + j * vs]);
+                }
+            } else {
+                for j in 0..n {
+                    a += p_s[j] * f32::cast_from(v[vrow + j * vs]);
+                }
             }
             acc[e] = a;
             e += TILE;
@@ -128,21 +151,91 @@ fn gqa_attention_kernel<F: Float>(
         sync_cube();
         s0 += TILE;
     }
+    if split {
+        let pb = (c * ns + sp) * (dv + 2);
+        let mut e = u;
+        while e < dv {
+            part[pb + e] = acc[e];
+            e += TILE;
+        }
+        if u == 0 {
+            part[pb + dv] = m;
+            part[pb + dv + 1] = l;
+        }
+    } else {
+        let ob = ((b * t_len + t) * h_len + h) * dv;
+        let inv = 1.0f32 / l;
+        let mut e = u;
+        while e < dv {
+            out[ob + e] = F::cast_from(acc[e] * inv);
+            e += TILE;
+        }
+    }
+}
+
+/// Joins the `splits` partial results of one query row (cube): each partial's values and sum
+/// are rescaled from its own running max to the overall one.
+#[cube(launch_unchecked)]
+fn gqa_attention_combine_kernel<F: Float>(
+    part: &Array<f32>,
+    out: &mut Array<F>,
+    h_len: u32,
+    t_len: u32,
+    splits: u32,
+    #[comptime] dv: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS;
+    let (h_len, t_len, ns) = (h_len as usize, t_len as usize, splits as usize);
+    let t = c % t_len;
+    let h = (c / t_len) % h_len;
+    let b = c / (t_len * h_len);
+    let base = c * ns * (dv + 2);
+    let mut mx = f32::new(-3.0e38);
+    for i in 0..ns {
+        mx = max(mx, part[base + i * (dv + 2) + dv]);
+    }
+    let mut sum = 0.0f32;
+    for i in 0..ns {
+        let pi = base + i * (dv + 2);
+        sum += part[pi + dv + 1] * f32::exp(part[pi + dv] - mx);
+    }
+    let inv = 1.0f32 / sum;
     let ob = ((b * t_len + t) * h_len + h) * dv;
-    let inv = 1.0f32 / l;
-    let mut e = u;
+    let mut e = UNIT_POS as usize;
     while e < dv {
-        out[ob + e] = F::cast_from(acc[e] * inv);
+        let mut o = 0.0f32;
+        for i in 0..ns {
+            let pi = base + i * (dv + 2);
+            o += part[pi + e] * f32::exp(part[pi + dv] - mx);
+        }
+        out[ob + e] = F::cast_from(o * inv);
         e += TILE;
     }
 }
 
-/// Scaled dot-product attention with grouped KV heads and an additive mask, in one launch:
+/// Splits of the key range per query row: enough cubes for two per multiprocessor, whole
+/// tiles each, none while one cube's keys fit in two tiles.
+fn key_splits(rows: usize, s: usize, sms: usize) -> (usize, usize) {
+    let tiles = s.div_ceil(TILE);
+    let want = (2 * sms).div_ceil(rows.max(1)).max(1);
+    if tiles <= 2 || want == 1 {
+        return (1, tiles.max(1) * TILE);
+    }
+    let per = tiles.div_ceil(want.min(tiles)).max(1);
+    let chunk = per * TILE;
+    (s.div_ceil(chunk), chunk)
+}
+
+/// Scaled dot-product attention with grouped KV heads and an additive mask:
 /// `q: [B, H, T, D]`, `k: [B, Hkv, S, D]`, `v: [B, Hkv, S, Dv]`, `mask: [B, T, S]` (any
-/// strides, e.g. views of a KV cache), `H` a multiple of `Hkv`. One cube per query row `(b,
-/// h, t)` walks the keys of KV head `h / (H / Hkv)` in tiles of 64: scores in f32, online
-/// softmax (running max and sum), and the probability-weighted values accumulated in shared
-/// memory. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
+/// strides, e.g. views of a KV cache), `H` a multiple of `Hkv`. Each query row `(b, h, t)`
+/// walks the keys of KV head `h / (H / Hkv)` in tiles of 64: scores in f32, online softmax
+/// (running max and sum), and the probability-weighted values accumulated in shared memory.
+/// One launch with one cube per row while the rows fill the device or the keys fit in two
+/// tiles; otherwise (long contexts, split-K / flash-decoding) the keys are split into whole
+/// tiles over several cubes per row, for about two cubes per multiprocessor, and a second
+/// launch joins the splits' partial values, maxima and sums. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
 /// usual `swap_dims(1, 2).reshape(..)` afterwards copies nothing). Same result as
 /// [`crate::ops::gqa_attention`] up to summation order.
 ///
@@ -225,25 +318,85 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         st(&mask, 1),
         st(&mask, 2),
     );
+    let rows = b * h * t;
+    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(16) as usize;
+    let (splits, chunk) = key_splits(rows, s, sms);
+    let split = splits > 1;
+    // partial results (values, max, sum per split); one word when unused
+    let part_len = if split { rows * splits * (dv + 2) } else { 1 };
+    let part = empty_device_contiguous_dtype(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([part_len]),
+        burn::tensor::DType::F32,
+    );
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); units past the work return early.
+    // and word counts of its arguments); cube `c` writes `part` only at its own row and split
+    // (`rows · splits` slots of `dv + 2` words) and `out` only at its own row; units past the
+    // work return early.
     unsafe {
         gqa_attention_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::new_1d((b * h * t) as u32),
+            CubeCount::new_1d((rows * splits) as u32),
             CubeDim::new_1d(TILE as u32),
             q.into_array_arg(),
             k.into_array_arg(),
             v.into_array_arg(),
             mask.into_array_arg(),
             out.clone().into_array_arg(),
+            part.clone().into_array_arg(),
             layout,
             scale as f32,
+            splits as u32,
+            chunk as u32,
             d,
             dv,
             use_plane,
+            split,
             dt.into(),
         );
     }
+    if split {
+        // SAFETY: `part` holds `rows · splits` slots written above; cube `c` reads its row's
+        // slots and writes its row of `out` ([B, T, H, Dv]).
+        unsafe {
+            gqa_attention_combine_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::new_1d(rows as u32),
+                CubeDim::new_1d(TILE as u32),
+                part.into_array_arg(),
+                out.clone().into_array_arg(),
+                h as u32,
+                t as u32,
+                splits as u32,
+                dv,
+                dt.into(),
+            );
+        }
+    }
     Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TILE, key_splits};
+
+    #[test]
+    fn key_splits_cover_every_key_once_in_whole_tiles() {
+        for rows in [1, 3, 8, 32, 256, 1000] {
+            for s in [1, 63, 64, 65, 128, 129, 700, 4096, 4097, 100_000] {
+                for sms in [1, 16, 132] {
+                    let (n, chunk) = key_splits(rows, s, sms);
+                    assert!(n >= 1 && chunk.is_multiple_of(TILE), "{rows} {s} {sms}: {n} × {chunk}");
+                    assert!(n * chunk >= s && (n - 1) * chunk < s, "{rows} {s} {sms}: {n} × {chunk}");
+                    if s <= 2 * TILE || rows >= 2 * sms {
+                        assert_eq!(n, 1, "{rows} {s} {sms}");
+                    }
+                    if n > 1 {
+                        assert!(rows * n <= 2 * sms + rows, "{rows} {s} {sms}: {n}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 use super::reduce::{cube_sum_rows, zeros};
 use super::{MATVEC_MAX_ROWS, kernel_float, matvec_shape, matvec_units, plane_reductions, prim, single_plane, wrap};
 use crate::BackendError;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
 use burn_cubecl::{
     kernel::matmul::init_matmul_output,
@@ -562,15 +562,27 @@ fn named(name: &str) -> Option<Strategy> {
     })
 }
 
-/// Strategy names tried in order for one-row and for many-row products. The default is
-/// SimpleVecMat (one row) / SimpleUnit (more), each falling back to the others and finally to
-/// Naive (always available). `HEARTH_MATMUL="vec=a,b;mat=c,d"` overrides either list, e.g.
-/// `HEARTH_MATMUL="vec=gemv_unit;mat=double_unit"`, to compare kernels on a GPU.
-fn plan() -> &'static (Vec<&'static str>, Vec<&'static str>) {
-    static PLAN: OnceLock<(Vec<&'static str>, Vec<&'static str>)> = OnceLock::new();
+/// Strategy names tried in order: for one-row products, for many-row f32 products and for
+/// many-row half-precision (bf16/f16) products.
+struct Plan {
+    vec: Vec<&'static str>,
+    mat: Vec<&'static str>,
+    mat_half: Vec<&'static str>,
+}
+
+/// The default is SimpleVecMat (one row) / SimpleUnit (more rows, f32) / burn's automatic
+/// choice (more rows, half precision: tensor cores with f32 accumulation, 10-20x faster than
+/// SimpleUnit there), each falling back to the others and finally to Naive (always
+/// available). f32 never takes `auto` by default: on CUDA it would round f32 operands to TF32.
+/// `HEARTH_MATMUL="vec=a,b;mat=c,d"` puts its names first in either list (`mat` in both
+/// many-row lists), e.g. `HEARTH_MATMUL="vec=gemv_unit;mat=double_unit"`, to compare kernels
+/// on a GPU.
+fn plan() -> &'static Plan {
+    static PLAN: OnceLock<Plan> = OnceLock::new();
     PLAN.get_or_init(|| {
         let mut vec = vec!["vecmat", "gemv_unit", "gemv_plane", "unit", "naive"];
         let mut mat = vec!["unit", "double_unit", "naive"];
+        let mut mat_half = vec!["auto", "unit", "double_unit", "naive"];
         if let Ok(spec) = std::env::var("HEARTH_MATMUL") {
             let known = |s: &str| -> Vec<&'static str> {
                 let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
@@ -583,12 +595,15 @@ fn plan() -> &'static (Vec<&'static str>, Vec<&'static str>) {
             for part in spec.split(';') {
                 match part.split_once('=') {
                     Some(("vec", v)) => vec = [known(v), vec].concat(),
-                    Some(("mat", v)) => mat = [known(v), mat].concat(),
+                    Some(("mat", v)) => {
+                        mat = [known(v), mat].concat();
+                        mat_half = [known(v), mat_half].concat();
+                    }
                     _ => {}
                 }
             }
         }
-        (vec, mat)
+        Plan { vec, mat, mat_half }
     })
 }
 
@@ -657,8 +672,13 @@ pub fn matmul_f32<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
         return Ok(wrap(out));
     }
     let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
-    let (vec, mat) = plan();
-    let names = if out_shape[D - 2] == 1 { vec } else { mat };
+    let plan = plan();
+    let half = matches!(lhs.dtype, DType::BF16 | DType::F16);
+    let names = match (out_shape[D - 2] == 1, half) {
+        (true, _) => &plan.vec,
+        (false, false) => &plan.mat,
+        (false, true) => &plan.mat_half,
+    };
     let mut errors = Vec::new();
     for name in names {
         let strategy = named(name).expect("plan() keeps known names");

@@ -410,6 +410,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
         }
     }
 
+    fn prefix<const D: usize>(t: Tensor<Self, D>, dim: usize, len: usize) -> Tensor<Self, D> {
+        let dims = t.dims();
+        assert!(
+            dim < D && len <= dims[dim],
+            "prefix: {len} entries of dim {dim} of a {dims:?} tensor"
+        );
+        // same buffer, same strides, a shorter extent: every element it addresses is one of
+        // `t`'s
+        let mut p = prim(t);
+        p.meta.shape_mut()[dim] = len;
+        wrap(p)
+    }
+
     fn rope2(
         a: Tensor<Self, 4>,
         b: Tensor<Self, 4>,
