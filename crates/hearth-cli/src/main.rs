@@ -288,9 +288,6 @@ fn run(cli: Cli) -> Result<()> {
     {
         hearth_quant::kernels::set_prefetch_distance(n);
     }
-    if std::env::var_os("HEARTH_PF_L2").is_some() {
-        hearth_quant::kernels::set_prefetch_to_l2(true);
-    }
     // A/B knob: the fixed-task split of the parallel products instead of guided scheduling
     if std::env::var_os("HEARTH_MATVEC_STATIC").is_some() {
         hearth_quant::kernels::set_guided_schedule(false);

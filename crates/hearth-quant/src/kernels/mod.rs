@@ -428,23 +428,6 @@ pub fn set_prefetch_distance(bytes: usize) {
     PREFETCH_DISTANCE.store(bytes, Ordering::Relaxed);
 }
 
-static PREFETCH_L2: AtomicBool = AtomicBool::new(false);
-
-#[doc(hidden)]
-/// Tuning knob for measurements: software prefetches into L2 (`prefetcht1`) instead of L1.
-///
-/// ```
-/// hearth_quant::kernels::set_prefetch_to_l2(false);
-/// ```
-pub fn set_prefetch_to_l2(on: bool) {
-    PREFETCH_L2.store(on, Ordering::Relaxed);
-}
-
-#[inline]
-pub(crate) fn prefetch_to_l2() -> bool {
-    PREFETCH_L2.load(Ordering::Relaxed)
-}
-
 #[inline]
 pub(crate) fn prefetch_distance() -> usize {
     PREFETCH_DISTANCE.load(Ordering::Relaxed)
