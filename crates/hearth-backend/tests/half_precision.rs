@@ -65,6 +65,31 @@ fn check<B: HearthBackend>(kind: BackendKind, dev: &B::Device, dtype: DType, tol
     let e = rel(&host(B::silu_mul(x.clone(), u)), &host(ops::silu_mul(x32, u32_)));
     assert!(e < tol, "silu_mul {e:e}");
 
+    // decode attention in half precision against the fallback on f32 copies (hearth's exact
+    // matmul): 40 keys (one cube per row) and 300 keys (the keys split over several cubes per
+    // row, joined by a second kernel)
+    let f32c = |x: Tensor<B, 4>| x.cast(burn::tensor::FloatDType::F32);
+    for keys in [40, 300] {
+        let (hkv, g, d) = (2, 2, 64);
+        let h = hkv * g;
+        let t4 = |v: Vec<f32>, s: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(v, s), dev);
+        let q = t4(vals(h * d, 8), [1, h, 1, d]);
+        let k = t4(vals(hkv * keys * d, 9), [1, hkv, keys, d]);
+        let v = t4(vals(hkv * keys * d, 10), [1, hkv, keys, d]);
+        let mask = Tensor::<B, 3>::zeros([1, 1, keys], dev);
+        let want = host(ops::gqa_attention_with(
+            f32c(q.clone()),
+            f32c(k.clone()),
+            f32c(v.clone()),
+            mask.clone().cast(burn::tensor::FloatDType::F32),
+            0.125,
+            B::matmul::<4>,
+        ));
+        let e = rel(&host(B::gqa_attention(q, k, v, mask, 0.125)), &want);
+        println!("{dtype:?} attention over {keys} keys rel err {e:.1e}");
+        assert!(e < tol, "attention over {keys} keys: {e:e}");
+    }
+
     // packed Q8_0 weight × half activations
     let wq: Vec<f32> = vals(7 * 64, 6);
     let bytes = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q8_0, &wq).unwrap();
