@@ -309,6 +309,82 @@ impl FromStr for DType {
     }
 }
 
+/// A weight matrix a product reads: dense `[K, N]` (the transposed view of a row-major
+/// `[N, K]`, as hearth keeps device weights) or packed blocks `[N, K]`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, Weight};
+/// let w = Tensor::<Cpu, 2>::ones([4, 2], &Default::default());
+/// assert!(matches!(Weight::Dense(&w), Weight::Dense(_)));
+/// # }
+/// ```
+pub enum Weight<'a, B: HearthBackend> {
+    /// A dense `[K, N]` tensor, multiplied with [`HearthBackend::matmul`].
+    Dense(&'a Tensor<B, 2>),
+    /// Packed `[N, K]` blocks, multiplied with [`HearthBackend::packed_matmul`].
+    Packed(&'a PackedMatrix<B>),
+}
+
+impl<B: HearthBackend> Clone for Weight<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: HearthBackend> Copy for Weight<'_, B> {}
+
+impl<B: HearthBackend> Weight<'_, B> {
+    /// `x · W` for `x: [M, K]`: [`HearthBackend::matmul`] or [`HearthBackend::packed_matmul`].
+    ///
+    /// Errors: those of [`HearthBackend::packed_matmul`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, Weight};
+    /// let dev = Default::default();
+    /// let w = Tensor::<Cpu, 2>::ones([4, 2], &dev);
+    /// let y = Weight::Dense(&w).product(Tensor::ones([1, 4], &dev)).unwrap();
+    /// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![4.0, 4.0]);
+    /// # }
+    /// ```
+    pub fn product(self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>, BackendError> {
+        match self {
+            Weight::Dense(w) => Ok(B::matmul(x, w.clone())),
+            Weight::Packed(p) => B::packed_matmul(x, p),
+        }
+    }
+}
+
+/// An RMSNorm folded into the products that consume its output (see
+/// [`HearthBackend::norm_matmul3`]): the scale `[K]` and epsilon.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, PreNorm};
+/// let g = Tensor::<Cpu, 1>::ones([4], &Default::default());
+/// let n = PreNorm { weight: &g, eps: 1e-6 };
+/// assert_eq!(n.eps, 1e-6);
+/// # }
+/// ```
+pub struct PreNorm<'a, B: Backend> {
+    /// The norm's scale `[K]`.
+    pub weight: &'a Tensor<B, 1>,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl<B: Backend> Clone for PreNorm<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for PreNorm<'_, B> {}
+
 /// The extension trait every hearth model is generic over.
 ///
 /// Each method has a fallback written with burn ops (see [`ops`]); a backend overrides a method
@@ -600,6 +676,86 @@ pub trait HearthBackend: Backend {
         let g = Self::matmul(x.clone(), gate.clone());
         let u = Self::matmul(x, up.clone());
         Self::silu_mul(g, u)
+    }
+
+    /// `[RMSNorm(h) · w₀, RMSNorm(h) · w₁, RMSNorm(h) · w₂]` for the residual stream `h: [M, K]`
+    /// (attention's q/k/v after the layer's input norm). The cubecl backends fold the norm into
+    /// one matrix × vector launch when `h` has few rows and the three weights are dense views
+    /// or vector-format blocks (every cube normalises its own copy of `h`: no separate norm
+    /// launch); the fallback ([`ops::norm_matmul3`]) normalises, then multiplies.
+    ///
+    /// Errors: those of [`Self::packed_matmul`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, PreNorm, Weight};
+    /// let dev = Default::default();
+    /// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+    /// let h = Tensor::<Cpu, 2>::from_floats([[3.0, 4.0]], &dev);
+    /// let [q, _, _] = Cpu::norm_matmul3(h, PreNorm { weight: &g, eps: 0.0 }, [Weight::Dense(&w); 3]).unwrap();
+    /// let q = q.into_data().to_vec::<f32>().unwrap()[0];
+    /// assert!((q - 7.0 / 12.5f32.sqrt()).abs() < 1e-5);
+    /// # }
+    /// ```
+    fn norm_matmul3(
+        h: Tensor<Self, 2>,
+        norm: PreNorm<Self>,
+        w: [Weight<Self>; 3],
+    ) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        ops::norm_matmul3(h, norm, w)
+    }
+
+    /// `silu(RMSNorm(h) · gate) · (RMSNorm(h) · up)` for the residual stream `h: [M, K]` (an
+    /// MLP after the layer's post-attention norm), folded into one launch on the cubecl
+    /// backends under the conditions of [`Self::norm_matmul3`]; the fallback
+    /// ([`ops::norm_matmul_silu`]) normalises, then runs [`Self::matmul_silu`] /
+    /// [`Self::packed_matmul_silu`].
+    ///
+    /// Errors: those of [`Self::packed_matmul_silu`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, PreNorm, Weight};
+    /// let dev = Default::default();
+    /// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 3], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+    /// let y = Cpu::norm_matmul_silu(Tensor::zeros([1, 2], &dev), PreNorm { weight: &g, eps: 1e-6 }, Weight::Dense(&w), Weight::Dense(&w));
+    /// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![0.0; 3]);
+    /// # }
+    /// ```
+    fn norm_matmul_silu(
+        h: Tensor<Self, 2>,
+        norm: PreNorm<Self>,
+        gate: Weight<Self>,
+        up: Weight<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        ops::norm_matmul_silu(h, norm, gate, up)
+    }
+
+    /// `residual + x · W` for `x: [M, K]` and `residual: [M, N]` (attention's output
+    /// projection or an MLP's down projection added to the residual stream): the cubecl
+    /// backends add in the matrix × vector kernel's epilogue when `x` has few rows; the
+    /// fallback ([`ops::matmul_add`]) multiplies, then adds.
+    ///
+    /// Errors: those of [`Self::packed_matmul`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, Weight};
+    /// let dev = Default::default();
+    /// let w = Tensor::<Cpu, 2>::ones([2, 1], &dev);
+    /// let y = Cpu::matmul_add(Tensor::ones([1, 2], &dev), Weight::Dense(&w), Tensor::ones([1, 1], &dev));
+    /// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![3.0]);
+    /// # }
+    /// ```
+    fn matmul_add(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        residual: Tensor<Self, 2>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        ops::matmul_add(x, w, residual)
     }
 
     /// `dst` with `src` written at `offset` (per dimension), as

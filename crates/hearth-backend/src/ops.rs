@@ -1,6 +1,7 @@
 //! Fallback implementations of [`crate::HearthBackend`]'s operations, written with plain burn
 //! ops. They run on every backend and are the reference that fused kernels are tested against.
 
+use crate::{BackendError, HearthBackend, PreNorm, Weight};
 use burn::tensor::{Tensor, activation, backend::Backend};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
@@ -198,4 +199,86 @@ pub fn write_at<B: Backend>(dst: Tensor<B, 4>, src: Tensor<B, 4>, offset: [usize
     let d = src.dims();
     let r = |i: usize| offset[i]..offset[i] + d[i];
     dst.slice_assign([r(0), r(1), r(2), r(3)], src)
+}
+
+/// [`HearthBackend::norm_matmul3`] unfused: [`HearthBackend::rms_norm`], then one
+/// [`HearthBackend::matmul3`] / [`HearthBackend::packed_matmul3`] when the three weights are of
+/// one kind, else three products.
+///
+/// Errors: those of [`HearthBackend::packed_matmul`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, PreNorm, Weight, ops};
+/// let dev = Default::default();
+/// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+/// let h = Tensor::<Cpu, 2>::from_floats([[1.0, -1.0]], &dev);
+/// let [q, _, _] = ops::norm_matmul3(h, PreNorm { weight: &g, eps: 0.0 }, [Weight::Dense(&w); 3]).unwrap();
+/// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn norm_matmul3<B: HearthBackend>(
+    h: Tensor<B, 2>,
+    norm: PreNorm<B>,
+    w: [Weight<B>; 3],
+) -> Result<[Tensor<B, 2>; 3], BackendError> {
+    let x = B::rms_norm(h, norm.weight.clone(), norm.eps);
+    match w {
+        [Weight::Dense(a), Weight::Dense(b), Weight::Dense(c)] => Ok(B::matmul3(x, [a, b, c])),
+        [Weight::Packed(a), Weight::Packed(b), Weight::Packed(c)] => B::packed_matmul3(x, [a, b, c]),
+        [a, b, c] => Ok([a.product(x.clone())?, b.product(x.clone())?, c.product(x)?]),
+    }
+}
+
+/// [`HearthBackend::norm_matmul_silu`] unfused: [`HearthBackend::rms_norm`], then
+/// [`HearthBackend::matmul_silu`] / [`HearthBackend::packed_matmul_silu`] (or two products and
+/// [`HearthBackend::silu_mul`] for mixed weights).
+///
+/// Errors: those of [`HearthBackend::packed_matmul_silu`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, PreNorm, Weight, ops};
+/// let dev = Default::default();
+/// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+/// let y = ops::norm_matmul_silu(Tensor::zeros([1, 2], &dev), PreNorm { weight: &g, eps: 1e-6 }, Weight::Dense(&w), Weight::Dense(&w));
+/// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn norm_matmul_silu<B: HearthBackend>(
+    h: Tensor<B, 2>,
+    norm: PreNorm<B>,
+    gate: Weight<B>,
+    up: Weight<B>,
+) -> Result<Tensor<B, 2>, BackendError> {
+    let x = B::rms_norm(h, norm.weight.clone(), norm.eps);
+    match (gate, up) {
+        (Weight::Dense(g), Weight::Dense(u)) => Ok(B::matmul_silu(x, g, u)),
+        (Weight::Packed(g), Weight::Packed(u)) => B::packed_matmul_silu(x, g, u),
+        (g, u) => Ok(B::silu_mul(g.product(x.clone())?, u.product(x)?)),
+    }
+}
+
+/// [`HearthBackend::matmul_add`] unfused: the product, then the addition.
+///
+/// Errors: those of [`HearthBackend::packed_matmul`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, Weight, ops};
+/// let dev = Default::default();
+/// let w = Tensor::<Cpu, 2>::ones([2, 1], &dev);
+/// let y = ops::matmul_add(Tensor::ones([1, 2], &dev), Weight::Dense(&w), Tensor::zeros([1, 1], &dev));
+/// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![2.0]);
+/// # }
+/// ```
+pub fn matmul_add<B: HearthBackend>(
+    x: Tensor<B, 2>,
+    w: Weight<B>,
+    residual: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, BackendError> {
+    Ok(residual + w.product(x)?)
 }

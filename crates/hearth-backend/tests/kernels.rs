@@ -10,8 +10,8 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use hearth_backend::{
-    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, device_supports, open_device, ops,
-    set_compute_dtype,
+    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, PreNorm, Weight, device_supports,
+    open_device, ops, set_compute_dtype,
 };
 use hearth_quant::GgmlType;
 use std::str::FromStr;
@@ -363,6 +363,9 @@ trait CubeKernels: HearthBackend {
     #[allow(clippy::type_complexity)]
     fn k_dense3(x: Tensor<Self, 2>, w: [&Tensor<Self, 2>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
     fn k_dense_silu(x: Tensor<Self, 2>, g: &Tensor<Self, 2>, u: &Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
+    fn k_norm3(h: Tensor<Self, 2>, n: PreNorm<Self>, w: [Weight<Self>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
+    fn k_norm_silu(h: Tensor<Self, 2>, n: PreNorm<Self>, g: Weight<Self>, u: Weight<Self>) -> Option<Tensor<Self, 2>>;
+    fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels for CubeBackend<R, F, I, BT> {
@@ -433,6 +436,123 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     fn k_dense_silu(x: Tensor<Self, 2>, g: &Tensor<Self, 2>, u: &Tensor<Self, 2>) -> Option<Tensor<Self, 2>> {
         hearth_backend::cube::dense_matvec_silu(x, g, u)
     }
+    fn k_norm3(h: Tensor<Self, 2>, n: PreNorm<Self>, w: [Weight<Self>; 3]) -> Option<[Tensor<Self, 2>; 3]> {
+        hearth_backend::cube::norm_matvec3(h, n, w)
+    }
+    fn k_norm_silu(h: Tensor<Self, 2>, n: PreNorm<Self>, g: Weight<Self>, u: Weight<Self>) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::norm_matvec_silu(h, n, g, u)
+    }
+    fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::matvec_add(x, w, r)
+    }
+}
+
+/// The RMSNorm folded into q/k/v and gate/up launches, and the residual added in a matvec's
+/// epilogue, against the unfused pipeline (norm kernel, then the products; product, then an
+/// addition): dense transposed weights and every vector format, ragged shapes, 1–4 rows,
+/// random launch shapes. Operands the fused kernels do not take are declined (`None`) and the
+/// trait methods fall back.
+fn folded<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(21);
+    let kinds = [
+        None,
+        Some(PackedFormat::F32),
+        Some(PackedFormat::Q8_0),
+        Some(PackedFormat::Q4_0),
+    ];
+    let shapes = matvec_shapes();
+    for kind in kinds {
+        for round in 0..3 {
+            let m = 1 + rng.below(4);
+            let k = match (kind, round) {
+                (None, 0) => 4096,
+                (None, _) => 1 + rng.below(900),
+                (_, 0) => 4096,
+                _ => 32 * (1 + rng.below(40)),
+            };
+            let ns = [1 + rng.below(70), 1 + rng.below(30), 1 + rng.below(30)];
+            // dense weights live as transposed views of row-major [n, k]; packed as blocks
+            let make = |rng: &mut Rng, n: usize| -> (Option<Tensor<B, 2>>, Option<PackedMatrix<B>>) {
+                let w = weights(rng, n * k);
+                match kind {
+                    None => (Some(tensor::<B, 2>(w, [n, k], dev).transpose()), None),
+                    Some(f) => (None, Some(B::upload_packed(f, &gguf_bytes(f, &w), n, k, dev).unwrap())),
+                }
+            };
+            let ws: Vec<_> = ns.iter().map(|&n| make(&mut rng, n)).collect();
+            let up = make(&mut rng, ns[0]);
+            fn weight<B: HearthBackend>(w: &(Option<Tensor<B, 2>>, Option<PackedMatrix<B>>)) -> Weight<'_, B> {
+                match w {
+                    (Some(t), _) => Weight::Dense(t),
+                    (_, Some(p)) => Weight::Packed(p),
+                    _ => unreachable!(),
+                }
+            }
+            let w3 = [weight(&ws[0]), weight(&ws[1]), weight(&ws[2])];
+            // a residual stream of some scale, a norm weight around 1
+            let h = tensor::<B, 2>(rng.vec(m * k).iter().map(|v| 3.0 * v).collect(), [m, k], dev);
+            let g = tensor::<B, 1>(rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect(), [k], dev);
+            let pre = PreNorm { weight: &g, eps: 1e-5 };
+            let res = tensor::<B, 2>(rng.vec(m * ns[0]), [m, ns[0]], dev);
+            // the tuned launch shapes, then a random one (each is a kernel build on llvmpipe)
+            let shape = (round == 2).then(|| shapes[rng.below(shapes.len())]);
+            hearth_backend::cube::set_matvec_shape(shape);
+            let got3 = B::k_norm3(h.clone(), pre, w3).expect("the kernel takes these operands");
+            let trait3 = B::norm_matmul3(h.clone(), pre, w3).unwrap();
+            let silu = host(B::k_norm_silu(h.clone(), pre, w3[0], weight(&up)).expect("the kernel takes these"));
+            let x = tensor::<B, 2>(rng.vec(m * k), [m, k], dev);
+            let added = host(B::k_matvec_add(x.clone(), w3[0], res.clone()).expect("the kernel takes these"));
+            hearth_backend::cube::set_matvec_shape(None);
+            let want3 = ops::norm_matmul3(h.clone(), pre, w3).unwrap();
+            for ((got, tr), want) in got3.into_iter().zip(trait3).zip(want3) {
+                let (got, tr, want) = (host(got), host(tr), host(want));
+                let e = rel_err(&got, &want, 1e-3);
+                assert!(e < 2e-5, "{kind:?} norm3 m{m} k{k} {ns:?}: {e:e}");
+                assert!(rel_err(&tr, &got, 1e-3) < 2e-5, "trait norm_matmul3");
+            }
+            let want = host(ops::norm_matmul_silu(h.clone(), pre, w3[0], weight(&up)).unwrap());
+            let e = rel_err(&silu, &want, 1e-3);
+            assert!(e < 2e-5, "{kind:?} norm silu m{m} k{k} n{}: {e:e}", ns[0]);
+            let trait_silu = host(B::norm_matmul_silu(h.clone(), pre, w3[0], weight(&up)).unwrap());
+            assert!(rel_err(&trait_silu, &silu, 1e-3) < 2e-5, "trait norm_matmul_silu");
+            let want = host(ops::matmul_add(x.clone(), w3[0], res.clone()).unwrap());
+            let e = rel_err(&added, &want, 1e-3);
+            assert!(e < 2e-5, "{kind:?} matvec_add m{m} k{k} n{}: {e:e}", ns[0]);
+            assert!(
+                rel_err(&host(B::matmul_add(x, w3[0], res).unwrap()), &added, 1e-3) < 2e-5,
+                "trait matmul_add"
+            );
+        }
+    }
+    // declined: K-quant blocks, too many rows, a residual of the wrong shape; the trait falls back
+    let k = 256;
+    let q = B::upload_packed(
+        PackedFormat::Q4_K,
+        &gguf_bytes(PackedFormat::Q4_K, &weights(&mut rng, 3 * k)),
+        3,
+        k,
+        dev,
+    )
+    .unwrap();
+    let g = Tensor::<B, 1>::ones([k], dev);
+    let pre = PreNorm { weight: &g, eps: 1e-6 };
+    let h = tensor::<B, 2>(rng.vec(k), [1, k], dev);
+    assert!(B::k_norm3(h.clone(), pre, [Weight::Packed(&q); 3]).is_none());
+    let want = host(ops::norm_matmul3(h.clone(), pre, [Weight::Packed(&q); 3]).unwrap()[0].clone());
+    let got = host(B::norm_matmul3(h.clone(), pre, [Weight::Packed(&q); 3]).unwrap()[0].clone());
+    assert!(rel_err(&got, &want, 1e-3) < 1e-6, "fallback norm_matmul3");
+    let t = Tensor::<B, 2>::ones([3, k], dev).transpose();
+    let h5 = Tensor::<B, 2>::ones([5, k], dev);
+    assert!(B::k_norm_silu(h5.clone(), pre, Weight::Dense(&t), Weight::Dense(&t)).is_none());
+    assert_eq!(
+        host(B::norm_matmul_silu(h5, pre, Weight::Dense(&t), Weight::Dense(&t)).unwrap()).len(),
+        15
+    );
+    let wrong = Tensor::<B, 2>::ones([1, 4], dev);
+    assert!(B::k_matvec_add(h.clone(), Weight::Dense(&t), wrong).is_none());
+    let added = host(B::matmul_add(h.clone(), Weight::Dense(&t), Tensor::ones([1, 3], dev)).unwrap());
+    let plain = host(B::matmul(h, t));
+    assert!(added.iter().zip(&plain).all(|(a, p)| (a - p - 1.0).abs() < 1e-4));
 }
 
 /// Dense q/k/v in one launch and dense gate/up/SiLU in one launch (row-major weights behind
@@ -1153,6 +1273,10 @@ macro_rules! backend_tests {
             #[test]
             fn fused_dense_matvecs_match_host() {
                 fused_dense::<B>(&dev());
+            }
+            #[test]
+            fn folded_norms_and_residuals_match_unfused() {
+                folded::<B>(&dev());
             }
             #[test]
             fn packed_bad_input_is_an_error() {

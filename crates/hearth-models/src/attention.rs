@@ -4,7 +4,7 @@
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::error::ModelError;
-use crate::layers::{Linear, Loader, RmsNorm, linear3};
+use crate::layers::{BlockInput, Linear, Loader, RmsNorm, linear3_block};
 use burn::tensor::Tensor;
 use hearth_attention::{BatchPositions, KvCache, RopeLayout};
 use hearth_backend::{HearthBackend, profile};
@@ -77,18 +77,23 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         self.q.weight_bytes() + self.k.weight_bytes() + self.v.weight_bytes() + self.o.weight_bytes()
     }
 
-    /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`.
+    /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`; with
+    /// `residual`, `residual + Attn(x)` (the addition in the output projection's epilogue).
+    /// A [`BlockInput::Raw`] input is normalised inside the q/k/v products.
     pub fn forward<C: KvCache<B>>(
         &self,
-        x: Tensor<B, 3>,
+        x: BlockInput<'_, B>,
         layer: usize,
         cache: &mut C,
         ctx: &AttnContext<B>,
+        residual: Option<Tensor<B, 3>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        let [b, t, _] = x.dims();
-        let dev = x.device();
+        let (BlockInput::Normed(t) | BlockInput::Raw(t, _)) = &x;
+        let [b, t, _] = t.dims();
+        let dev = ctx.cos.device();
         let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let [mut q, mut k, v] = profile::scope::<B, _>(&dev, "attn.qkv", || linear3(x, [&self.q, &self.k, &self.v]));
+        let [mut q, mut k, v] =
+            profile::scope::<B, _>(&dev, "attn.qkv", || linear3_block(x, [&self.q, &self.k, &self.v]));
         if self.qk_norm == QkNorm::Full {
             q = self.q_norm.as_ref().expect("q_norm").forward(q);
             k = self.k_norm.as_ref().expect("k_norm").forward(k);
@@ -116,7 +121,11 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
             B::gqa_attention(q, k, v, ctx.mask.clone(), self.scale)
         });
         Ok(profile::scope::<B, _>(&dev, "attn.o", || {
-            self.o.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
+            let o = o.swap_dims(1, 2).reshape([b, t, h * d]);
+            match residual {
+                Some(r) => self.o.forward_add(o, r),
+                None => self.o.forward(o),
+            }
         }))
     }
 }

@@ -11,7 +11,7 @@
 use crate::attention::{AttnContext, MultiHeadAttention};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{HostWeight, Linear, LinearWeight, Loader, Mlp, RmsNorm};
+use crate::layers::{BlockInput, HostWeight, Linear, LinearWeight, Loader, Mlp, RmsNorm};
 use crate::mla::MlaAttention;
 use crate::moe::MoeBlock;
 use crate::weights::{TensorSource, WeightStore};
@@ -338,11 +338,16 @@ impl<B: HearthBackend> CausalLm<B> {
         }
         let last = self.layers.len().saturating_sub(1);
         let dev = &self.device;
-        // the first layer's input norm alone; every later norm is fused with the residual add
-        // before it (`add_rms_norm`)
-        let mut h = match self.layers.first() {
-            Some(l0) => profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone())),
-            None => x.clone(),
+        // Blocks that fold the RMSNorm before them into their first products (attention's
+        // q/k/v, the dense MLP's gate/up) take the raw residual stream, and the block before
+        // such a block adds its output to the stream in its last product (o, down). Elsewhere
+        // the residual add and the next norm are one `add_rms_norm`.
+        let folds_attn = |l: &DecoderLayer<B>| matches!(l.attn, Attention::Mha(_));
+        let folds_ffn = |l: &DecoderLayer<B>| matches!(l.ffn, Ffn::Dense(_));
+        let mut input = match self.layers.first() {
+            Some(l0) if folds_attn(l0) => BlockInput::Raw(x.clone(), &l0.input_norm),
+            Some(l0) => BlockInput::Normed(profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone()))),
+            None => BlockInput::Normed(self.norm.forward(x.clone())),
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = masks
@@ -355,35 +360,35 @@ impl<B: HearthBackend> CausalLm<B> {
                 sin: &sin,
                 mask: &mask,
             };
+            // x + Attn(RMSNorm(x))
+            let fold = folds_ffn(layer);
             let a = match &layer.attn {
-                Attention::Mha(m) => m.forward(h, i, cache, &ctx)?,
-                Attention::Mla(m) => m.forward(h, i, cache, &ctx)?,
+                Attention::Mha(m) => m.forward(input, i, cache, &ctx, fold.then(|| x.clone()))?,
+                Attention::Mla(m) => {
+                    let d = m.forward(input.normed(), i, cache, &ctx)?;
+                    if fold { x.clone() + d } else { d }
+                }
             };
-            let (x1, h1) = profile::scope::<B, _>(dev, "add_norm", || {
-                B::add_rms_norm(x, a, layer.post_norm.weight.clone(), layer.post_norm.eps)
-            });
-            x = x1;
+            (x, input) = advance(dev, x, a, fold, &layer.post_norm);
+            // x + FFN(RMSNorm(x))
+            let next = self.layers.get(i + 1);
+            let fold = next.is_some_and(folds_attn);
             let f = match &layer.ffn {
-                Ffn::Dense(m) => m.forward(h1),
-                Ffn::Moe(m) => profile::scope::<B, _>(dev, "moe", || m.forward(h1, &valid, i))?,
+                Ffn::Dense(m) => m.forward_block(input, fold.then(|| x.clone())),
+                Ffn::Moe(m) => {
+                    let d = profile::scope::<B, _>(dev, "moe", || m.forward(input.normed(), &valid, i))?;
+                    if fold { x.clone() + d } else { d }
+                }
             };
-            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            let (x2, h2) = profile::scope::<B, _>(dev, "add_norm", || {
-                B::add_rms_norm(x, f, next_norm.weight.clone(), next_norm.eps)
-            });
-            x = x2;
-            h = h2;
+            let next_norm = next.map_or(&self.norm, |l| &l.input_norm);
+            (x, input) = advance(dev, x, f, fold, next_norm);
             if opts.hidden_states && i != last {
                 hidden.push(x.clone());
             }
         }
         cache.advance(&pos);
-        // `h` is the final norm of the last layer's output (or of the embeddings without layers)
-        let x = if self.layers.is_empty() {
-            self.norm.forward(x)
-        } else {
-            h
-        };
+        // the final norm of the last layer's output (or of the embeddings without layers)
+        let x = input.normed();
         if opts.hidden_states {
             hidden.push(x.clone());
         }
@@ -399,5 +404,25 @@ impl<B: HearthBackend> CausalLm<B> {
             logits,
             hidden_states: hidden,
         })
+    }
+}
+
+/// The residual stream after a block whose output is `out`, and the next block's input: `out`
+/// itself (already `x + block`) as a raw input when the next block folds its `norm`
+/// (`folds`), else `x + out` with the normalised input from one `add_rms_norm`.
+fn advance<'a, B: HearthBackend>(
+    dev: &B::Device,
+    x: Tensor<B, 3>,
+    out: Tensor<B, 3>,
+    folds: bool,
+    norm: &'a RmsNorm<B>,
+) -> (Tensor<B, 3>, BlockInput<'a, B>) {
+    if folds {
+        (out.clone(), BlockInput::Raw(out, norm))
+    } else {
+        let (s, h) = profile::scope::<B, _>(dev, "add_norm", || {
+            B::add_rms_norm(x, out, norm.weight.clone(), norm.eps)
+        });
+        (s, BlockInput::Normed(h))
     }
 }

@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
-use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix, profile};
+use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix, PreNorm, Weight, profile};
 use hearth_quant::kernels::{self, WeightFormat};
 use hearth_quant::{AlignedBytes, WeightBytes};
 use std::sync::Arc;
@@ -25,6 +25,18 @@ pub enum LinearWeight<B: HearthBackend> {
     Packed(PackedMatrix<B>),
     /// Packed rows `[out, in]` in host memory, multiplied by hearth's CPU kernels.
     Host(Arc<HostWeight>),
+}
+
+impl<B: HearthBackend> LinearWeight<B> {
+    /// The weight as an operand of the backend's fused products ([`Weight`]), or `None` for
+    /// host weights (multiplied by the CPU kernels).
+    pub fn as_weight(&self) -> Option<Weight<'_, B>> {
+        match self {
+            LinearWeight::Device(w) => Some(Weight::Dense(w)),
+            LinearWeight::Packed(p) => Some(Weight::Packed(p)),
+            LinearWeight::Host(_) => None,
+        }
+    }
 }
 
 /// A packed `[rows = out, cols = in]` weight for the CPU kernels.
@@ -179,6 +191,44 @@ impl<B: HearthBackend> Linear<B> {
     }
 }
 
+impl<B: HearthBackend> Linear<B> {
+    /// `residual + x · Wᵀ (+ b)` over the last dimension: one [`HearthBackend::matmul_add`]
+    /// (the addition in the product's epilogue on the cubecl backends) for a weight without
+    /// bias on the device, else [`Self::forward`] and an addition.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, inp] = x.dims();
+        match (self.weight.as_weight(), &self.bias) {
+            (Some(w), None) => {
+                let out = self.out_features();
+                B::matmul_add(x.reshape([b * t, inp]), w, residual.reshape([b * t, out]))
+                    .expect("weight sizes are checked at load")
+                    .reshape([b, t, out])
+            }
+            _ => residual + self.forward(x),
+        }
+    }
+}
+
+/// The input of a block: already normalised, or the residual stream with the RMSNorm that the
+/// block folds into its first products ([`HearthBackend::norm_matmul3`],
+/// [`HearthBackend::norm_matmul_silu`]).
+pub enum BlockInput<'a, B: HearthBackend> {
+    /// `RMSNorm(x)`, computed.
+    Normed(Tensor<B, 3>),
+    /// The residual stream `x` and the norm still to apply to it.
+    Raw(Tensor<B, 3>, &'a RmsNorm<B>),
+}
+
+impl<B: HearthBackend> BlockInput<'_, B> {
+    /// The normalised input (the norm applied now for [`BlockInput::Raw`]).
+    pub fn normed(self) -> Tensor<B, 3> {
+        match self {
+            BlockInput::Normed(h) => h,
+            BlockInput::Raw(x, norm) => norm.forward(x),
+        }
+    }
+}
+
 /// RMSNorm with a learned scale.
 #[derive(Clone, Debug)]
 pub struct RmsNorm<B: HearthBackend> {
@@ -192,6 +242,14 @@ impl<B: HearthBackend> RmsNorm<B> {
     /// Normalises the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         B::rms_norm(x, self.weight.clone(), self.eps)
+    }
+
+    /// The norm as an operand of the backend's fused products.
+    pub fn pre(&self) -> PreNorm<'_, B> {
+        PreNorm {
+            weight: &self.weight,
+            eps: self.eps,
+        }
     }
 }
 
@@ -217,8 +275,46 @@ impl<B: HearthBackend> Mlp<B> {
     /// [`HearthBackend::matmul_silu`] (one launch on the cubecl backends).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dev = x.device();
+        let h = self.gate_up(x);
+        profile::scope::<B, _>(&dev, "mlp.down", || self.down.forward(h))
+    }
+
+    /// The MLP on a block input, with the residual added by the down projection when given
+    /// (`residual + MLP(input)`): a [`BlockInput::Raw`] input with device gate/up weights
+    /// without biases goes through [`HearthBackend::norm_matmul_silu`] (on the cubecl
+    /// backends the norm is folded into the gate/up launch), the addition through
+    /// [`Linear::forward_add`].
+    pub fn forward_block(&self, input: BlockInput<'_, B>, residual: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        let folded = match (&input, self.gate.weight.as_weight(), self.up.weight.as_weight()) {
+            (BlockInput::Raw(..), Some(_), Some(_)) => self.gate.bias.is_none() && self.up.bias.is_none(),
+            _ => false,
+        };
+        let h = match input {
+            BlockInput::Raw(x, norm) if folded => {
+                let dev = x.device();
+                let [b, t, inp] = x.dims();
+                let (g, u) = (self.gate.weight.as_weight(), self.up.weight.as_weight());
+                let (g, u) = (g.expect("checked above"), u.expect("checked above"));
+                profile::scope::<B, _>(&dev, "mlp.norm_gate_up_silu", || {
+                    B::norm_matmul_silu(x.reshape([b * t, inp]), norm.pre(), g, u)
+                        .expect("weight sizes are checked at load")
+                        .reshape([b, t, self.gate.out_features()])
+                })
+            }
+            input => self.gate_up(input.normed()),
+        };
+        let dev = h.device();
+        profile::scope::<B, _>(&dev, "mlp.down", || match residual {
+            Some(r) => self.down.forward_add(h, r),
+            None => self.down.forward(h),
+        })
+    }
+
+    /// `silu(gate(x)) · up(x)`.
+    fn gate_up<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dev = x.device();
         let dims = x.dims();
-        let h = match (&self.gate.weight, &self.up.weight, &self.gate.bias, &self.up.bias) {
+        match (&self.gate.weight, &self.up.weight, &self.gate.bias, &self.up.bias) {
             (LinearWeight::Packed(g), LinearWeight::Packed(u), None, None) => {
                 let rows: usize = dims[..D - 1].iter().product();
                 let mut shape = dims;
@@ -243,8 +339,7 @@ impl<B: HearthBackend> Mlp<B> {
                 });
                 profile::scope::<B, _>(&dev, "mlp.silu_mul", || B::silu_mul(g, u))
             }
-        };
-        profile::scope::<B, _>(&dev, "mlp.down", || self.down.forward(h))
+        }
     }
 }
 
@@ -263,6 +358,36 @@ pub fn linear3<B: HearthBackend>(x: Tensor<B, 3>, l: [&Linear<B>; 3]) -> [Tensor
         }
         _ => return [l[0].forward(x.clone()), l[1].forward(x.clone()), l[2].forward(x)],
     };
+    let mut i = 0;
+    ys.map(|y| {
+        let n = y.dims()[1];
+        let y = match &l[i].bias {
+            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        };
+        i += 1;
+        y.reshape([b, t, n])
+    })
+}
+
+/// [`linear3`] on a block input: a [`BlockInput::Raw`] input with three device weights goes
+/// through one [`HearthBackend::norm_matmul3`] (the norm folded into the q/k/v launch on the
+/// cubecl backends), biases added after; anything else normalises first.
+pub fn linear3_block<B: HearthBackend>(input: BlockInput<'_, B>, l: [&Linear<B>; 3]) -> [Tensor<B, 3>; 3] {
+    let (x, norm) = match input {
+        BlockInput::Raw(x, norm) => (x, norm),
+        normed => return linear3(normed.normed(), l),
+    };
+    let (Some(w0), Some(w1), Some(w2)) = (
+        l[0].weight.as_weight(),
+        l[1].weight.as_weight(),
+        l[2].weight.as_weight(),
+    ) else {
+        return linear3(norm.forward(x), l);
+    };
+    let [b, t, inp] = x.dims();
+    let ys =
+        B::norm_matmul3(x.reshape([b * t, inp]), norm.pre(), [w0, w1, w2]).expect("weight sizes are checked at load");
     let mut i = 0;
     ys.map(|y| {
         let n = y.dims()[1];

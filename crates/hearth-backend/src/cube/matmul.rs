@@ -41,12 +41,18 @@ fn dense_rows_dot<F: Float, N: Size>(
     nr: usize,
     nv: usize,
     wp: usize,
+    gw: &Array<Vector<F, N>>,
     acc: &mut Array<f32>,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] two: bool,
+    #[comptime] norm: bool,
 ) {
+    // with `norm`: x is the raw residual stream; each value is scaled by the norm weight `gw`
+    // and its square summed into acc[ss] (once per value, on the first row)
+    let ss = comptime!(if two { 2 * rows } else { rows });
+    let mut sq = Vector::<f32, N>::zeroed();
     let mut v = UNIT_POS as usize;
     while v + comptime!((unroll - 1) * cube_dim) < nv {
         #[unroll]
@@ -56,7 +62,15 @@ fn dense_rows_dot<F: Float, N: Size>(
             let mut t = Vector::<f32, N>::zeroed();
             #[unroll]
             for u in 0..unroll {
-                let xv = Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
+                let x0 = Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
+                let xv = if comptime!(norm) {
+                    x0 * Vector::<f32, N>::cast_from(gw[v + u * cube_dim])
+                } else {
+                    x0
+                };
+                if comptime!(norm && r == 0) {
+                    sq += x0 * x0;
+                }
                 s += Vector::<f32, N>::cast_from(a[wr + v + u * cube_dim]) * xv;
                 if two {
                     t += Vector::<f32, N>::cast_from(b[wr + v + u * cube_dim]) * xv;
@@ -73,13 +87,24 @@ fn dense_rows_dot<F: Float, N: Size>(
         #[unroll]
         for r in 0..rows {
             let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
-            let xv = Vector::<f32, N>::cast_from(x[xr + v]);
+            let x0 = Vector::<f32, N>::cast_from(x[xr + v]);
+            let xv = if comptime!(norm) {
+                x0 * Vector::<f32, N>::cast_from(gw[v])
+            } else {
+                x0
+            };
+            if comptime!(norm && r == 0) {
+                sq += x0 * x0;
+            }
             acc[r] += f32::cast_from((Vector::<f32, N>::cast_from(a[wr + v]) * xv).vector_sum());
             if two {
                 acc[rows + r] += f32::cast_from((Vector::<f32, N>::cast_from(b[wr + v]) * xv).vector_sum());
             }
         }
         v += cube_dim;
+    }
+    if comptime!(norm) {
+        acc[ss] += f32::cast_from(sq.vector_sum());
     }
 }
 
@@ -88,17 +113,22 @@ fn dense_rows_dot<F: Float, N: Size>(
 fn dense_matvec_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     w: &Array<Vector<F, N>>,
+    gw: &Array<Vector<F, N>>,
+    res: &Array<F>,
     out: &mut Array<F>,
     n_rows: u32,
     m_rows: u32,
     k: u32,
     xp: u32,
     wp: u32,
+    eps: f32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
+    #[comptime] residual: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cube c: weight rows n0 .. n0 + rows of output row m (row pitches xp, wp in vectors)
@@ -111,19 +141,52 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     let n0 = (c % groups) * rows;
     let m = c / groups;
     let nv = k as usize / w.vector_size();
-    let mut acc = zeros(rows);
+    let sums = comptime!(rows + norm as usize);
+    let mut acc = zeros(sums);
     let (xp, wp) = (xp as usize, wp as usize);
-    dense_rows_dot::<F, N>(x, m * xp, w, w, n0, nr, nv, wp, &mut acc, cube_dim, rows, unroll, false);
-    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
-    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
+    dense_rows_dot::<F, N>(
+        x,
+        m * xp,
+        w,
+        w,
+        n0,
+        nr,
+        nv,
+        wp,
+        gw,
+        &mut acc,
+        cube_dim,
+        rows,
+        unroll,
+        false,
+        norm,
+    );
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, rows, k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
-                out[m * nr + n0 + r] = F::cast_from(acc[r]);
+                let mut y = acc[r] * scale;
+                if comptime!(residual) {
+                    y += f32::cast_from(res[m * nr + n0 + r]);
+                }
+                out[m * nr + n0 + r] = F::cast_from(y);
             }
         }
     }
+}
+
+/// The RMSNorm factor `1 / sqrt(mean(x²) + eps)` of a cube whose reduced sum of squares is
+/// `acc[at]` (`k` values), or 1 without `norm`.
+#[cube]
+pub(crate) fn norm_scale(acc: &Array<f32>, #[comptime] at: usize, k: u32, eps: f32, #[comptime] norm: bool) -> f32 {
+    let mut s = 1.0f32;
+    if comptime!(norm) {
+        s = 1.0f32 / f32::sqrt(acc[at] / f32::cast_from(k) + eps);
+    }
+    s
 }
 
 #[cube(launch_unchecked)]
@@ -145,11 +208,14 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     wp0: u32,
     wp1: u32,
     wp2: u32,
+    gw: &Array<Vector<F, N>>,
+    eps: f32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
@@ -164,7 +230,8 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     let m = c / gt;
     let nv = k as usize / w0.vector_size();
     let xr = m * xp as usize;
-    let mut acc = zeros(rows);
+    let sums = comptime!(rows + norm as usize);
+    let mut acc = zeros(sums);
     if g < g0 {
         dense_rows_dot::<F, N>(
             x,
@@ -175,11 +242,13 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
             a0,
             nv,
             wp0 as usize,
+            gw,
             &mut acc,
             cube_dim,
             rows,
             unroll,
             false,
+            norm,
         );
     } else if g < g0 + g1 {
         dense_rows_dot::<F, N>(
@@ -191,11 +260,13 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
             a1,
             nv,
             wp1 as usize,
+            gw,
             &mut acc,
             cube_dim,
             rows,
             unroll,
             false,
+            norm,
         );
     } else {
         dense_rows_dot::<F, N>(
@@ -207,32 +278,35 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
             a2,
             nv,
             wp2 as usize,
+            gw,
             &mut acc,
             cube_dim,
             rows,
             unroll,
             false,
+            norm,
         );
     }
-    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
-    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, rows, k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if g < g0 {
                 let n = g * rows + r;
                 if n < a0 {
-                    out0[m * a0 + n] = F::cast_from(acc[r]);
+                    out0[m * a0 + n] = F::cast_from(acc[r] * scale);
                 }
             } else if g < g0 + g1 {
                 let n = (g - g0) * rows + r;
                 if n < a1 {
-                    out1[m * a1 + n] = F::cast_from(acc[r]);
+                    out1[m * a1 + n] = F::cast_from(acc[r] * scale);
                 }
             } else {
                 let n = (g - g0 - g1) * rows + r;
                 if n < a2 {
-                    out2[m * a2 + n] = F::cast_from(acc[r]);
+                    out2[m * a2 + n] = F::cast_from(acc[r] * scale);
                 }
             }
         }
@@ -251,11 +325,14 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     k: u32,
     xp: u32,
     wp: u32,
+    gw: &Array<Vector<F, N>>,
+    eps: f32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let c = CUBE_POS;
@@ -268,7 +345,8 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     let m = c / groups;
     let nv = k as usize / wg.vector_size();
     // gate rows in acc[0..rows], up rows in acc[rows..2·rows]
-    let mut acc = zeros(comptime!(2 * rows));
+    let sums = comptime!(2 * rows + norm as usize);
+    let mut acc = zeros(sums);
     let (xp, wp) = (xp as usize, wp as usize);
     dense_rows_dot::<F, N>(
         x,
@@ -279,21 +357,24 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
         nr,
         nv,
         wp,
+        gw,
         &mut acc,
         cube_dim,
         rows,
         unroll,
         true,
+        norm,
     );
-    let mut shared = SharedMemory::<f32>::new(comptime!(2 * rows * cube_dim));
-    cube_sum_rows(&mut acc, &mut shared, comptime!(2 * rows), use_plane, single_plane);
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, comptime!(2 * rows), k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
                 // both products rounded to F first, as the separate matmuls would leave them
-                let g = f32::cast_from(F::cast_from(acc[r]));
-                let u = f32::cast_from(F::cast_from(acc[rows + r]));
+                let g = f32::cast_from(F::cast_from(acc[r] * scale));
+                let u = f32::cast_from(F::cast_from(acc[rows + r] * scale));
                 out[m * nr + n0 + r] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
             }
         }
@@ -386,14 +467,72 @@ impl DenseLaunch {
     }
 }
 
+/// What a matrix × vector kernel folds around its products: the RMSNorm of its input (weight
+/// `[K]` and eps: `x` is then the raw residual stream, normalised inside the kernel) and a
+/// residual `[M, N]` added to its output.
+pub(crate) struct Fold<R: CubeRuntime> {
+    pub(crate) norm: Option<(CubeTensor<R>, f32)>,
+    pub(crate) residual: Option<CubeTensor<R>>,
+}
+
+impl<R: CubeRuntime> Fold<R> {
+    /// Nothing folded.
+    pub(crate) fn none() -> Self {
+        Fold {
+            norm: None,
+            residual: None,
+        }
+    }
+
+    /// Whether the kernels can take these operands for `x: [m, k]` and outputs of width `n`
+    /// (`n` = 0: no residual expected): a contiguous `[k]` norm weight and a contiguous
+    /// `[m, n]` residual, both in `dtype`.
+    pub(crate) fn fits(&self, dtype: DType, m: usize, k: usize, n: usize) -> bool {
+        let contiguous = |t: &CubeTensor<R>, shape: &[usize]| {
+            t.dtype == dtype
+                && t.meta.shape().as_slice() == shape
+                && t.meta
+                    .strides()
+                    .iter()
+                    .rev()
+                    .zip(shape.iter().rev())
+                    .try_fold(1usize, |want, (&st, &d)| (d == 1 || st == want).then_some(want * d))
+                    .is_some()
+        };
+        self.norm.as_ref().is_none_or(|(g, _)| contiguous(g, &[k]))
+            && self.residual.as_ref().is_none_or(|r| n > 0 && contiguous(r, &[m, n]))
+    }
+
+    /// The norm weight as a kernel argument (`x` itself when there is none: never read).
+    pub(crate) fn norm_arg<'a>(&'a self, x: &'a CubeTensor<R>) -> (&'a CubeTensor<R>, f32) {
+        match &self.norm {
+            Some((g, eps)) => (g, *eps),
+            None => (x, 0.0),
+        }
+    }
+
+    /// The residual as a kernel argument (`out` when there is none: never read).
+    pub(crate) fn residual_arg<'a>(&'a self, out: &'a CubeTensor<R>) -> &'a CubeTensor<R> {
+        self.residual.as_ref().unwrap_or(out)
+    }
+}
+
 /// `x · w` for `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]) and `w: [K, N]` stored transposed:
 /// [`MatvecShape`](super::MatvecShape)`::rows` weight rows per cube read as 16-byte vectors,
 /// f32 accumulation. `None` when the operands are not in that shape and layout.
-fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
+pub(crate) fn dense_matvec<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    fold: &Fold<R>,
+) -> Option<CubeTensor<R>> {
     let (l, dims) = DenseLaunch::new(lhs, &[rhs])?;
     let (n, wp) = dims[0];
+    if !fold.fits(lhs.dtype, l.m, l.k, n) {
+        return None;
+    }
     let client = lhs.client.clone();
     let out = l.output(lhs, n);
+    let (gw, eps) = fold.norm_arg(lhs);
     // SAFETY: x holds m rows of k (unit stride, `xp` vectors apart) and w n rows of k (`wp`
     // vectors apart: the transposed view checked by `DenseLaunch::new`); out is [m, n]
     // contiguous; rows past n are clamped to the
@@ -406,17 +545,22 @@ fn dense_matvec<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Opt
             l.vs,
             lhs.clone().into_array_arg(),
             rhs.clone().into_array_arg(),
+            gw.clone().into_array_arg(),
+            fold.residual_arg(&out).clone().into_array_arg(),
             out.clone().into_array_arg(),
             n as u32,
             l.m as u32,
             l.k as u32,
             l.xp as u32,
             wp as u32,
+            eps,
             l.units as usize,
             l.rows,
             l.unroll,
             l.use_plane,
             l.single_plane,
+            fold.norm.is_some(),
+            fold.residual.is_some(),
             lhs.dtype.into(),
         );
     }
@@ -443,9 +587,22 @@ pub fn dense_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     x: Tensor<CubeBackend<R, F, I, BT>, 2>,
     w: [&Tensor<CubeBackend<R, F, I, BT>, 2>; 3],
 ) -> Option<[Tensor<CubeBackend<R, F, I, BT>, 2>; 3]> {
+    dense_matvec3_fold(x, w, &Fold::none())
+}
+
+#[allow(clippy::type_complexity)]
+pub(crate) fn dense_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    w: [&Tensor<CubeBackend<R, F, I, BT>, 2>; 3],
+    fold: &Fold<R>,
+) -> Option<[Tensor<CubeBackend<R, F, I, BT>, 2>; 3]> {
     let x = prim(x);
     let ws = w.map(|t| prim(t.clone()));
     let (l, dims) = DenseLaunch::new(&x, &[&ws[0], &ws[1], &ws[2]])?;
+    if fold.residual.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
+        return None;
+    }
+    let (gw, eps) = fold.norm_arg(&x);
     let ns: Vec<usize> = dims.iter().map(|d| d.0).collect();
     let client = x.client.clone();
     let outs = [l.output(&x, ns[0]), l.output(&x, ns[1]), l.output(&x, ns[2])];
@@ -474,11 +631,14 @@ pub fn dense_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             dims[0].1 as u32,
             dims[1].1 as u32,
             dims[2].1 as u32,
+            gw.clone().into_array_arg(),
+            eps,
             l.units as usize,
             l.rows,
             l.unroll,
             l.use_plane,
             l.single_plane,
+            fold.norm.is_some(),
             x.dtype.into(),
         );
     }
@@ -505,13 +665,23 @@ pub fn dense_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     gate: &Tensor<CubeBackend<R, F, I, BT>, 2>,
     up: &Tensor<CubeBackend<R, F, I, BT>, 2>,
 ) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>> {
+    dense_matvec_silu_fold(x, gate, up, &Fold::none())
+}
+
+pub(crate) fn dense_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    gate: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    up: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    fold: &Fold<R>,
+) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>> {
     let x = prim(x);
     let (g, u) = (prim(gate.clone()), prim(up.clone()));
     let (l, dims) = DenseLaunch::new(&x, &[&g, &u])?;
     // one pitch for both weights (the kernel walks their rows together)
-    if dims[0] != dims[1] {
+    if dims[0] != dims[1] || fold.residual.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
         return None;
     }
+    let (gw, eps) = fold.norm_arg(&x);
     let (n, wp) = dims[0];
     let client = x.client.clone();
     let out = l.output(&x, n);
@@ -531,11 +701,14 @@ pub fn dense_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
             l.k as u32,
             l.xp as u32,
             wp as u32,
+            gw.clone().into_array_arg(),
+            eps,
             l.units as usize,
             l.rows,
             l.unroll,
             l.use_plane,
             l.single_plane,
+            fold.norm.is_some(),
             x.dtype.into(),
         );
     }
@@ -668,7 +841,7 @@ pub fn matmul_f32<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
         let out: Tensor<CubeBackend<R, F, I, BT>, D> = wrap(out);
         return Ok(out.zeros_like());
     }
-    if let Some(out) = dense_matvec(&lhs, &rhs) {
+    if let Some(out) = dense_matvec(&lhs, &rhs, &Fold::none()) {
         return Ok(wrap(out));
     }
     let out = init_matmul_output(&lhs, &rhs, lhs.dtype);

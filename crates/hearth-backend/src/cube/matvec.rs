@@ -17,6 +17,7 @@
 //! cubecl upload their shapes and strides on every launch (a device allocation and a copy),
 //! which cost more host time than the whole kernel.
 
+use super::matmul::{Fold, norm_scale};
 use super::reduce::{cube_sum, cube_sum_rows, zeros};
 use super::{
     MATVEC_MAX_ROWS, MatvecShape, kernel_float, matmul_f32, matvec_shape, matvec_units, plane_reductions, prim,
@@ -132,7 +133,9 @@ impl VecLaunch {
 
 /// Vector `v` of a row of a vector-format weight (quants at vector `row + v`, scales from word
 /// `srow`), dotted with the matching `x` values (`x` row at vector `x_row`). `convert` picks how
-/// quants become f32 (see [`super::MatvecShape::convert`]).
+/// quants become f32 (see [`super::MatvecShape::convert`]). With `norm`, `x` is the raw
+/// residual stream: each value is scaled by the norm weight `g` (same layout as one `x` row)
+/// before the dot, and with `first` its square is also added to `acc[ss]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn vec_dot_at<F: Float, NX: Size, NW: Size>(
@@ -143,23 +146,28 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
     row: usize,
     srow: usize,
     v: usize,
+    g: &Array<Vector<F, NX>>,
+    acc: &mut Array<f32>,
+    #[comptime] ss: usize,
     #[comptime] format: u32,
     #[comptime] convert: u32,
+    #[comptime] norm: bool,
+    #[comptime] first: bool,
 ) -> f32 {
     let q = wq[row + v];
     let mut s = 0.0f32;
     if comptime!(format == FMT_F32) {
-        let xv = x[x_row + v];
+        let xv = load_x(x, x_row + v, g, v, acc, ss, norm, first);
         #[unroll]
         for i in 0..4usize {
-            s += f32::reinterpret(q[i]) * f32::cast_from(xv[i]);
+            s += f32::reinterpret(q[i]) * xv[i];
         }
     } else if comptime!(format == FMT_Q8_0) {
         // a vector is half a block: 16 i8 values
         let d = f32::reinterpret(ws[srow + v / 2]);
         #[unroll]
         for i in 0..4usize {
-            let xv = x[x_row + 4 * v + i];
+            let xv = load_x(x, x_row + 4 * v + i, g, 4 * v + i, acc, ss, norm, first);
             // bias every byte by 128 (0..=255), once per word
             let word = q[i] ^ 0x8080_8080u32;
             #[unroll]
@@ -171,7 +179,7 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
                 } else {
                     f32::cast_from(byte) - 128.0f32
                 };
-                s += value * f32::cast_from(xv[b]);
+                s += value * xv[b];
             }
         }
         s *= d;
@@ -180,8 +188,8 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
         let d = f32::reinterpret(ws[srow + v]);
         #[unroll]
         for i in 0..4usize {
-            let lo = x[x_row + 8 * v + i];
-            let hi = x[x_row + 8 * v + 4 + i];
+            let lo = load_x(x, x_row + 8 * v + i, g, 8 * v + i, acc, ss, norm, first);
+            let hi = load_x(x, x_row + 8 * v + 4 + i, g, 8 * v + 4 + i, acc, ss, norm, first);
             let word = q[i];
             #[unroll]
             for b in 0..4usize {
@@ -196,12 +204,37 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
                 } else {
                     (f32::cast_from(l) - 8.0f32, f32::cast_from(h) - 8.0f32)
                 };
-                s += l * f32::cast_from(lo[b]) + h * f32::cast_from(hi[b]);
+                s += l * lo[b] + h * hi[b];
             }
         }
         s *= d;
     }
     s
+}
+
+/// `x` vector `at` as f32; with `norm` scaled by the norm weight's vector `gat` (and with
+/// `first` its squares summed into `acc[ss]`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_x<F: Float, NX: Size>(
+    x: &Array<Vector<F, NX>>,
+    at: usize,
+    g: &Array<Vector<F, NX>>,
+    gat: usize,
+    acc: &mut Array<f32>,
+    #[comptime] ss: usize,
+    #[comptime] norm: bool,
+    #[comptime] first: bool,
+) -> Vector<f32, NX> {
+    let xv = Vector::<f32, NX>::cast_from(x[at]);
+    if comptime!(norm && first) {
+        acc[ss] += f32::cast_from((xv * xv).vector_sum());
+    }
+    if comptime!(norm) {
+        xv * Vector::<f32, NX>::cast_from(g[gat])
+    } else {
+        xv
+    }
 }
 
 /// 16-byte vectors per row of `k` values of a vector format.
@@ -236,6 +269,7 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
     n_rows: usize,
     k: usize,
     scale_off: usize,
+    g: &Array<Vector<F, NX>>,
     acc: &mut Array<f32>,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
@@ -243,7 +277,10 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
     #[comptime] unroll: usize,
     #[comptime] two: bool,
     #[comptime] convert: u32,
+    #[comptime] norm: bool,
 ) {
+    // with `norm`, the sum of squares of the x row goes to acc[ss] (counted on the first row)
+    let ss = comptime!(if two { 2 * rows } else { rows });
     let nvec = vectors_per_row(k, format);
     let spr = k / 32;
     let mut v = UNIT_POS as usize;
@@ -255,14 +292,44 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
             let mut s = 0.0f32;
             #[unroll]
             for u in 0..unroll {
-                s += vec_dot_at::<F, NX, NW>(x, x_row, aq, as_, row, srow, v + u * cube_dim, format, convert);
+                s += vec_dot_at::<F, NX, NW>(
+                    x,
+                    x_row,
+                    aq,
+                    as_,
+                    row,
+                    srow,
+                    v + u * cube_dim,
+                    g,
+                    acc,
+                    ss,
+                    format,
+                    convert,
+                    norm,
+                    comptime!(r == 0),
+                );
             }
             acc[r] += s;
             if two {
                 let mut t = 0.0f32;
                 #[unroll]
                 for u in 0..unroll {
-                    t += vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v + u * cube_dim, format, convert);
+                    t += vec_dot_at::<F, NX, NW>(
+                        x,
+                        x_row,
+                        bq,
+                        bs,
+                        row,
+                        srow,
+                        v + u * cube_dim,
+                        g,
+                        acc,
+                        ss,
+                        format,
+                        convert,
+                        norm,
+                        false,
+                    );
                 }
                 acc[rows + r] += t;
             }
@@ -274,9 +341,27 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
         for r in 0..rows {
             let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
             let (row, srow) = (n * nvec, scale_off + n * spr);
-            acc[r] += vec_dot_at::<F, NX, NW>(x, x_row, aq, as_, row, srow, v, format, convert);
+            let s = vec_dot_at::<F, NX, NW>(
+                x,
+                x_row,
+                aq,
+                as_,
+                row,
+                srow,
+                v,
+                g,
+                acc,
+                ss,
+                format,
+                convert,
+                norm,
+                comptime!(r == 0),
+            );
+            acc[r] += s;
             if two {
-                acc[rows + r] += vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v, format, convert);
+                let t =
+                    vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v, g, acc, ss, format, convert, norm, false);
+                acc[rows + r] += t;
             }
         }
         v += cube_dim;
@@ -289,11 +374,14 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     x: &Array<Vector<F, NX>>,
     wq: &Array<Vector<u32, NW>>,
     ws: &Array<u32>,
+    gw: &Array<Vector<F, NX>>,
+    res: &Array<F>,
     out: &mut Array<F>,
     n_rows: u32,
     m_rows: u32,
     k: u32,
     scale_off: u32,
+    eps: f32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -301,6 +389,8 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] convert: u32,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
+    #[comptime] residual: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cube c: rows n0 .. n0 + rows of output row m
@@ -313,7 +403,8 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     let n0 = (c % groups) * rows;
     let m = c / groups;
     let kk = k as usize;
-    let mut acc = zeros(rows);
+    let sums = comptime!(rows + norm as usize);
+    let mut acc = zeros(sums);
     vec_rows_dot::<F, NX, NW>(
         x,
         m * kk / 4,
@@ -325,6 +416,7 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
         nr,
         kk,
         scale_off as usize,
+        gw,
         &mut acc,
         format,
         cube_dim,
@@ -332,14 +424,20 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
         unroll,
         false,
         convert,
+        norm,
     );
-    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
-    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, rows, k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
-                out[m * nr + n0 + r] = F::cast_from(acc[r]);
+                let mut y = acc[r] * scale;
+                if comptime!(residual) {
+                    y += f32::cast_from(res[m * nr + n0 + r]);
+                }
+                out[m * nr + n0 + r] = F::cast_from(y);
             }
         }
     }
@@ -366,6 +464,8 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     so0: u32,
     so1: u32,
     so2: u32,
+    gw: &Array<Vector<F, NX>>,
+    eps: f32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -373,6 +473,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] convert: u32,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
@@ -387,7 +488,8 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     let m = c / gt;
     let kk = k as usize;
     let xr = m * kk / 4;
-    let mut acc = zeros(rows);
+    let sums = comptime!(rows + norm as usize);
+    let mut acc = zeros(sums);
     if g < g0 {
         vec_rows_dot::<F, NX, NW>(
             x,
@@ -400,6 +502,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             a0,
             kk,
             so0 as usize,
+            gw,
             &mut acc,
             format,
             cube_dim,
@@ -407,6 +510,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             unroll,
             false,
             convert,
+            norm,
         );
     } else if g < g0 + g1 {
         vec_rows_dot::<F, NX, NW>(
@@ -420,6 +524,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             a1,
             kk,
             so1 as usize,
+            gw,
             &mut acc,
             format,
             cube_dim,
@@ -427,6 +532,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             unroll,
             false,
             convert,
+            norm,
         );
     } else {
         vec_rows_dot::<F, NX, NW>(
@@ -440,6 +546,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             a2,
             kk,
             so2 as usize,
+            gw,
             &mut acc,
             format,
             cube_dim,
@@ -447,27 +554,29 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
             unroll,
             false,
             convert,
+            norm,
         );
     }
-    let mut shared = SharedMemory::<f32>::new(rows * cube_dim);
-    cube_sum_rows(&mut acc, &mut shared, rows, use_plane, single_plane);
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, rows, k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if g < g0 {
                 let n = g * rows + r;
                 if n < a0 {
-                    out0[m * a0 + n] = F::cast_from(acc[r]);
+                    out0[m * a0 + n] = F::cast_from(acc[r] * scale);
                 }
             } else if g < g0 + g1 {
                 let n = (g - g0) * rows + r;
                 if n < a1 {
-                    out1[m * a1 + n] = F::cast_from(acc[r]);
+                    out1[m * a1 + n] = F::cast_from(acc[r] * scale);
                 }
             } else {
                 let n = (g - g0 - g1) * rows + r;
                 if n < a2 {
-                    out2[m * a2 + n] = F::cast_from(acc[r]);
+                    out2[m * a2 + n] = F::cast_from(acc[r] * scale);
                 }
             }
         }
@@ -487,6 +596,8 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     m_rows: u32,
     k: u32,
     so: u32,
+    gw: &Array<Vector<F, NX>>,
+    eps: f32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -494,6 +605,7 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] convert: u32,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let c = CUBE_POS;
@@ -506,7 +618,8 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     let m = c / groups;
     let kk = k as usize;
     // gate rows in acc[0..rows], up rows in acc[rows..2·rows]
-    let mut acc = zeros(comptime!(2 * rows));
+    let sums = comptime!(2 * rows + norm as usize);
+    let mut acc = zeros(sums);
     vec_rows_dot::<F, NX, NW>(
         x,
         m * kk / 4,
@@ -518,6 +631,7 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
         nr,
         kk,
         so as usize,
+        gw,
         &mut acc,
         format,
         cube_dim,
@@ -525,16 +639,18 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
         unroll,
         true,
         convert,
+        norm,
     );
-    let mut shared = SharedMemory::<f32>::new(comptime!(2 * rows * cube_dim));
-    cube_sum_rows(&mut acc, &mut shared, comptime!(2 * rows), use_plane, single_plane);
+    let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
+    cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
+        let scale = norm_scale(&acc, comptime!(2 * rows), k, eps, norm);
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
                 // both products rounded to F first, as the separate matvecs would leave them
-                let g = f32::cast_from(F::cast_from(acc[r]));
-                let u = f32::cast_from(F::cast_from(acc[rows + r]));
+                let g = f32::cast_from(F::cast_from(acc[r] * scale));
+                let u = f32::cast_from(F::cast_from(acc[rows + r] * scale));
                 out[m * nr + n0 + r] = F::cast_from(g / (1.0f32 + f32::exp(0.0f32 - g)) * u);
             }
         }
@@ -860,6 +976,30 @@ fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     Ok(t)
 }
 
+/// `Ok` when `fold` is empty, or when the kernel taking it (`vector`: a vector-format matvec
+/// that folds it) can take its operands for `x: [m, k]` and outputs of width `n`.
+#[allow(clippy::too_many_arguments)]
+fn fold_supported<R: CubeRuntime>(
+    op: &'static str,
+    fold: &Fold<R>,
+    vector: bool,
+    dtype: DType,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<(), BackendError> {
+    if fold.norm.is_none() && fold.residual.is_none() {
+        return Ok(());
+    }
+    if vector && fold.fits(dtype, m, k, n) {
+        return Ok(());
+    }
+    Err(BackendError::ShapeMismatch {
+        op,
+        reason: "no kernel folds this norm or residual (format or operand layout)".into(),
+    })
+}
+
 fn check_x<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: &BTensor<CubeBackend<R, F, I, BT>, 2>,
     w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
@@ -899,6 +1039,14 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     x: BTensor<CubeBackend<R, F, I, BT>, 2>,
     w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
 ) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    packed_matvec_fold(x, w, &Fold::none())
+}
+
+pub(crate) fn packed_matvec_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    fold: &Fold<R>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
     check_x(&x, w)?;
     let words = words(w)?;
     let [m, k] = x.dims();
@@ -911,6 +1059,9 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         return Ok(wrap(out));
     }
     let format = w.format();
+    fold_supported("packed_matvec", fold, vector_format(format), dtype, m, k, n)?;
+    let (g, eps) = fold.norm_arg(&x);
+    let g = g.clone();
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
@@ -930,11 +1081,14 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
                 x.into_array_arg(),
                 words.clone().into_array_arg(),
                 words.into_array_arg(),
+                g.clone().into_array_arg(),
+                fold.residual_arg(&out).clone().into_array_arg(),
                 out.clone().into_array_arg(),
                 n as u32,
                 m as u32,
                 k as u32,
                 scale_offset(format, n, k) as u32,
+                eps,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -942,6 +1096,8 @@ pub fn packed_matvec<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
                 l.shape.convert,
                 l.use_plane,
                 l.single_plane,
+                fold.norm.is_some(),
+                fold.residual.is_some(),
                 dtype.into(),
             );
         }
@@ -1065,6 +1221,15 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     x: BTensor<CubeBackend<R, F, I, BT>, 2>,
     w: [&PackedMatrix<CubeBackend<R, F, I, BT>>; 3],
 ) -> Result<[BTensor<CubeBackend<R, F, I, BT>, 2>; 3], BackendError> {
+    packed_matvec3_fold(x, w, &Fold::none())
+}
+
+#[allow(clippy::type_complexity)]
+pub(crate) fn packed_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    w: [&PackedMatrix<CubeBackend<R, F, I, BT>>; 3],
+    fold: &Fold<R>,
+) -> Result<[BTensor<CubeBackend<R, F, I, BT>, 2>; 3], BackendError> {
     for wi in w {
         check_x(&x, wi)?;
     }
@@ -1094,6 +1259,17 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let nt = w[0].rows() + w[1].rows() + w[2].rows();
     let [w0, w1, w2] = words;
     let format = w[0].format();
+    fold_supported(
+        "packed_matvec3",
+        fold,
+        vector_format(format) && fold.residual.is_none(),
+        dtype,
+        m,
+        k,
+        0,
+    )?;
+    let (g, eps) = fold.norm_arg(&x);
+    let g = g.clone();
     let cube_count = calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1));
     if vector_format(format) {
         let l = VecLaunch::new(&client, format, k);
@@ -1126,6 +1302,8 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
                 so(0),
                 so(1),
                 so(2),
+                g.clone().into_array_arg(),
+                eps,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -1133,6 +1311,7 @@ pub fn packed_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
                 l.shape.convert,
                 l.use_plane,
                 l.single_plane,
+                fold.norm.is_some(),
                 dtype.into(),
             );
         }
@@ -1194,6 +1373,15 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     gate: &PackedMatrix<CubeBackend<R, F, I, BT>>,
     up: &PackedMatrix<CubeBackend<R, F, I, BT>>,
 ) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    packed_matvec_silu_fold(x, gate, up, &Fold::none())
+}
+
+pub(crate) fn packed_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    gate: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    up: &PackedMatrix<CubeBackend<R, F, I, BT>>,
+    fold: &Fold<R>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
     check_x(&x, gate)?;
     check_x(&x, up)?;
     let [m, k] = x.dims();
@@ -1224,6 +1412,17 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
         return Ok(wrap(out));
     }
     let format = gate.format();
+    fold_supported(
+        "packed_matvec_silu",
+        fold,
+        vector_format(format) && fold.residual.is_none(),
+        dtype,
+        m,
+        k,
+        0,
+    )?;
+    let (g, eps) = fold.norm_arg(&x);
+    let g = g.clone();
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
         let l = VecLaunch::new(&client, format, k);
@@ -1246,6 +1445,8 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
                 m as u32,
                 k as u32,
                 scale_offset(format, n, k) as u32,
+                g.clone().into_array_arg(),
+                eps,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -1253,6 +1454,7 @@ pub fn packed_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
                 l.shape.convert,
                 l.use_plane,
                 l.single_plane,
+                fold.norm.is_some(),
                 dtype.into(),
             );
         }

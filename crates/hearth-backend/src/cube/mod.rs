@@ -51,7 +51,7 @@ pub use norm::{add_rms_norm, rms_norm};
 pub use reduce::read_bandwidth;
 pub use rope::{rope, rope2};
 
-use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage};
+use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage, PreNorm, Weight};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
 use cubecl::features::Plane;
@@ -298,6 +298,118 @@ pub(crate) fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+/// `[RMSNorm(h) · wᵢ]` in one matrix × vector launch with the norm folded in (every cube
+/// normalises its own copy of `h: [M, K]`, M ≤ [`MATVEC_MAX_ROWS`]): three dense transposed
+/// views, or three vector-format blocks (F32, Q8_0, Q4_0) of one format. `None` when the
+/// operands do not fit (the caller normalises, then multiplies); the norm weight must be a
+/// contiguous `[K]` of `h`'s dtype.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{PreNorm, Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let g = Tensor::<Wgpu, 1>::ones([8], &dev);
+/// let h = Tensor::<Wgpu, 2>::full([1, 8], 3.0, &dev);
+/// let [q, _, _] = cube::norm_matvec3(h, PreNorm { weight: &g, eps: 0.0 }, [Weight::Dense(&w); 3]).unwrap();
+/// assert!((q.into_data().to_vec::<f32>().unwrap()[0] - 8.0).abs() < 1e-5);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn norm_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    h: Tensor<Cube<R, F, I, BT>, 2>,
+    norm: PreNorm<Cube<R, F, I, BT>>,
+    w: [Weight<Cube<R, F, I, BT>>; 3],
+) -> Option<[Tensor<Cube<R, F, I, BT>, 2>; 3]> {
+    if h.dims()[0] > MATVEC_MAX_ROWS {
+        return None;
+    }
+    let fold = matmul::Fold {
+        norm: Some((prim(norm.weight.clone()), norm.eps as f32)),
+        residual: None,
+    };
+    match w {
+        [Weight::Dense(a), Weight::Dense(b), Weight::Dense(c)] => matmul::dense_matvec3_fold(h, [a, b, c], &fold),
+        [Weight::Packed(a), Weight::Packed(b), Weight::Packed(c)] => {
+            matvec::packed_matvec3_fold(h, [a, b, c], &fold).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `silu(RMSNorm(h) · gate) · (RMSNorm(h) · up)` in one launch with the norm folded in, under
+/// the conditions of [`norm_matvec3`] (both weights dense, or both vector-format blocks of one
+/// format and shape). `None` when the operands do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{PreNorm, Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let g = Tensor::<Wgpu, 1>::ones([8], &dev);
+/// let y = cube::norm_matvec_silu(Tensor::zeros([1, 8], &dev), PreNorm { weight: &g, eps: 1e-6 }, Weight::Dense(&w), Weight::Dense(&w));
+/// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![0.0; 2]);
+/// # }
+/// ```
+pub fn norm_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    h: Tensor<Cube<R, F, I, BT>, 2>,
+    norm: PreNorm<Cube<R, F, I, BT>>,
+    gate: Weight<Cube<R, F, I, BT>>,
+    up: Weight<Cube<R, F, I, BT>>,
+) -> Option<Tensor<Cube<R, F, I, BT>, 2>> {
+    if h.dims()[0] > MATVEC_MAX_ROWS {
+        return None;
+    }
+    let fold = matmul::Fold {
+        norm: Some((prim(norm.weight.clone()), norm.eps as f32)),
+        residual: None,
+    };
+    match (gate, up) {
+        (Weight::Dense(g), Weight::Dense(u)) => matmul::dense_matvec_silu_fold(h, g, u, &fold),
+        (Weight::Packed(g), Weight::Packed(u)) => matvec::packed_matvec_silu_fold(h, g, u, &fold).ok(),
+        _ => None,
+    }
+}
+
+/// `residual + x · W` in one matrix × vector launch (the addition in its epilogue) for
+/// `x: [M, K]` (M ≤ [`MATVEC_MAX_ROWS`]), a dense transposed view or vector-format blocks, and
+/// a contiguous `residual: [M, N]` of `x`'s dtype. `None` when the operands do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let y = cube::matvec_add(Tensor::ones([1, 8], &dev), Weight::Dense(&w), Tensor::ones([1, 2], &dev));
+/// assert_eq!(y.unwrap().into_data().to_vec::<f32>().unwrap(), vec![9.0; 2]);
+/// # }
+/// ```
+pub fn matvec_add<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<Cube<R, F, I, BT>, 2>,
+    w: Weight<Cube<R, F, I, BT>>,
+    residual: Tensor<Cube<R, F, I, BT>, 2>,
+) -> Option<Tensor<Cube<R, F, I, BT>, 2>> {
+    if x.dims()[0] > MATVEC_MAX_ROWS {
+        return None;
+    }
+    let fold = matmul::Fold {
+        norm: None,
+        residual: Some(prim(residual)),
+    };
+    match w {
+        Weight::Dense(t) => matmul::dense_matvec(&prim(x), &prim(t.clone()), &fold).map(wrap),
+        Weight::Packed(p) if matches!(p.storage(), PackedStorage::Words(_)) => {
+            matvec::packed_matvec_fold(x, p, &fold).ok()
+        }
+        Weight::Packed(_) => None,
+    }
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBackend for CubeBackend<R, F, I, BT> {
     fn probe_device(device: &Self::Device) -> Result<(), String> {
         let device = device.clone();
@@ -512,6 +624,46 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
         let g = Self::packed_matmul(x.clone(), gate)?;
         let u = Self::packed_matmul(x, up)?;
         Ok(Self::silu_mul(g, u))
+    }
+
+    fn norm_matmul3(
+        h: Tensor<Self, 2>,
+        norm: PreNorm<Self>,
+        w: [Weight<Self>; 3],
+    ) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        if fused_kernels()
+            && let Some(ys) = norm_matvec3(h.clone(), norm, w)
+        {
+            return Ok(ys);
+        }
+        crate::ops::norm_matmul3(h, norm, w)
+    }
+
+    fn norm_matmul_silu(
+        h: Tensor<Self, 2>,
+        norm: PreNorm<Self>,
+        gate: Weight<Self>,
+        up: Weight<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        if fused_kernels()
+            && let Some(y) = norm_matvec_silu(h.clone(), norm, gate, up)
+        {
+            return Ok(y);
+        }
+        crate::ops::norm_matmul_silu(h, norm, gate, up)
+    }
+
+    fn matmul_add(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        residual: Tensor<Self, 2>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        if fused_kernels()
+            && let Some(y) = matvec_add(x.clone(), w, residual.clone())
+        {
+            return Ok(y);
+        }
+        crate::ops::matmul_add(x, w, residual)
     }
 
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
