@@ -6,6 +6,7 @@
 //! at different positions (continuous batching); a paged cache implements the same trait.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use hearth_backend::{HearthBackend, RopeTables};
 
 /// Errors of cache bookkeeping.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +117,10 @@ impl BatchPositions {
     }
 }
 
+/// A chunk's rotated queries, and all keys and values it attends to (see
+/// [`KvCache::update_rope`]).
+pub type QKV<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
 /// A key/value cache for all layers of one batch of sequences.
 ///
 /// "Keys" and "values" are opaque streams: a multi-head layer stores `[B, Hkv, T, D]` K and V, an
@@ -159,6 +164,26 @@ pub trait KvCache<B: Backend> {
         v: Tensor<B, 4>,
         pos: &BatchPositions,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), CacheError>;
+    /// [`Self::update`] with RoPE applied to the chunk's `q` and `k` first (the stored keys
+    /// are the rotated ones): `(rotated q, all keys, all values)`. The default rotates with
+    /// [`HearthBackend::rope2`] and stores with [`Self::update`]; [`ContiguousKvCache`] does
+    /// both in one [`HearthBackend::rope_write`] where it can.
+    fn update_rope(
+        &mut self,
+        layer: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rope: RopeTables<'_, B>,
+        pos: &BatchPositions,
+    ) -> Result<QKV<B>, CacheError>
+    where
+        B: HearthBackend,
+    {
+        let (q, k) = B::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
+        let (k, v) = self.update(layer, k, v, pos)?;
+        Ok((q, k, v))
+    }
     /// Marks the chunk as stored (call once per forward, after every layer's `update`).
     fn advance(&mut self, pos: &BatchPositions);
     /// Forgets a row's tokens so the row can serve a new sequence.
@@ -247,6 +272,35 @@ impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
         let s = pos.key_len();
         let out = (B::prefix(kc.clone(), 2, s), B::prefix(vc.clone(), 2, s));
         *slot = Some((kc, vc));
+        Ok(out)
+    }
+
+    fn update_rope(
+        &mut self,
+        layer: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rope: RopeTables<'_, B>,
+        pos: &BatchPositions,
+    ) -> Result<QKV<B>, CacheError> {
+        let [b, _, t, _] = k.dims();
+        let uniform = pos.is_uniform() && pos.new.first() == Some(&t) && b == self.lens.len();
+        let stored = if uniform {
+            self.layers.get_mut(layer).and_then(Option::take)
+        } else {
+            None
+        };
+        let Some((kc, vc)) = stored else {
+            // the general path (first write of the layer, ragged rows, errors)
+            let (q, k) = B::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
+            let (k, v) = self.update(layer, k, v, pos)?;
+            return Ok((q, k, v));
+        };
+        let (q, kc, vc) = B::rope_write(q, k, v, rope, kc, vc, [0, 0, pos.past[0], 0]);
+        let s = pos.key_len();
+        let out = (q, B::prefix(kc.clone(), 2, s), B::prefix(vc.clone(), 2, s));
+        self.layers[layer] = Some((kc, vc));
         Ok(out)
     }
 

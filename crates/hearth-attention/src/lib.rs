@@ -12,5 +12,5 @@
 pub mod cache;
 pub mod rope;
 
-pub use cache::{BatchPositions, CacheError, ContiguousKvCache, KvCache};
+pub use cache::{BatchPositions, CacheError, ContiguousKvCache, KvCache, QKV};
 pub use rope::{RopeConfig, RopeLayout, RopeScaling, RopeTable, apply_rope};

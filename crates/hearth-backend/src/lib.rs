@@ -385,6 +385,38 @@ impl<B: Backend> Clone for PreNorm<'_, B> {
 
 impl<B: Backend> Copy for PreNorm<'_, B> {}
 
+/// The RoPE tables of a forward pass and how they apply (see [`HearthBackend::rope`]):
+/// `cos`/`sin` `[B, 1, T, rope_dim]`, rotating the first `rope_dim` dims of each head, in
+/// pairs `(2i, 2i + 1)` when `interleaved`, else `(i, i + rope_dim / 2)`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, RopeTables};
+/// let c = Tensor::<Cpu, 4>::ones([1, 1, 1, 2], &Default::default());
+/// let r = RopeTables { cos: &c, sin: &c, rope_dim: 2, interleaved: false };
+/// assert_eq!(r.rope_dim, 2);
+/// # }
+/// ```
+pub struct RopeTables<'a, B: Backend> {
+    /// Cosines `[B, 1, T, rope_dim]`.
+    pub cos: &'a Tensor<B, 4>,
+    /// Sines `[B, 1, T, rope_dim]`.
+    pub sin: &'a Tensor<B, 4>,
+    /// Rotated dims per head.
+    pub rope_dim: usize,
+    /// Pairs `(2i, 2i + 1)` instead of `(i, i + rope_dim / 2)`.
+    pub interleaved: bool,
+}
+
+impl<B: Backend> Clone for RopeTables<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for RopeTables<'_, B> {}
+
 /// The extension trait every hearth model is generic over.
 ///
 /// Each method has a fallback written with burn ops (see [`ops`]); a backend overrides a method
@@ -678,6 +710,21 @@ pub trait HearthBackend: Backend {
         Self::silu_mul(g, u)
     }
 
+    /// Whether models should hand [`Self::norm_matmul3`] / [`Self::norm_matmul_silu`] the raw
+    /// residual stream (and add residuals with [`Self::matmul_add`]) instead of normalising
+    /// first: `false` here (the fallbacks gain nothing from it); the cubecl backends follow
+    /// `cube::fold_norms` (feature `wgpu` or `cuda`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// assert!(!Cpu::folds_norms());
+    /// # }
+    /// ```
+    fn folds_norms() -> bool {
+        false
+    }
+
     /// `[RMSNorm(h) · w₀, RMSNorm(h) · w₁, RMSNorm(h) · w₂]` for the residual stream `h: [M, K]`
     /// (attention's q/k/v after the layer's input norm). The cubecl backends fold the norm into
     /// one matrix × vector launch when `h` has few rows and the three weights are dense views
@@ -850,6 +897,41 @@ pub trait HearthBackend: Backend {
             Self::rope(a, cos, sin, rope_dim, interleaved),
             Self::rope(b, cos, sin, rope_dim, interleaved),
         )
+    }
+
+    /// RoPE on `q: [B, H, T, D]` and `k: [B, Hkv, T, D]`, and the rotated `k` and `v` written
+    /// into the caches at `offset` (as [`Self::write_at2`]): `(rotated q, k cache, v cache)`.
+    /// One launch on the cubecl backends when the caches can be written in place; the fallback
+    /// is [`Self::rope2`] then [`Self::write_at2`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, RopeTables};
+    /// let dev = Default::default();
+    /// let x = || Tensor::<Cpu, 4>::from_floats([[[[0.0, 1.0]]]], &dev);
+    /// let cos = Tensor::<Cpu, 4>::from_floats([[[[0.0, 0.0]]]], &dev);
+    /// let sin = Tensor::<Cpu, 4>::from_floats([[[[1.0, 1.0]]]], &dev);
+    /// let rope = RopeTables { cos: &cos, sin: &sin, rope_dim: 2, interleaved: false };
+    /// let z = || Tensor::<Cpu, 4>::zeros([1, 1, 2, 2], &dev);
+    /// let (q, kc, _) = Cpu::rope_write(x(), x(), x(), rope, z(), z(), [0, 0, 1, 0]);
+    /// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![-1.0, 0.0]);
+    /// assert_eq!(kc.into_data().to_vec::<f32>().unwrap(), vec![0.0, 0.0, -1.0, 0.0]);
+    /// # }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        rope: RopeTables<'_, Self>,
+        k_cache: Tensor<Self, 4>,
+        v_cache: Tensor<Self, 4>,
+        offset: [usize; 4],
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        let (q, k) = Self::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
+        let (kc, vc) = Self::write_at2(k_cache, k, v_cache, v, offset);
+        (q, kc, vc)
     }
 
     /// Scaled dot-product attention with grouped query heads and an additive mask.

@@ -10,8 +10,8 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use hearth_backend::{
-    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, PreNorm, Weight, device_supports,
-    open_device, ops, set_compute_dtype,
+    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, PreNorm, RopeTables, Weight,
+    device_supports, open_device, ops, set_compute_dtype,
 };
 use hearth_quant::GgmlType;
 use std::str::FromStr;
@@ -366,6 +366,16 @@ trait CubeKernels: HearthBackend {
     fn k_norm3(h: Tensor<Self, 2>, n: PreNorm<Self>, w: [Weight<Self>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
     fn k_norm_silu(h: Tensor<Self, 2>, n: PreNorm<Self>, g: Weight<Self>, u: Weight<Self>) -> Option<Tensor<Self, 2>>;
     fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn k_rope_write(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        rope: RopeTables<Self>,
+        kc: Tensor<Self, 4>,
+        vc: Tensor<Self, 4>,
+        at: [usize; 4],
+    ) -> Option<(Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>)>;
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels for CubeBackend<R, F, I, BT> {
@@ -445,6 +455,77 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>> {
         hearth_backend::cube::matvec_add(x, w, r)
     }
+    fn k_rope_write(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        r: RopeTables<Self>,
+        kc: Tensor<Self, 4>,
+        vc: Tensor<Self, 4>,
+        at: [usize; 4],
+    ) -> Option<(Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>)> {
+        hearth_backend::cube::rope_write(q, k, v, r.cos, r.sin, r.rope_dim, r.interleaved, kc, vc, at)
+    }
+}
+
+/// RoPE on q and k with the layer's K/V cache writes in one launch, against the burn-op
+/// RoPE and `slice_assign`: grouped heads, partial rotary dims, both pair layouts, q/k/v as
+/// the `[B, T, H, D] → [B, H, T, D]` views the models pass, writes at an offset into caches
+/// with room to spare. A shared cache is declined (nothing written) and the trait falls back.
+fn rope_write<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(33);
+    // (b, h, hkv, t, d, rope_dim, capacity, past, interleaved)
+    let cases = [
+        (1, 4, 2, 1, 8, 8, 9, 5, false),
+        (2, 6, 3, 3, 16, 10, 12, 4, true),
+        (1, 8, 8, 5, 12, 12, 7, 2, false),
+        (3, 2, 1, 1, 64, 32, 70, 69, true),
+    ];
+    for (b, h, hkv, t, d, rd, cap, past, il) in cases {
+        let view = |n: usize, rng: &mut Rng| tensor::<B, 4>(rng.vec(b * t * n * d), [b, t, n, d], dev).swap_dims(1, 2);
+        let (q, k, v) = (view(h, &mut rng), view(hkv, &mut rng), view(hkv, &mut rng));
+        let cos = tensor::<B, 4>(rng.vec(b * t * rd), [b, 1, t, rd], dev);
+        let sin = tensor::<B, 4>(rng.vec(b * t * rd), [b, 1, t, rd], dev);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+            rope_dim: rd,
+            interleaved: il,
+        };
+        let (kc0, vc0) = (rng.vec(b * hkv * cap * d), rng.vec(b * hkv * cap * d));
+        let cache = |v: &Vec<f32>| tensor::<B, 4>(v.clone(), [b, hkv, cap, d], dev);
+        let at = [0, 0, past, 0];
+        let want_q = host(ops::rope(q.clone(), &cos, &sin, rd, il));
+        let want_k = host(ops::write_at(cache(&kc0), ops::rope(k.clone(), &cos, &sin, rd, il), at));
+        let want_v = host(ops::write_at(cache(&vc0), v.clone(), at));
+        let (gq, gk, gv) = B::k_rope_write(q.clone(), k.clone(), v.clone(), rope, cache(&kc0), cache(&vc0), at)
+            .expect("the kernel takes these operands");
+        let case = format!("b{b} h{h}/{hkv} t{t} d{d} rope{rd} il={il}");
+        assert!(rel_err(&host(gq), &want_q, 1.0) < 1e-6, "q {case}");
+        assert!(rel_err(&host(gk), &want_k, 1.0) < 1e-6, "k cache {case}");
+        assert_eq!(host(gv), want_v, "v cache {case}");
+        let (tq, tk, _) = B::rope_write(q, k, v, rope, cache(&kc0), cache(&vc0), at);
+        assert!(rel_err(&host(tq), &want_q, 1.0) < 1e-6, "trait q {case}");
+        assert!(rel_err(&host(tk), &want_k, 1.0) < 1e-6, "trait k {case}");
+    }
+    // a shared cache: declined, and the trait's fallback leaves the other handle untouched
+    let z = || Tensor::<B, 4>::zeros([1, 1, 4, 2], dev);
+    let x = || Tensor::<B, 4>::ones([1, 1, 1, 2], dev);
+    let c = Tensor::<B, 4>::ones([1, 1, 1, 2], dev);
+    let rope = RopeTables {
+        cos: &c,
+        sin: &c,
+        rope_dim: 2,
+        interleaved: false,
+    };
+    let kc = z();
+    let keep = kc.clone();
+    assert!(B::k_rope_write(x(), x(), x(), rope, kc.clone(), z(), [0, 0, 1, 0]).is_none());
+    let (_, written, _) = B::rope_write(x(), x(), x(), rope, kc, z(), [0, 0, 1, 0]);
+    assert_eq!(host(keep), vec![0.0; 8]);
+    assert_eq!(host(written), vec![0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]);
+    // a write past the cache's end: declined
+    assert!(B::k_rope_write(x(), x(), x(), rope, z(), z(), [0, 0, 4, 0]).is_none());
 }
 
 /// The RMSNorm folded into q/k/v and gate/up launches, and the residual added in a matvec's
@@ -1273,6 +1354,10 @@ macro_rules! backend_tests {
             #[test]
             fn fused_dense_matvecs_match_host() {
                 fused_dense::<B>(&dev());
+            }
+            #[test]
+            fn rope_write_matches_rope_and_slice_assign() {
+                rope_write::<B>(&dev());
             }
             #[test]
             fn folded_norms_and_residuals_match_unfused() {

@@ -7,7 +7,7 @@ use crate::error::ModelError;
 use crate::layers::{BlockInput, Linear, Loader, RmsNorm, linear3_block};
 use burn::tensor::Tensor;
 use hearth_attention::{BatchPositions, KvCache, RopeLayout};
-use hearth_backend::{HearthBackend, profile};
+use hearth_backend::{HearthBackend, RopeTables, profile};
 
 /// Per-forward inputs shared by every attention layer.
 pub struct AttnContext<'a, B: HearthBackend> {
@@ -104,19 +104,18 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
             q = self.q_norm.as_ref().expect("q_norm").forward(q);
             k = self.k_norm.as_ref().expect("k_norm").forward(k);
         }
-        let interleaved = self.rope_layout == RopeLayout::Interleaved;
-        let (q, k) = profile::scope::<B, _>(&dev, "attn.rope", || {
-            B::rope2(
-                q.swap_dims(1, 2),
-                k.swap_dims(1, 2),
-                ctx.cos,
-                ctx.sin,
-                self.rope_dim,
-                interleaved,
-            )
-        });
+        let rope = RopeTables {
+            cos: ctx.cos,
+            sin: ctx.sin,
+            rope_dim: self.rope_dim,
+            interleaved: self.rope_layout == RopeLayout::Interleaved,
+        };
         let v = v.reshape([b, t, hkv, d]).swap_dims(1, 2);
-        let (k, v) = profile::scope::<B, _>(&dev, "attn.kv_cache", || cache.update(layer, k, v, ctx.pos))?;
+        // RoPE on q and k, and this chunk's k and v into the cache (one launch on the cubecl
+        // backends)
+        let (q, k, v) = profile::scope::<B, _>(&dev, "attn.rope_kv_cache", || {
+            cache.update_rope(layer, q.swap_dims(1, 2), k.swap_dims(1, 2), v, rope, ctx.pos)
+        })?;
         let o = profile::scope::<B, _>(&dev, "attn.sdpa", || {
             B::gqa_attention(q, k, v, ctx.mask.clone(), self.scale)
         });

@@ -342,8 +342,10 @@ impl<B: HearthBackend> CausalLm<B> {
         // q/k/v, the dense MLP's gate/up) take the raw residual stream, and the block before
         // such a block adds its output to the stream in its last product (o, down). Elsewhere
         // the residual add and the next norm are one `add_rms_norm`.
-        let folds_attn = |l: &DecoderLayer<B>| matches!(l.attn, Attention::Mha(_));
-        let folds_ffn = |l: &DecoderLayer<B>| matches!(l.ffn, Ffn::Dense(_));
+        // (only where the backend asks for it: `HearthBackend::folds_norms`)
+        let fold = B::folds_norms();
+        let folds_attn = |l: &DecoderLayer<B>| fold && matches!(l.attn, Attention::Mha(_));
+        let folds_ffn = |l: &DecoderLayer<B>| fold && matches!(l.ffn, Ffn::Dense(_));
         let mut input = match self.layers.first() {
             Some(l0) if folds_attn(l0) => BlockInput::Raw(x.clone(), &l0.input_norm),
             Some(l0) => BlockInput::Normed(profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone()))),

@@ -80,3 +80,18 @@ fn olmoe() {
 fn deepseek_v3() {
     check_model("deepseek_v3");
 }
+
+/// The same checks with every RMSNorm folded into the matvec launches after it and every
+/// residual add into the launch before (`hearth_backend::cube::set_fold_norms`; off by
+/// default): a dense model, one with q/k/v biases (added after the folded product) and one
+/// whose MoE layers take the norm separately. Other tests may run while the switch is on;
+/// both paths are within the same tolerance.
+#[test]
+fn folded_norms_llama_qwen2_mixtral() {
+    hearth_backend::cube::set_fold_norms(Some(true));
+    assert!(<Wgpu as HearthBackend>::folds_norms());
+    for name in ["llama", "qwen2", "mixtral"] {
+        check_model(name);
+    }
+    hearth_backend::cube::set_fold_norms(None);
+}

@@ -288,3 +288,14 @@ fn unsupported_quant_is_an_error() {
     let cpu = CausalLm::<Cpu>::load(cfg, &store, &Default::default()).unwrap();
     assert_eq!(f32_model.decode_weight_bytes(), cpu.decode_weight_bytes());
 }
+
+/// Q8_0 and Q4_0 blocks with the norms folded into the matvec launches
+/// (`hearth_backend::cube::set_fold_norms`) against the same CPU reference.
+#[test]
+fn llama_folded_norms_q8_0_q4_0() {
+    hearth_backend::cube::set_fold_norms(Some(true));
+    for quant in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        check_fixture("llama", quant);
+    }
+    hearth_backend::cube::set_fold_norms(None);
+}

@@ -45,9 +45,10 @@ struct AttnLayout {
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn gqa_attention_kernel<F: Float>(
+fn gqa_attention_kernel<F: Float, N: Size>(
     q: &Array<F>,
     k: &Array<F>,
+    kv: &Array<Vector<F, N>>,
     v: &Array<F>,
     mask: &Array<F>,
     out: &mut Array<F>,
@@ -60,8 +61,11 @@ fn gqa_attention_kernel<F: Float>(
     #[comptime] dv: usize,
     #[comptime] use_plane: bool,
     #[comptime] split: bool,
+    #[comptime] nk: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    // `kv` is `k` as vectors of `nk` (> 1 when each key row is contiguous and aligned): a key
+    // row is then read in 16-byte loads, `d / nk` per unit instead of `d`
     // one cube per (b, h, t, split): out is [B, T, H, Dv] contiguous; with `split`, each cube
     // walks keys `sp·chunk .. (sp + 1)·chunk` and leaves its unnormalised values, running
     // max and sum in `part` for `gqa_attention_combine_kernel`
@@ -115,9 +119,21 @@ fn gqa_attention_kernel<F: Float>(
             let row = kb + s * ks;
             // unrolled: the key's loads are all in flight at once
             let mut dot = 0.0f32;
-            #[unroll]
-            for j in 0..d {
-                dot += q_s[j] * f32::cast_from(k[row + j * kd]);
+            if comptime!(nk > 1) {
+                let rv = row / nk;
+                #[unroll]
+                for j in 0..comptime!(d / nk) {
+                    let kj = kv[rv + j];
+                    #[unroll]
+                    for i in 0..nk {
+                        dot += q_s[j * nk + i] * f32::cast_from(kj[i]);
+                    }
+                }
+            } else {
+                #[unroll]
+                for j in 0..d {
+                    dot += q_s[j] * f32::cast_from(k[row + j * kd]);
+                }
             }
             score = dot + f32::cast_from(mask[mb + s * ms]);
         }
@@ -322,6 +338,19 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(16) as usize;
     let (splits, chunk) = key_splits(rows, s, sms);
     let split = splits > 1;
+    // 16-byte key loads when every key row starts on a 16-byte boundary and is contiguous
+    let nk = 16 / dt.size();
+    let aligned = |t: &burn_cubecl::tensor::CubeTensor<R>| {
+        let st = t.meta.strides();
+        st[3] == 1
+            && [st[0], st[1], st[2]].iter().all(|x| x.is_multiple_of(nk))
+            && t.handle.offset_start.unwrap_or(0).is_multiple_of(16)
+    };
+    let nk = if nk > 1 && d.is_multiple_of(nk) && aligned(&k) {
+        nk
+    } else {
+        1
+    };
     // partial results (values, max, sum per split); one word when unused
     let part_len = if split { rows * splits * (dv + 2) } else { 1 };
     let part = empty_device_contiguous_dtype(
@@ -331,7 +360,8 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         burn::tensor::DType::F32,
     );
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); cube `c` writes `part` only at its own row and split
+    // and word counts of its arguments; `k` read as vectors of `nk` only when its rows are
+    // contiguous and start on whole vectors, checked above); cube `c` writes `part` only at its own row and split
     // (`rows · splits` slots of `dv + 2` words) and `out` only at its own row; units past the
     // work return early.
     unsafe {
@@ -339,7 +369,9 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             &client,
             CubeCount::new_1d((rows * splits) as u32),
             CubeDim::new_1d(TILE as u32),
+            nk,
             q.into_array_arg(),
+            k.clone().into_array_arg(),
             k.into_array_arg(),
             v.into_array_arg(),
             mask.into_array_arg(),
@@ -353,6 +385,7 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             dv,
             use_plane,
             split,
+            nk,
             dt.into(),
         );
     }

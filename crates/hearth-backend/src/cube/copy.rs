@@ -1,5 +1,6 @@
 //! In-place strided writes (KV-cache updates) in one launch.
 
+use super::rope::{RopeLayout, rope_element};
 use super::{prim, wrap};
 use crate::BackendError;
 use burn::tensor::Tensor as BTensor;
@@ -32,8 +33,58 @@ fn write_element<F: Float>(src: &Array<F>, dst: &mut Array<F>, l: &WriteLayout, 
     let j1 = (i / (d3 * d2)) % d1;
     let j0 = i / (d3 * d2 * d1);
     let s = j0 * l.s0 as usize + j1 * l.s1 as usize + j2 * l.s2 as usize + j3 * l.s3 as usize;
-    let t = l.base as usize + j0 * l.t0 as usize + j1 * l.t1 as usize + j2 * l.t2 as usize + j3 * l.t3 as usize;
-    dst[t] = src[s];
+    dst[dst_index(l, i)] = src[s];
+}
+
+/// Where element `i` (row-major over the source's shape) of a write lands in `dst`.
+#[cube]
+fn dst_index(l: &WriteLayout, i: usize) -> usize {
+    let (d1, d2, d3) = (l.d1 as usize, l.d2 as usize, l.d3 as usize);
+    let j3 = i % d3;
+    let j2 = (i / d3) % d2;
+    let j1 = (i / (d3 * d2)) % d1;
+    let j0 = i / (d3 * d2 * d1);
+    l.base as usize + j0 * l.t0 as usize + j1 * l.t1 as usize + j2 * l.t2 as usize + j3 * l.t3 as usize
+}
+
+/// RoPE on `q` and `k` and the layer's cache writes in one launch: units below `len_q` write
+/// the rotated `q` (contiguous), the next `len_k` the rotated `k` into `kc`, the rest copy `v`
+/// into `vc`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rope_write_kernel<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    cos: &Array<F>,
+    sin: &Array<F>,
+    out_q: &mut Array<F>,
+    kc: &mut Array<F>,
+    vc: &mut Array<F>,
+    lq: RopeLayout,
+    lk: RopeLayout,
+    wk: WriteLayout,
+    wv: WriteLayout,
+    len_q: u32,
+    len_k: u32,
+    len_v: u32,
+    rope_dim: u32,
+    #[comptime] interleaved: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    let (nq, nk, nv) = (len_q as usize, len_k as usize, len_v as usize);
+    if i >= nq + nk + nv {
+        terminate!();
+    }
+    if i < nq {
+        out_q[i] = rope_element::<F>(q, cos, sin, &lq, i, rope_dim, interleaved);
+    } else if i < nq + nk {
+        let j = i - nq;
+        kc[dst_index(&wk, j)] = rope_element::<F>(k, cos, sin, &lk, j, rope_dim, interleaved);
+    } else {
+        write_element::<F>(v, vc, &wv, i - nq - nk);
+    }
 }
 
 #[cube(launch_unchecked)]
@@ -274,4 +325,143 @@ pub fn write_at2<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement
     BTensor<CubeBackend<R, F, I, BT>, 4>,
 )> {
     write_at2_or_back(dst_a, src_a, dst_b, src_b, offset).ok()
+}
+
+/// RoPE on `q: [B, H, T, D]` and `k: [B, Hkv, T, D]` with the tables `cos`/`sin`
+/// (`[B, 1, T, rope_dim]`), the rotated `k` and `v` written into the caches `kc`/`vc` at
+/// `offset`, in one launch: the rotated `q` (contiguous) and both caches, or the caches given
+/// back, nothing written, when this cannot be done in place (shapes, dtypes, a shared cache:
+/// the caller falls back to [`crate::HearthBackend::rope2`] and
+/// [`crate::HearthBackend::write_at2`]).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub(crate) fn rope_write_or_back<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    q: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    k: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    v: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    cos: &BTensor<CubeBackend<R, F, I, BT>, 4>,
+    sin: &BTensor<CubeBackend<R, F, I, BT>, 4>,
+    rope_dim: usize,
+    interleaved: bool,
+    kc: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    vc: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    offset: [usize; 4],
+) -> Result<
+    (
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+    ),
+    (
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+        BTensor<CubeBackend<R, F, I, BT>, 4>,
+    ),
+> {
+    let rq = super::rope::check(&q, cos, sin, rope_dim);
+    let rk = super::rope::check(&k, cos, sin, rope_dim);
+    let (len_q, len_k, len_v) = match (rq, rk, validate(&kc, &k, offset), validate(&vc, &v, offset)) {
+        (Ok(a), Ok(b), Ok(b2), Ok(c))
+            if a > 0
+                && b > 0
+                && b == b2
+                && c > 0
+                && q.dtype() == k.dtype()
+                && kc.dtype() == vc.dtype()
+                && q.dtype() == kc.dtype() =>
+        {
+            (a, b, c)
+        }
+        _ => return Err((kc, vc)),
+    };
+    let (q, k, v, kc, vc): (
+        CubeTensor<R>,
+        CubeTensor<R>,
+        CubeTensor<R>,
+        CubeTensor<R>,
+        CubeTensor<R>,
+    ) = (prim(q), prim(k), prim(v), prim(kc), prim(vc));
+    if !kc.can_mut() || !vc.can_mut() {
+        return Err((wrap(kc), wrap(vc)));
+    }
+    let (c, s) = (prim(cos.clone()), prim(sin.clone()));
+    let client = q.client.clone();
+    let dtype = q.dtype;
+    let out_q = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        client.clone(),
+        q.device.clone(),
+        q.meta.shape().clone(),
+        dtype,
+    );
+    let (lq, lk) = (super::rope::layout(&q, &c, &s), super::rope::layout(&k, &c, &s));
+    let (wk, wv) = (layout(&kc, &k, offset), layout(&vc, &v, offset));
+    let len = len_q + len_k + len_v;
+    let cube_dim = CubeDim::new(&client, len);
+    let cube_count = calculate_cube_count_elemwise(&client, len, cube_dim);
+    // SAFETY: q and k are read through their own shapes and strides and the tables checked
+    // against them (`rope::check`); the cache writes land at `offset` plus indices below k's
+    // and v's shapes, which fit (`validate`); both caches are unshared and distinct, out_q is
+    // fresh and contiguous; each unit touches one element of one of the three outputs.
+    unsafe {
+        rope_write_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            c.into_array_arg(),
+            s.into_array_arg(),
+            out_q.clone().into_array_arg(),
+            kc.clone().into_array_arg(),
+            vc.clone().into_array_arg(),
+            lq,
+            lk,
+            wk,
+            wv,
+            len_q as u32,
+            len_k as u32,
+            len_v as u32,
+            rope_dim as u32,
+            interleaved,
+            dtype.into(),
+        );
+    }
+    Ok((wrap(out_q), wrap(kc), wrap(vc)))
+}
+
+/// [`rope_write_or_back`] as a public kernel entry: `None`, with nothing written, when the
+/// operands do not fit (see there).
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let x = || Tensor::<Wgpu, 4>::from_floats([[[[0.0, 1.0]]]], &dev);
+/// let cos = Tensor::<Wgpu, 4>::from_floats([[[[0.0, 0.0]]]], &dev);
+/// let sin = Tensor::<Wgpu, 4>::from_floats([[[[1.0, 1.0]]]], &dev);
+/// let z = || Tensor::<Wgpu, 4>::zeros([1, 1, 2, 2], &dev);
+/// let (q, kc, vc) = cube::rope_write(x(), x(), x(), &cos, &sin, 2, false, z(), z(), [0, 0, 1, 0]).unwrap();
+/// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![-1.0, 0.0]);
+/// assert_eq!(kc.into_data().to_vec::<f32>().unwrap(), vec![0.0, 0.0, -1.0, 0.0]);
+/// assert_eq!(vc.into_data().to_vec::<f32>().unwrap(), vec![0.0, 0.0, 0.0, 1.0]);
+/// # }
+/// ```
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub fn rope_write<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    q: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    k: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    v: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    cos: &BTensor<CubeBackend<R, F, I, BT>, 4>,
+    sin: &BTensor<CubeBackend<R, F, I, BT>, 4>,
+    rope_dim: usize,
+    interleaved: bool,
+    kc: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    vc: BTensor<CubeBackend<R, F, I, BT>, 4>,
+    offset: [usize; 4],
+) -> Option<(
+    BTensor<CubeBackend<R, F, I, BT>, 4>,
+    BTensor<CubeBackend<R, F, I, BT>, 4>,
+    BTensor<CubeBackend<R, F, I, BT>, 4>,
+)> {
+    rope_write_or_back(q, k, v, cos, sin, rope_dim, interleaved, kc, vc, offset).ok()
 }

@@ -11,7 +11,7 @@ use cubecl::{calculate_cube_count_elemwise, prelude::*};
 /// Shape and strides of the rope kernel's operands, in elements (`x` any strides; `cos`/`sin`
 /// `[B, 1, T, rope_dim]` any strides; `out` `[B, H, T, D]` contiguous).
 #[derive(CubeLaunch, CubeType)]
-struct RopeLayout {
+pub(crate) struct RopeLayout {
     h_len: u32,
     t_len: u32,
     d: u32,
@@ -29,7 +29,7 @@ struct RopeLayout {
 
 /// Element `pos` (row-major over `[B, H, T, D]`) of the rotated `x`.
 #[cube]
-fn rope_element<F: Float>(
+pub(crate) fn rope_element<F: Float>(
     x: &Array<F>,
     cos: &Array<F>,
     sin: &Array<F>,
@@ -256,7 +256,7 @@ pub fn rope2<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 }
 
 /// Validates one rope operand against its tables; its element count.
-fn check<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+pub(crate) fn check<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: &BTensor<CubeBackend<R, F, I, BT>, 4>,
     cos: &BTensor<CubeBackend<R, F, I, BT>, 4>,
     sin: &BTensor<CubeBackend<R, F, I, BT>, 4>,
@@ -285,7 +285,7 @@ fn check<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 }
 
 /// The kernel's view of `x` and its tables.
-fn layout<R: CubeRuntime>(
+pub(crate) fn layout<R: CubeRuntime>(
     x: &burn_cubecl::tensor::CubeTensor<R>,
     c: &burn_cubecl::tensor::CubeTensor<R>,
     s: &burn_cubecl::tensor::CubeTensor<R>,
