@@ -180,14 +180,28 @@ pub trait KvCache<B: Backend> {
     where
         B: HearthBackend,
     {
-        let (q, k) = B::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
-        let (k, v) = self.update(layer, k, v, pos)?;
-        Ok((q, k, v))
+        rope_then_update(self, layer, q, k, v, rope, pos)
     }
     /// Marks the chunk as stored (call once per forward, after every layer's `update`).
     fn advance(&mut self, pos: &BatchPositions);
     /// Forgets a row's tokens so the row can serve a new sequence.
     fn reset_row(&mut self, row: usize);
+}
+
+/// [`KvCache::update_rope`]'s general path: RoPE with [`HearthBackend::rope2`], then
+/// [`KvCache::update`].
+fn rope_then_update<B: HearthBackend, C: KvCache<B> + ?Sized>(
+    cache: &mut C,
+    layer: usize,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    rope: RopeTables<'_, B>,
+    pos: &BatchPositions,
+) -> Result<QKV<B>, CacheError> {
+    let (q, k) = B::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
+    let (k, v) = cache.update(layer, k, v, pos)?;
+    Ok((q, k, v))
 }
 
 /// A preallocated `[B, H, capacity, D]` buffer per layer, written in place.
@@ -293,9 +307,7 @@ impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
         };
         let Some((kc, vc)) = stored else {
             // the general path (first write of the layer, ragged rows, errors)
-            let (q, k) = B::rope2(q, k, rope.cos, rope.sin, rope.rope_dim, rope.interleaved);
-            let (k, v) = self.update(layer, k, v, pos)?;
-            return Ok((q, k, v));
+            return rope_then_update(self, layer, q, k, v, rope, pos);
         };
         let (q, kc, vc) = B::rope_write(q, k, v, rope, kc, vc, [0, 0, pos.past[0], 0]);
         let s = pos.key_len();
@@ -377,5 +389,64 @@ mod tests {
         assert_eq!(&v[0..8], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0, 101.0]);
         // row 1: first 2 keys of its chunk, then 200,201 at position 2
         assert_eq!(&v[8..14], &[6.0, 7.0, 8.0, 9.0, 200.0, 201.0]);
+    }
+
+    #[test]
+    fn update_rope_matches_rope_then_update() {
+        type B = hearth_backend::Cpu;
+        let dev = Default::default();
+        let vals = |n: usize, seed: f32| (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect::<Vec<_>>();
+        let t4 = |v: Vec<f32>, s: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(v, s), &dev);
+        let (mut fused, mut plain) = (
+            ContiguousKvCache::<B>::new(2, 1, 8, dev),
+            ContiguousKvCache::<B>::new(2, 1, 8, dev),
+        );
+        // a 3-token chunk (the first write: the general path), then two single tokens
+        for (step, t) in [3usize, 1, 1].into_iter().enumerate() {
+            let pos = fused.positions(&[t]).unwrap();
+            let seed = step as f32 * 10.0;
+            let (q, k, v) = (
+                t4(vals(4 * t * 4, seed), [1, 4, t, 4]),
+                t4(vals(2 * t * 4, seed + 1.0), [1, 2, t, 4]),
+                t4(vals(2 * t * 4, seed + 2.0), [1, 2, t, 4]),
+            );
+            let (cos, sin) = (
+                t4(vals(t * 4, seed + 3.0), [1, 1, t, 4]),
+                t4(vals(t * 4, seed + 4.0), [1, 1, t, 4]),
+            );
+            let rope = RopeTables {
+                cos: &cos,
+                sin: &sin,
+                rope_dim: 4,
+                interleaved: step == 1,
+            };
+            for layer in 0..2 {
+                let (fq, fk, fv) = fused
+                    .update_rope(layer, q.clone(), k.clone(), v.clone(), rope, &pos)
+                    .unwrap();
+                let (pq, pk) = B::rope2(q.clone(), k.clone(), &cos, &sin, 4, step == 1);
+                let (pk, pv) = plain.update(layer, pk, v.clone(), &pos).unwrap();
+                let host = |x: Tensor<B, 4>| x.into_data().to_vec::<f32>().unwrap();
+                assert_eq!(host(fq), host(pq), "q, step {step}");
+                assert_eq!(host(fk), host(pk), "keys, step {step}");
+                assert_eq!(host(fv), host(pv), "values, step {step}");
+            }
+            fused.advance(&pos);
+            plain.advance(&pos);
+        }
+        // a layer that does not exist is an error, not a panic
+        let pos = fused.positions(&[1]).unwrap();
+        let x = t4(vec![0.0; 4], [1, 1, 1, 4]);
+        let c = t4(vec![1.0; 4], [1, 1, 1, 4]);
+        let rope = RopeTables {
+            cos: &c,
+            sin: &c,
+            rope_dim: 4,
+            interleaved: false,
+        };
+        assert!(matches!(
+            fused.update_rope(5, x.clone(), x.clone(), x, rope, &pos),
+            Err(CacheError::Layer { layer: 5, layers: 2 })
+        ));
     }
 }

@@ -358,6 +358,11 @@ pub fn linear3<B: HearthBackend>(x: Tensor<B, 3>, l: [&Linear<B>; 3]) -> [Tensor
         }
         _ => return [l[0].forward(x.clone()), l[1].forward(x.clone()), l[2].forward(x)],
     };
+    with_biases(ys, l, b, t)
+}
+
+/// The three `[B·T, Nᵢ]` products of [`linear3`] with each layer's bias added, as `[B, T, Nᵢ]`.
+fn with_biases<B: HearthBackend>(ys: [Tensor<B, 2>; 3], l: [&Linear<B>; 3], b: usize, t: usize) -> [Tensor<B, 3>; 3] {
     let mut i = 0;
     ys.map(|y| {
         let n = y.dims()[1];
@@ -388,16 +393,7 @@ pub fn linear3_block<B: HearthBackend>(input: BlockInput<'_, B>, l: [&Linear<B>;
     let [b, t, inp] = x.dims();
     let ys =
         B::norm_matmul3(x.reshape([b * t, inp]), norm.pre(), [w0, w1, w2]).expect("weight sizes are checked at load");
-    let mut i = 0;
-    ys.map(|y| {
-        let n = y.dims()[1];
-        let y = match &l[i].bias {
-            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
-            None => y,
-        };
-        i += 1;
-        y.reshape([b, t, n])
-    })
+    with_biases(ys, l, b, t)
 }
 
 /// Reads tensors from a [`WeightStore`](crate::WeightStore) onto a device, checking shapes.
