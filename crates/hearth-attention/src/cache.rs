@@ -164,6 +164,18 @@ pub trait KvCache<B: Backend> {
         v: Tensor<B, 4>,
         pos: &BatchPositions,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), CacheError>;
+    /// Stores the chunk's `kv: [B, H, T, D]` for `layer` in a cache that keeps one tensor per
+    /// layer and returns all entries the chunk may attend to, `[B, H, pos.key_len(), D]`: for
+    /// attention whose values are part of its keys (MLA attends over `[latent | RoPE key]` rows
+    /// with the latent as values, a view of the same rows), so nothing is stored twice and
+    /// nothing is concatenated per step. A layer is used either this way or with
+    /// [`Self::update`], not both.
+    fn update_joint(
+        &mut self,
+        layer: usize,
+        kv: Tensor<B, 4>,
+        pos: &BatchPositions,
+    ) -> Result<Tensor<B, 4>, CacheError>;
     /// [`Self::update`] with RoPE applied to the chunk's `q` and `k` first (the stored keys
     /// are the rotated ones): `(rotated q, all keys, all values)`. The default rotates with
     /// [`HearthBackend::rope2`] and stores with [`Self::update`]; [`ContiguousKvCache`] does
@@ -286,6 +298,44 @@ impl<B: hearth_backend::HearthBackend> KvCache<B> for ContiguousKvCache<B> {
         let s = pos.key_len();
         let out = (B::prefix(kc.clone(), 2, s), B::prefix(vc.clone(), 2, s));
         *slot = Some((kc, vc));
+        Ok(out)
+    }
+
+    fn update_joint(
+        &mut self,
+        layer: usize,
+        kv: Tensor<B, 4>,
+        pos: &BatchPositions,
+    ) -> Result<Tensor<B, 4>, CacheError> {
+        let layers = self.layers.len();
+        let slot = self.layers.get_mut(layer).ok_or(CacheError::Layer { layer, layers })?;
+        let [b, h, t, d] = kv.dims();
+        if b != self.lens.len() {
+            return Err(CacheError::BatchMismatch {
+                expected: self.lens.len(),
+                got: b,
+            });
+        }
+        // the second tensor of the slot is a one-element placeholder: this layer's values are
+        // views of its keys
+        let (mut kc, placeholder) = slot.take().unwrap_or_else(|| {
+            (
+                Tensor::zeros([b, h, self.capacity, d], &self.device),
+                Tensor::zeros([1, 1, 1, 1], &self.device),
+            )
+        });
+        if pos.is_uniform() && pos.new.first() == Some(&t) {
+            kc = B::write_at(kc, kv, [0, 0, pos.past[0], 0]);
+        } else {
+            for row in 0..b {
+                let (p, n) = (pos.past[row], pos.new[row]);
+                if n > 0 {
+                    kc = B::write_at(kc, kv.clone().slice([row..row + 1, 0..h, 0..n, 0..d]), [row, 0, p, 0]);
+                }
+            }
+        }
+        let out = B::prefix(kc.clone(), 2, pos.key_len());
+        *slot = Some((kc, placeholder));
         Ok(out)
     }
 
@@ -447,6 +497,39 @@ mod tests {
         assert!(matches!(
             fused.update_rope(5, x.clone(), x.clone(), x, rope, &pos),
             Err(CacheError::Layer { layer: 5, layers: 2 })
+        ));
+    }
+
+    #[test]
+    fn joint_update_stores_one_tensor_per_layer() {
+        type B = hearth_backend::Cpu;
+        let dev = Default::default();
+        let mut c = ContiguousKvCache::<B>::new(1, 2, 8, dev);
+        let t4 = |v: Vec<f32>, s: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(v, s), &dev);
+        // ragged first chunk: row 0 has 2 tokens, row 1 one (its second slot is padding)
+        let pos = c.positions(&[2, 1]).unwrap();
+        let kv = t4((0..2 * 2 * 3).map(|x| x as f32).collect(), [2, 1, 2, 3]);
+        let all = c.update_joint(0, kv, &pos).unwrap();
+        assert_eq!(all.dims(), [2, 1, 2, 3]);
+        c.advance(&pos);
+        // a uniform step: one token per row
+        let pos = c.positions(&[1, 1]).unwrap();
+        let kv = t4(vec![50.0, 51.0, 52.0, 60.0, 61.0, 62.0], [2, 1, 1, 3]);
+        let all = c.update_joint(0, kv, &pos).unwrap();
+        assert_eq!(all.dims(), [2, 1, 3, 3]);
+        let v = all.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(&v[..9], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 50.0, 51.0, 52.0]);
+        // row 1: its one token, then the step's at position 1 (slot 2 is not written yet)
+        assert_eq!(&v[9..15], &[6.0, 7.0, 8.0, 60.0, 61.0, 62.0]);
+        // the placeholder costs one element, not a second cache
+        assert_eq!(c.allocated_bytes(), (2 * 8 * 3 + 1) * 4);
+        assert!(matches!(
+            c.update_joint(3, t4(vec![0.0; 6], [2, 1, 1, 3]), &pos),
+            Err(CacheError::Layer { layer: 3, layers: 1 })
+        ));
+        assert!(matches!(
+            c.update_joint(0, t4(vec![0.0; 3], [1, 1, 1, 3]), &pos),
+            Err(CacheError::BatchMismatch { expected: 2, got: 1 })
         ));
     }
 }

@@ -137,13 +137,15 @@ impl<B: HearthBackend> MlaAttention<B> {
             ctx.sin,
             self.rope_layout,
         );
-        let (latent, k_rot) = cache.update(layer, latent, k_rot, ctx.pos)?;
-        let s = latent.dims()[2];
+        // the cache holds `[latent | rotated RoPE key]` rows; the values are the latent part of
+        // the same rows (a view), so a step concatenates only its own new rows
+        let k_full = cache.update_joint(layer, Tensor::cat(vec![latent, k_rot], 3), ctx.pos)?;
+        let s = k_full.dims()[2];
+        debug_assert_eq!(k_full.dims(), [b, 1, s, r + rope]);
+        let latent = B::prefix(k_full.clone(), 3, r);
 
         let q_lat = B::matmul(q_nope, self.w_uk.clone().unsqueeze_dim::<4>(0).expand([b, h, nope, r]));
         let q_full = Tensor::cat(vec![q_lat, q_rot], 3);
-        let k_full = Tensor::cat(vec![latent.clone(), k_rot], 3);
-        debug_assert_eq!(k_full.dims(), [b, 1, s, r + rope]);
         let o_lat = B::gqa_attention(q_full, k_full, latent, ctx.mask.clone(), self.scale);
         let o = B::matmul(o_lat, self.w_uv.clone().unsqueeze_dim::<4>(0).expand([b, h, r, vd]));
         Ok(self.o.forward(o.swap_dims(1, 2).reshape([b, t, h * vd])))
