@@ -578,13 +578,15 @@ fn logits<B: HearthBackend>(dev: &B::Device, a: &LogitsArgs) -> Result<()> {
 /// sessions: prefill tok/s of the first run and decode tok/s of every run.
 fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64, Vec<f64>)> {
     let vocab = dec.config().vocab_size as u32;
-    // warm-up (GPU kernels are compiled on first use): a short prefill and two decode steps
-    let mut warm = dec.new_session(1, Some(16));
-    let mut tok = argmax(dec.forward(&[vec![1, 2, 3, 4]], &mut warm, LAST_ONLY)?.data)?;
-    for _ in 0..2 {
+    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    // warm-up (GPU kernels are compiled on first use, some per shape): the measured prompt and
+    // a few decode steps past it, so that the prefill's products and the decode attention at
+    // this context (split over the keys or not) are built before anything is timed
+    let mut warm = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
+    let mut tok = argmax(dec.forward(std::slice::from_ref(&prompt), &mut warm, LAST_ONLY)?.data)?;
+    for _ in 0..a.decode.min(3) {
         tok = argmax(dec.forward(&[vec![tok]], &mut warm, LAST_ONLY)?.data)?;
     }
-    let prompt: Vec<u32> = (0..a.prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let (mut prefill_tok_s, mut decode) = (0.0, Vec::new());
     for _ in 0..a.runs.max(1) {
         let mut session = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
