@@ -578,11 +578,17 @@ fn folded<B: CubeKernels>(dev: &B::Device) {
             // the tuned launch shapes, then a random one (each is a kernel build on llvmpipe)
             let shape = (round == 2).then(|| shapes[rng.below(shapes.len())]);
             hearth_backend::cube::set_matvec_shape(shape);
-            let got3 = B::k_norm3(h.clone(), pre, w3).expect("the kernel takes these operands");
+            let got3 = B::k_norm3(h.clone(), pre, w3).unwrap_or_else(|| {
+                panic!("{kind:?} round {round} m{m} k{k} {ns:?} shape {shape:?}: norm_matvec3 declined")
+            });
             let trait3 = B::norm_matmul3(h.clone(), pre, w3).unwrap();
-            let silu = host(B::k_norm_silu(h.clone(), pre, w3[0], weight(&up)).expect("the kernel takes these"));
+            let silu = host(B::k_norm_silu(h.clone(), pre, w3[0], weight(&up)).unwrap_or_else(|| {
+                panic!("{kind:?} round {round} m{m} k{k} {ns:?} shape {shape:?}: norm_matvec_silu declined")
+            }));
             let x = tensor::<B, 2>(rng.vec(m * k), [m, k], dev);
-            let added = host(B::k_matvec_add(x.clone(), w3[0], res.clone()).expect("the kernel takes these"));
+            let added = host(B::k_matvec_add(x.clone(), w3[0], res.clone()).unwrap_or_else(|| {
+                panic!("{kind:?} round {round} m{m} k{k} {ns:?} shape {shape:?}: matvec_add declined")
+            }));
             hearth_backend::cube::set_matvec_shape(None);
             let want3 = ops::norm_matmul3(h.clone(), pre, w3).unwrap();
             for ((got, tr), want) in got3.into_iter().zip(trait3).zip(want3) {
@@ -861,6 +867,11 @@ fn fused_attention<B: CubeKernels>(dev: &B::Device) {
         (1, 2, 2, 1, 700, 64, 64),
         (2, 2, 2, 2, 1000, 128, 128),
         (1, 1, 1, 1, 4100, 32, 48),
+        // decode shapes of Llama-3-8B (grouped 4:1), an 8:1 group, odd head sizes
+        (1, 8, 4, 1, 160, 128, 128),
+        (1, 8, 4, 1, 1000, 128, 128),
+        (2, 1, 8, 1, 333, 96, 96),
+        (1, 3, 2, 1, 37, 20, 12),
     ];
     for _ in 0..6 {
         cases.push((
@@ -910,9 +921,45 @@ fn fused_attention<B: CubeKernels>(dev: &B::Device) {
             "attention b{b} h{h} hkv{hkv} t{t} s{s} d{d} dv{dv} {window:?}: {e:e}"
         );
         assert!(
-            rel_err(&host(B::gqa_attention(q, k, v, mask, scale)), &got, 1e-3) < 1e-6,
+            rel_err(
+                &host(B::gqa_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale)),
+                &got,
+                1e-3
+            ) < 1e-6,
             "trait method"
         );
+        // one query row per head: the decode kernel, in other launch shapes too (split
+        // from 0 keys: every case with more keys than a round splits), and the general kernel
+        if t == 1 && s >= 100 {
+            use hearth_backend::cube::{DecodeAttention, set_decode_attention};
+            let shapes = [
+                DecodeAttention {
+                    planes: 1,
+                    batch: 1,
+                    split_from: 0,
+                },
+                DecodeAttention {
+                    planes: 2,
+                    batch: 3,
+                    split_from: 40,
+                },
+                DecodeAttention {
+                    planes: 4,
+                    batch: 8,
+                    split_from: 100_000,
+                },
+            ];
+            for shape in shapes {
+                set_decode_attention(Some(shape));
+                let got = host(B::k_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale).unwrap());
+                set_decode_attention(None);
+                let e = rel_err(&got, &want, 1e-3);
+                assert!(
+                    e < 1e-5,
+                    "decode attention {shape:?} b{b} h{h} hkv{hkv} s{s} d{d} dv{dv}: {e:e}"
+                );
+            }
+        }
     }
     let q = Tensor::<B, 4>::ones([1, 3, 1, 8], dev);
     let k = Tensor::<B, 4>::ones([1, 2, 4, 8], dev);
@@ -1251,7 +1298,8 @@ macro_rules! backend_tests {
             fn device_computes() {
                 const { assert!(!<B as HearthBackend>::HOST_KERNELS) };
                 let plane = hearth_backend::cube::uses_plane_reductions::<$runtime>(&dev());
-                println!("{:?}: plane reductions {plane}", dev());
+                let sizes = hearth_backend::cube::plane_sizes::<$runtime>(&dev());
+                println!("{:?}: plane reductions {plane}, plane sizes {sizes:?}", dev());
                 let a = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev());
                 let b = Tensor::<B, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev());
                 assert_eq!(host(B::matmul(a, b)), vec![19.0, 22.0, 43.0, 50.0]);

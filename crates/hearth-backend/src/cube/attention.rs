@@ -3,11 +3,12 @@
 //! row would leave the device idle, and a second kernel joining the splits.
 
 use super::reduce::{cube_max, cube_sum};
-use super::{kernel_float, plane_reductions, prim, wrap};
+use super::{kernel_float, plane_ops, plane_reductions, prim, wrap};
 use crate::BackendError;
 use burn::tensor::{Shape, Tensor as BTensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, ops::numeric::empty_device_contiguous_dtype,
+    tensor::CubeTensor,
 };
 use cubecl::prelude::*;
 
@@ -189,6 +190,259 @@ fn gqa_attention_kernel<F: Float, N: Size>(
     }
 }
 
+/// Decode attention (one query row per head, `T = 1`): one cube per (batch, KV head, key split)
+/// serves all `g` query heads of its group, so each key and value row is read once per group.
+/// The cube's planes take `batch` consecutive keys each per round, interleaved; in a plane
+/// every lane holds `kpl` (`vpl`) vectors of each key (value) row, the dot products are plane
+/// sums, and each plane keeps its own running max, sum and values in registers: no cube
+/// barrier until the planes meet in shared memory at the end. Without plane operations
+/// (`use_plane` off) a "plane" is `lanes` consecutive units that sum through shared memory.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_kernel<F: Float, N: Size>(
+    q: &Array<F>,
+    k: &Array<Vector<F, N>>,
+    v: &Array<Vector<F, N>>,
+    mask: &Array<F>,
+    out: &mut Array<F>,
+    part: &mut Array<f32>,
+    l: AttnLayout,
+    scale: f32,
+    splits: u32,
+    chunk: u32,
+    #[comptime] d: usize,
+    #[comptime] dv: usize,
+    #[comptime] g: usize,
+    #[comptime] nv: usize,
+    #[comptime] lanes: usize,
+    #[comptime] max_planes: usize,
+    #[comptime] batch: usize,
+    #[comptime] use_plane: bool,
+    #[comptime] split: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let kpl = comptime!((d / nv).div_ceil(lanes));
+    let vpl = comptime!((dv / nv).div_ceil(lanes));
+    let ns = splits as usize;
+    let sp = CUBE_POS % ns;
+    let c = CUBE_POS / ns;
+    let hkv = l.hkv as usize;
+    let kvh = c % hkv;
+    let b = c / hkv;
+    let h_len = l.h_len as usize;
+    let s_len = l.s_len as usize;
+    // `lanes` is the device's smallest plane size (registers are sized for it); the planes it
+    // actually formed are `pd` lanes wide, `np` per cube (at most `max_planes`)
+    let mut lane = UNIT_POS as usize % lanes;
+    let mut w = UNIT_POS as usize / lanes;
+    let mut pd = lanes.runtime();
+    let mut np = CUBE_DIM as usize / lanes;
+    if use_plane {
+        lane = UNIT_POS_PLANE as usize;
+        w = PLANE_POS as usize;
+        pd = PLANE_DIM as usize;
+        np = (CUBE_DIM / PLANE_DIM) as usize;
+    }
+    let mut red = SharedMemory::<f32>::new(comptime!(if use_plane { 1 } else { max_planes * lanes * g * batch }));
+
+    // this lane's slice of the group's query rows, pre-scaled
+    let mut qr = Array::<f32>::new(comptime!(g * kpl * nv));
+    #[unroll]
+    for hh in 0..g {
+        let qb = b * l.q0 as usize + (kvh * g + hh) * l.q1 as usize;
+        #[unroll]
+        for j in 0..kpl {
+            #[unroll]
+            for i in 0..nv {
+                let e = (j * pd + lane) * nv + i;
+                let mut x = 0.0f32;
+                if e < d {
+                    x = f32::cast_from(q[qb + e * l.q3 as usize]) * scale;
+                }
+                qr[(hh * kpl + j) * nv + i] = x;
+            }
+        }
+    }
+    let mut mx = Array::<f32>::new(g);
+    let mut sm = Array::<f32>::new(g);
+    let mut acc = Array::<f32>::new(comptime!(g * vpl * nv));
+    #[unroll]
+    for hh in 0..g {
+        // finite, so that fully masked rounds give exp(-inf) = 0, never NaN
+        mx[hh] = f32::new(-1.0e30);
+        sm[hh] = 0.0f32;
+    }
+    #[unroll]
+    for i in 0..comptime!(g * vpl * nv) {
+        acc[i] = 0.0f32;
+    }
+
+    let kb = b * l.k0 as usize + kvh * l.k1 as usize;
+    let vb = b * l.v0 as usize + kvh * l.v1 as usize;
+    let mb = b * l.m0 as usize;
+    let ms = l.m2 as usize;
+    let (ks, kd) = (l.k2 as usize, l.k3 as usize);
+    let (vs, vd) = (l.v2 as usize, l.v3 as usize);
+    let lo = sp * chunk as usize;
+    let hi = min(s_len, lo + chunk as usize);
+    // the same number of rounds for every plane (the shared-memory sums synchronise the cube)
+    let per_round = np * batch;
+    let rounds = (hi - lo + per_round - 1) / per_round;
+    for r in 0..rounds {
+        let s0 = lo + r * per_round + w * batch;
+        // every load of the round first (clamped in range, zeroed outside), then the arithmetic
+        let mut kf = Array::<f32>::new(comptime!(batch * kpl * nv));
+        let mut vf = Array::<f32>::new(comptime!(batch * vpl * nv));
+        let mut mk = Array::<f32>::new(batch);
+        #[unroll]
+        for bb in 0..batch {
+            let s = min(s0 + bb, hi - 1);
+            let ok = s0 + bb < hi;
+            #[unroll]
+            for j in 0..kpl {
+                let vi = min(j * pd + lane, comptime!(d / nv - 1));
+                let inb = ok && (j * pd + lane) < comptime!(d / nv);
+                let x = k[(kb + s * ks + vi * nv * kd) / nv];
+                #[unroll]
+                for i in 0..nv {
+                    kf[(bb * kpl + j) * nv + i] = select(inb, f32::cast_from(x[i]), 0.0f32);
+                }
+            }
+            #[unroll]
+            for j in 0..vpl {
+                let vi = min(j * pd + lane, comptime!(dv / nv - 1));
+                let inb = ok && (j * pd + lane) < comptime!(dv / nv);
+                let x = v[(vb + s * vs + vi * nv * vd) / nv];
+                #[unroll]
+                for i in 0..nv {
+                    vf[(bb * vpl + j) * nv + i] = select(inb, f32::cast_from(x[i]), 0.0f32);
+                }
+            }
+            mk[bb] = select(ok, f32::cast_from(mask[mb + s * ms]), f32::new(-3.0e38));
+        }
+        // the round's scores: this lane's share of every dot product, then the plane's sums
+        let mut score = Array::<f32>::new(comptime!(g * batch));
+        #[unroll]
+        for hh in 0..g {
+            #[unroll]
+            for bb in 0..batch {
+                let mut dot = 0.0f32;
+                #[unroll]
+                for j in 0..comptime!(kpl * nv) {
+                    dot += qr[hh * kpl * nv + j] * kf[bb * kpl * nv + j];
+                }
+                score[hh * batch + bb] = dot;
+            }
+        }
+        if use_plane {
+            #[unroll]
+            for i in 0..comptime!(g * batch) {
+                score[i] = plane_sum(score[i]);
+            }
+        } else {
+            let u = UNIT_POS as usize;
+            let units = CUBE_DIM as usize;
+            #[unroll]
+            for i in 0..comptime!(g * batch) {
+                red[i * units + u] = score[i];
+            }
+            sync_cube();
+            let first = u - lane;
+            #[unroll]
+            for i in 0..comptime!(g * batch) {
+                let mut t = 0.0f32;
+                for x in 0..lanes {
+                    t += red[i * units + first + x];
+                }
+                score[i] = t;
+            }
+            sync_cube();
+        }
+        // online softmax per head
+        #[unroll]
+        for hh in 0..g {
+            let mut top = f32::new(-3.0e38);
+            #[unroll]
+            for bb in 0..batch {
+                let x = score[hh * batch + bb] + mk[bb];
+                score[hh * batch + bb] = x;
+                top = max(top, x);
+            }
+            let m_new = max(mx[hh], top);
+            let alpha = f32::exp(mx[hh] - m_new);
+            mx[hh] = m_new;
+            let mut psum = 0.0f32;
+            #[unroll]
+            for bb in 0..batch {
+                let p = f32::exp(score[hh * batch + bb] - m_new);
+                score[hh * batch + bb] = p;
+                psum += p;
+            }
+            sm[hh] = sm[hh] * alpha + psum;
+            #[unroll]
+            for j in 0..comptime!(vpl * nv) {
+                let mut a = acc[hh * vpl * nv + j] * alpha;
+                #[unroll]
+                for bb in 0..batch {
+                    a += score[hh * batch + bb] * vf[bb * vpl * nv + j];
+                }
+                acc[hh * vpl * nv + j] = a;
+            }
+        }
+    }
+
+    // the planes' partial results meet in shared memory
+    let mut sh_m = SharedMemory::<f32>::new(comptime!(max_planes * g));
+    let mut sh_l = SharedMemory::<f32>::new(comptime!(max_planes * g));
+    let mut sh_a = SharedMemory::<f32>::new(comptime!(max_planes * g * dv));
+    #[unroll]
+    for hh in 0..g {
+        if lane == 0 {
+            sh_m[w * g + hh] = mx[hh];
+            sh_l[w * g + hh] = sm[hh];
+        }
+        #[unroll]
+        for j in 0..vpl {
+            #[unroll]
+            for i in 0..nv {
+                let e = (j * pd + lane) * nv + i;
+                if e < dv {
+                    sh_a[(w * g + hh) * dv + e] = acc[(hh * vpl + j) * nv + i];
+                }
+            }
+        }
+    }
+    sync_cube();
+    let mut idx = UNIT_POS as usize;
+    while idx < comptime!(g * dv) {
+        let hh = idx / dv;
+        let e = idx % dv;
+        let mut big = f32::new(-3.0e38);
+        for p in 0..np {
+            big = max(big, sh_m[p * g + hh]);
+        }
+        let mut tl = 0.0f32;
+        let mut ta = 0.0f32;
+        for p in 0..np {
+            let f = f32::exp(sh_m[p * g + hh] - big);
+            tl += sh_l[p * g + hh] * f;
+            ta += sh_a[(p * g + hh) * dv + e] * f;
+        }
+        let h = kvh * g + hh;
+        if split {
+            let pb = ((b * h_len + h) * ns + sp) * (dv + 2);
+            part[pb + e] = ta;
+            if e == 0 {
+                part[pb + dv] = big;
+                part[pb + dv + 1] = tl;
+            }
+        } else {
+            out[(b * h_len + h) * dv + e] = F::cast_from(ta / tl);
+        }
+        idx += CUBE_DIM as usize;
+    }
+}
+
 /// Joins the `splits` partial results of one query row (cube): each partial's values and sum
 /// are rescaled from its own running max to the overall one.
 #[cube(launch_unchecked)]
@@ -228,6 +482,106 @@ fn gqa_attention_combine_kernel<F: Float>(
         out[ob + e] = F::cast_from(o * inv);
         e += TILE;
     }
+}
+
+/// Launch shape of the decode-attention kernel (one query row per head, the path of every
+/// decode step): planes (warps/subgroups) per cube, consecutive keys each plane takes per round,
+/// and the key count above which the keys split over several cubes per KV head (joined by a
+/// second launch). All shapes compute the same result up to f32 summation order.
+///
+/// ```
+/// use hearth_backend::cube::DecodeAttention;
+/// let s = DecodeAttention::parse("planes=4,batch=8").unwrap();
+/// assert_eq!((s.planes, s.batch, s.split_from), (4, 8, DecodeAttention::DEFAULT.split_from));
+/// assert!(DecodeAttention::parse("planes=0").is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeAttention {
+    /// Planes per cube (1..=16).
+    pub planes: usize,
+    /// Keys per plane per round, loaded together (1..=16).
+    pub batch: usize,
+    /// Key counts above this split over several cubes per KV head.
+    pub split_from: usize,
+}
+
+impl DecodeAttention {
+    /// The shape used unless `HEARTH_DECODE_ATTN` or [`set_decode_attention`] says otherwise.
+    pub const DEFAULT: DecodeAttention = DecodeAttention {
+        planes: 8,
+        batch: 4,
+        split_from: 128,
+    };
+
+    /// Parses `planes=P,batch=B,split=S` (any subset, over [`Self::DEFAULT`]).
+    pub fn parse(spec: &str) -> Result<DecodeAttention, String> {
+        let mut s = Self::DEFAULT;
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            let n: usize = value.parse().map_err(|_| format!("`{part}`: not a number"))?;
+            match key {
+                "planes" if (1..=16).contains(&n) => s.planes = n,
+                "batch" if (1..=16).contains(&n) => s.batch = n,
+                "split" => s.split_from = n,
+                "planes" | "batch" => return Err(format!("`{part}`: out of range 1..=16")),
+                _ => return Err(format!("`{part}`: unknown key (planes, batch, split)")),
+            }
+        }
+        Ok(s)
+    }
+}
+
+static DECODE_SHAPE: std::sync::RwLock<Option<DecodeAttention>> = std::sync::RwLock::new(None);
+
+/// The decode-attention shape in use: [`set_decode_attention`]'s, else `HEARTH_DECODE_ATTN`
+/// from the environment (read once; `off` selects the general kernel for single queries too),
+/// else [`DecodeAttention::DEFAULT`]. `None` when turned off.
+///
+/// ```
+/// use hearth_backend::cube::{DecodeAttention, decode_attention, set_decode_attention};
+/// set_decode_attention(Some(DecodeAttention { planes: 2, ..DecodeAttention::DEFAULT }));
+/// assert_eq!(decode_attention().unwrap().planes, 2);
+/// set_decode_attention(None);
+/// ```
+pub fn decode_attention() -> Option<DecodeAttention> {
+    if let Some(s) = *DECODE_SHAPE.read().unwrap_or_else(|e| e.into_inner()) {
+        return Some(s);
+    }
+    static ENV: std::sync::OnceLock<Option<DecodeAttention>> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("HEARTH_DECODE_ATTN") {
+        Ok(v) if v == "off" => None,
+        Ok(v) => Some(
+            DecodeAttention::parse(&v)
+                .inspect_err(|e| eprintln!("hearth: ignoring HEARTH_DECODE_ATTN: {e}"))
+                .unwrap_or(DecodeAttention::DEFAULT),
+        ),
+        Err(_) => Some(DecodeAttention::DEFAULT),
+    })
+}
+
+/// Sets the decode-attention shape for the process (`None`: back to the environment's).
+///
+/// ```
+/// hearth_backend::cube::set_decode_attention(None);
+/// ```
+pub fn set_decode_attention(shape: Option<DecodeAttention>) {
+    *DECODE_SHAPE.write().unwrap_or_else(|e| e.into_inner()) = shape;
+}
+
+/// Key splits of the decode kernel for `bh` (batch × KV head) cubes: none up to `split_from`
+/// keys; past it enough for about two cubes per multiprocessor, each split at least two rounds
+/// of `per_round` keys and a whole number of rounds.
+fn decode_splits(bh: usize, s: usize, sms: usize, per_round: usize, split_from: usize) -> (usize, usize) {
+    if s <= split_from.max(per_round) {
+        return (1, s.max(1));
+    }
+    let want = (2 * sms).div_ceil(bh.max(1)).max(1);
+    let most = s.div_ceil(2 * per_round).max(1);
+    let n = want.min(most);
+    let chunk = s.div_ceil(n).next_multiple_of(per_round);
+    (s.div_ceil(chunk), chunk)
 }
 
 /// Splits of the key range per query row: enough cubes for two per multiprocessor, whole
@@ -312,30 +666,15 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let client = q.client.clone();
     let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), Shape::new([b, t, h, dv]), dt);
     let use_plane = plane_reductions(&client) && client.properties().hardware.plane_size_max as usize <= TILE;
-    let st = |t: &burn_cubecl::tensor::CubeTensor<R>, i: usize| t.meta.strides()[i] as u32;
-    let layout = AttnLayoutLaunch::new(
-        h as u32,
-        t as u32,
-        s as u32,
-        hkv as u32,
-        st(&q, 0),
-        st(&q, 1),
-        st(&q, 2),
-        st(&q, 3),
-        st(&k, 0),
-        st(&k, 1),
-        st(&k, 2),
-        st(&k, 3),
-        st(&v, 0),
-        st(&v, 1),
-        st(&v, 2),
-        st(&v, 3),
-        st(&mask, 0),
-        st(&mask, 1),
-        st(&mask, 2),
-    );
     let rows = b * h * t;
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(16) as usize;
+    if t == 1
+        && let Some(shape) = decode_attention()
+        && let Some(out) = decode_attention_launch(&q, &k, &v, &mask, scale, shape, sms, [b, h, hkv, s, d, dv])
+    {
+        return Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2));
+    }
+    let layout = attn_layout(&q, &k, &v, &mask, [h, t, s, hkv]);
     let (splits, chunk) = key_splits(rows, s, sms);
     let split = splits > 1;
     // 16-byte key loads when every key row starts on a 16-byte boundary and is contiguous
@@ -408,6 +747,172 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         }
     }
     Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2))
+}
+
+/// The kernels' view of the operands' shapes and strides.
+fn attn_layout<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    mask: &CubeTensor<R>,
+    [h, t, s, hkv]: [usize; 4],
+) -> AttnLayoutLaunch<R> {
+    let st = |t: &CubeTensor<R>, i: usize| t.meta.strides()[i] as u32;
+    AttnLayoutLaunch::new(
+        h as u32,
+        t as u32,
+        s as u32,
+        hkv as u32,
+        st(q, 0),
+        st(q, 1),
+        st(q, 2),
+        st(q, 3),
+        st(k, 0),
+        st(k, 1),
+        st(k, 2),
+        st(k, 3),
+        st(v, 0),
+        st(v, 1),
+        st(v, 2),
+        st(v, 3),
+        st(mask, 0),
+        st(mask, 1),
+        st(mask, 2),
+    )
+}
+
+/// Whether `t`'s rows (last dim contiguous) start on whole vectors of `nv` elements.
+fn rows_aligned<R: CubeRuntime>(t: &CubeTensor<R>, nv: usize) -> bool {
+    let st = t.meta.strides();
+    nv == 1
+        || (st[3] == 1
+            && [st[0], st[1], st[2]].iter().all(|x| x.is_multiple_of(nv))
+            && t.handle
+                .offset_start
+                .unwrap_or(0)
+                .is_multiple_of((nv * t.dtype.size()) as u64))
+}
+
+/// Launches [`decode_attention_kernel`] (and the join of its splits) for one query row per
+/// head, or returns `None` where it does not apply (no plane operations, or a group too large
+/// for its registers): the caller then uses the general kernel. Operands validated by
+/// [`gqa_attention`].
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_launch<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    mask: &CubeTensor<R>,
+    scale: f64,
+    shape: DecodeAttention,
+    sms: usize,
+    [b, h, hkv, s, d, dv]: [usize; 6],
+) -> Option<CubeTensor<R>> {
+    let client = q.client.clone();
+    let hw = &client.properties().hardware;
+    // plane sums, with planes of a size the device picks between these; else groups of 8
+    // units summing through shared memory
+    let (lanes, lanes_max) = (hw.plane_size_min as usize, hw.plane_size_max as usize);
+    let use_plane = plane_ops(&client) && (4..=lanes_max).contains(&lanes) && lanes_max <= 128;
+    let (lanes, lanes_max) = if use_plane { (lanes, lanes_max) } else { (8, 8) };
+    let g = h / hkv;
+    let dt = q.dtype;
+    // the widest vectors (≤ 16 bytes) that keep every lane busy and fit the rows' alignment
+    let nv = (1..=(16 / dt.size()).trailing_zeros())
+        .rev()
+        .map(|p| 1usize << p)
+        .find(|&nv| {
+            d.is_multiple_of(nv)
+                && dv.is_multiple_of(nv)
+                && d / nv >= lanes
+                && dv / nv >= lanes
+                && rows_aligned(k, nv)
+                && rows_aligned(v, nv)
+        })
+        .unwrap_or(1);
+    let (kpl, vpl) = ((d / nv).div_ceil(lanes), (dv / nv).div_ceil(lanes));
+    // registers per lane: the group's queries and values, one round's keys and values
+    if (g + shape.batch) * (kpl + vpl) * nv > 192 {
+        return None;
+    }
+    // planes per cube within the device's units and 32 KiB of shared memory
+    let max_units = hw.max_units_per_cube.min(hw.max_cube_dim.0) as usize;
+    // (a cube of `planes · lanes_max` units forms up to `planes · lanes_max / lanes` planes)
+    let fits = |planes: usize| {
+        let reduce = if use_plane { 0 } else { planes * lanes * g * shape.batch };
+        planes * lanes_max <= max_units && (planes * lanes_max / lanes * g * (dv + 2) + reduce) * 4 <= 32 * 1024
+    };
+    let mut planes = shape.planes;
+    while planes > 1 && !fits(planes) {
+        planes /= 2;
+    }
+    if !fits(planes) {
+        return None;
+    }
+    let max_planes = planes * lanes_max / lanes;
+    let (splits, chunk) = decode_splits(b * hkv, s, sms, planes * shape.batch, shape.split_from);
+    let split = splits > 1;
+    let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), Shape::new([b, 1, h, dv]), dt);
+    let part_len = if split { b * h * splits * (dv + 2) } else { 1 };
+    let part = empty_device_contiguous_dtype(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([part_len]),
+        burn::tensor::DType::F32,
+    );
+    let layout = attn_layout(q, k, v, mask, [h, 1, s, hkv]);
+    // SAFETY: every index stays within the extents validated by `gqa_attention` (shapes,
+    // strides): key and value loads are clamped to the last key of the split and the last
+    // vector of the row (and zeroed outside), `k`/`v` are read as vectors of `nv` only when
+    // their rows are contiguous and start on whole vectors (`rows_aligned`); cube
+    // (b, kvh, split) writes `part` only at its group's rows and its split, `out` only at its
+    // group's rows ([B, 1, H, Dv] contiguous).
+    unsafe {
+        decode_attention_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::new_1d((b * hkv * splits) as u32),
+            CubeDim::new_1d((planes * lanes_max) as u32),
+            nv,
+            q.clone().into_array_arg(),
+            k.clone().into_array_arg(),
+            v.clone().into_array_arg(),
+            mask.clone().into_array_arg(),
+            out.clone().into_array_arg(),
+            part.clone().into_array_arg(),
+            layout,
+            scale as f32,
+            splits as u32,
+            chunk as u32,
+            d,
+            dv,
+            g,
+            nv,
+            lanes,
+            max_planes,
+            shape.batch,
+            use_plane,
+            split,
+            dt.into(),
+        );
+    }
+    if split {
+        // SAFETY: as in `gqa_attention`: `part` holds `b · h · splits` slots, all written above.
+        unsafe {
+            gqa_attention_combine_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::new_1d((b * h) as u32),
+                CubeDim::new_1d(TILE as u32),
+                part.into_array_arg(),
+                out.clone().into_array_arg(),
+                h as u32,
+                1,
+                splits as u32,
+                dv,
+                dt.into(),
+            );
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

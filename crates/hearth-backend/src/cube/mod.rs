@@ -43,7 +43,7 @@ mod reduce;
 mod rope;
 
 pub use act::silu_mul;
-pub use attention::{ATTENTION_MAX_QUERIES, gqa_attention};
+pub use attention::{ATTENTION_MAX_QUERIES, DecodeAttention, decode_attention, gqa_attention, set_decode_attention};
 pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
@@ -165,6 +165,26 @@ pub fn set_plane_reductions(enabled: bool) {
 /// ```
 pub fn uses_plane_reductions<R: CubeRuntime>(device: &R::Device) -> bool {
     plane_reductions(&R::client(device))
+}
+
+/// The device's plane (warp/subgroup) sizes `(min, max)` where it has plane operations and
+/// [`set_plane_reductions`] did not turn them off. Kernels written for a fixed plane size need
+/// `min == max` ([`uses_plane_reductions`]); the decode-attention kernel takes any.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// println!("{:?}", hearth_backend::cube::plane_sizes::<burn::backend::wgpu::WgpuRuntime>(&Default::default()));
+/// # }
+/// ```
+pub fn plane_sizes<R: CubeRuntime>(device: &R::Device) -> Option<(u32, u32)> {
+    let client = R::client(device);
+    let hw = &client.properties().hardware;
+    plane_ops(&client).then_some((hw.plane_size_min, hw.plane_size_max))
+}
+
+/// Plane operations available and not turned off.
+pub(crate) fn plane_ops<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> bool {
+    !NO_PLANE_REDUCTIONS.load(Ordering::Relaxed) && client.features().plane.contains(Plane::Ops)
 }
 
 pub(crate) fn plane_reductions<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> bool {
