@@ -463,9 +463,10 @@ pub fn matvec_add<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     if x.dims()[0] > MATVEC_MAX_ROWS {
         return None;
     }
+    // CUDA may pad the rows of a tensor made from host data: the epilogue reads `[M, N]` densely
     let fold = matmul::Fold {
         norm: None,
-        residual: Some(prim(residual)),
+        residual: Some(burn_cubecl::kernel::into_contiguous(prim(residual))),
     };
     match w {
         Weight::Dense(t) => matmul::dense_matvec(&prim(x), &prim(t.clone()), &fold).map(wrap),
