@@ -287,6 +287,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let hi = min(s_len, lo + chunk as usize);
     // the same number of rounds for every plane (the shared-memory sums synchronise the cube)
     let per_round = np * batch;
+    #[allow(clippy::manual_div_ceil)]
     let rounds = (hi - lo + per_round - 1) / per_round;
     for r in 0..rounds {
         let s0 = lo + r * per_round + w * batch;
