@@ -730,24 +730,30 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         );
     }
     if split {
-        // SAFETY: `part` holds `rows · splits` slots written above; cube `c` reads its row's
-        // slots and writes its row of `out` ([B, T, H, Dv]).
-        unsafe {
-            gqa_attention_combine_kernel::launch_unchecked::<R>(
-                &client,
-                CubeCount::new_1d(rows as u32),
-                CubeDim::new_1d(TILE as u32),
-                part.into_array_arg(),
-                out.clone().into_array_arg(),
-                h as u32,
-                t as u32,
-                splits as u32,
-                dv,
-                dt.into(),
-            );
-        }
+        join_splits(part, &out, rows, [h, t, splits, dv]);
     }
     Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2))
+}
+
+/// Launches [`gqa_attention_combine_kernel`]: joins the `splits` partial results of each of the
+/// `rows` query rows in `part` into `out` (`[B, T, H, Dv]` contiguous).
+fn join_splits<R: CubeRuntime>(part: CubeTensor<R>, out: &CubeTensor<R>, rows: usize, [h, t, splits, dv]: [usize; 4]) {
+    // SAFETY: `part` holds `rows · splits` slots of `dv + 2` words, every one written by the
+    // attention launch before; cube `c` reads its row's slots and writes its row of `out`.
+    unsafe {
+        gqa_attention_combine_kernel::launch_unchecked::<R>(
+            &part.client.clone(),
+            CubeCount::new_1d(rows as u32),
+            CubeDim::new_1d(TILE as u32),
+            part.into_array_arg(),
+            out.clone().into_array_arg(),
+            h as u32,
+            t as u32,
+            splits as u32,
+            dv,
+            out.dtype.into(),
+        );
+    }
 }
 
 /// The kernels' view of the operands' shapes and strides.
@@ -897,21 +903,7 @@ fn decode_attention_launch<R: CubeRuntime>(
         );
     }
     if split {
-        // SAFETY: as in `gqa_attention`: `part` holds `b · h · splits` slots, all written above.
-        unsafe {
-            gqa_attention_combine_kernel::launch_unchecked::<R>(
-                &client,
-                CubeCount::new_1d((b * h) as u32),
-                CubeDim::new_1d(TILE as u32),
-                part.into_array_arg(),
-                out.clone().into_array_arg(),
-                h as u32,
-                1,
-                splits as u32,
-                dv,
-                dt.into(),
-            );
-        }
+        join_splits(part, &out, b * h, [h, 1, splits, dv]);
     }
     Some(out)
 }
