@@ -33,7 +33,48 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
-    acc.iter().sum::<f32>() + tail
+    // lanes summed pairwise (halves added), which vectorises, not one after another
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Reduces `x` with `f`, [`LANES`] running values side by side and then pairwise, so that
+/// the loop vectorises (a single running value is one long dependency chain).
+#[inline(always)]
+fn lanes_fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] = f(acc[l], acc[l + w]);
+        }
+    }
+    chunks.remainder().iter().fold(acc[0], |a, &b| f(a, b))
+}
+
+/// Largest value of `x` (−∞ when empty).
+#[inline(always)]
+fn lanes_max(x: &[f32]) -> f32 {
+    lanes_fold(x, f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ x[i]`, summed as [`lanes_fold`] does.
+#[inline(always)]
+fn lanes_sum(x: &[f32]) -> f32 {
+    lanes_fold(x, 0.0, |a, b| a + b)
 }
 
 /// `Σ x[i]²`.
@@ -327,20 +368,18 @@ fn attend_group_body(
         }
         for j in 0..g {
             let pj = &mut p[j][..nb];
-            let mb = pj.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mn = m[j].max(mb);
+            let mn = m[j].max(lanes_max(pj));
             if mn > m[j] {
                 let c = exp_neg(m[j] - mn);
                 l[j] *= c;
                 out[j * dv..(j + 1) * dv].iter_mut().for_each(|o| *o *= c);
                 m[j] = mn;
             }
-            let mut sum = 0.0;
+            // the exponentials on their own (vectorised), then their sum lane by lane
             for x in pj.iter_mut() {
                 *x = exp_neg(*x - mn);
-                sum += *x;
             }
-            l[j] += sum;
+            l[j] += lanes_sum(pj);
         }
         for b in 0..nb {
             let v = &vals[(start + b) * dv..(start + b + 1) * dv];
@@ -409,6 +448,18 @@ mod tests {
             let mut o2 = vec![0.0; n];
             add_rms_norm(&mut xa, &delta, &w, 1e-6, &mut o2);
             close(&o2, &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn lane_reductions_match_f64_on_ragged_lengths() {
+        let mut r = Rng(9);
+        for n in [0, 1, 5, 15, 16, 17, 31, 32, 33, 100] {
+            let x = r.vec(n);
+            let sum: f64 = x.iter().map(|v| *v as f64).sum();
+            close(&[lanes_sum(&x)], &[sum], 1e-6 * (n.max(1) as f64));
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            assert_eq!(lanes_max(&x), max, "max of {n}");
         }
     }
 
