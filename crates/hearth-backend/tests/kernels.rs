@@ -1300,6 +1300,10 @@ macro_rules! backend_tests {
                 let plane = hearth_backend::cube::uses_plane_reductions::<$runtime>(&dev());
                 let sizes = hearth_backend::cube::plane_sizes::<$runtime>(&dev());
                 println!("{:?}: plane reductions {plane}, plane sizes {sizes:?}", dev());
+                // the bandwidth probe behind `hearth bench`'s floor runs and reads something
+                let bw = hearth_backend::cube::read_bandwidth::<$runtime>(&dev(), 1 << 24, 2).expect("the probe runs");
+                println!("read bandwidth {:.1} GB/s", bw / 1e9);
+                assert!(bw.is_finite() && bw > 1e6, "read bandwidth {bw}");
                 let a = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev());
                 let b = Tensor::<B, 2>::from_floats([[5.0, 6.0], [7.0, 8.0]], &dev());
                 assert_eq!(host(B::matmul(a, b)), vec![19.0, 22.0, 43.0, 50.0]);
