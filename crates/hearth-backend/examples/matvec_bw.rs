@@ -95,6 +95,13 @@ mod bench {
                 time(&format!("{format:?} {name}"), bytes.len(), &|| {
                     std::hint::black_box(B::packed_matmul(x.clone(), &w).expect("matvec"));
                 });
+                // half-precision activations, as a bf16 decode step passes them
+                for &dtype in dense.iter().filter(|d| **d != DType::F32) {
+                    let xh = x.clone().cast(dtype);
+                    time(&format!("{format:?} {name} x {dtype:?}"), bytes.len(), &|| {
+                        std::hint::black_box(B::packed_matmul(xh.clone(), &w).expect("matvec"));
+                    });
+                }
                 if name.starts_with("gate") || name.starts_with("small") {
                     let up: PackedMatrix<B> = B::upload_packed(format, &bytes, n, k, dev).expect("upload");
                     time(&format!("{format:?} {name} gate+up+silu"), 2 * bytes.len(), &|| {

@@ -54,7 +54,10 @@ fn dense_rows_dot<F: Float, N: Size>(
     let ss = comptime!(if two { 2 * rows } else { rows });
     let mut sq = Vector::<f32, N>::zeroed();
     let mut v = UNIT_POS as usize;
-    while v + comptime!((unroll - 1) * cube_dim) < nv {
+    // Every pass is a whole unrolled one: a vector past the row's end reads the row's last
+    // (a valid address) against a zero `x`, so rows whose length is not a multiple of
+    // `unroll · cube_dim` keep `unroll` loads per row in flight to the end.
+    while v < nv {
         #[unroll]
         for r in 0..rows {
             let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
@@ -62,18 +65,21 @@ fn dense_rows_dot<F: Float, N: Size>(
             let mut t = Vector::<f32, N>::zeroed();
             #[unroll]
             for u in 0..unroll {
-                let x0 = Vector::<f32, N>::cast_from(x[xr + v + u * cube_dim]);
+                let vu = v + u * cube_dim;
+                let vc = min(vu, nv - 1);
+                let live = Vector::<f32, N>::new(select(vu < nv, 1.0f32, 0.0f32));
+                let x0 = Vector::<f32, N>::cast_from(x[xr + vc]) * live;
                 let xv = if comptime!(norm) {
-                    x0 * Vector::<f32, N>::cast_from(gw[v + u * cube_dim])
+                    x0 * Vector::<f32, N>::cast_from(gw[vc])
                 } else {
                     x0
                 };
                 if comptime!(norm && r == 0) {
                     sq += x0 * x0;
                 }
-                s += Vector::<f32, N>::cast_from(a[wr + v + u * cube_dim]) * xv;
+                s += Vector::<f32, N>::cast_from(a[wr + vc]) * xv;
                 if two {
-                    t += Vector::<f32, N>::cast_from(b[wr + v + u * cube_dim]) * xv;
+                    t += Vector::<f32, N>::cast_from(b[wr + vc]) * xv;
                 }
             }
             acc[r] += f32::cast_from(s.vector_sum());
@@ -82,26 +88,6 @@ fn dense_rows_dot<F: Float, N: Size>(
             }
         }
         v += comptime!(unroll * cube_dim);
-    }
-    while v < nv {
-        #[unroll]
-        for r in 0..rows {
-            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
-            let x0 = Vector::<f32, N>::cast_from(x[xr + v]);
-            let xv = if comptime!(norm) {
-                x0 * Vector::<f32, N>::cast_from(gw[v])
-            } else {
-                x0
-            };
-            if comptime!(norm && r == 0) {
-                sq += x0 * x0;
-            }
-            acc[r] += f32::cast_from((Vector::<f32, N>::cast_from(a[wr + v]) * xv).vector_sum());
-            if two {
-                acc[rows + r] += f32::cast_from((Vector::<f32, N>::cast_from(b[wr + v]) * xv).vector_sum());
-            }
-        }
-        v += cube_dim;
     }
     if comptime!(norm) {
         acc[ss] += f32::cast_from(sq.vector_sum());

@@ -104,6 +104,16 @@ fn row_vectors(f: PackedFormat, k: usize) -> usize {
     }
 }
 
+/// Whether `client`'s device computes in f16 (the f16-pair conversion of quants needs it).
+fn f16_arithmetic<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> bool {
+    client
+        .properties()
+        .type_usage(StorageType::Scalar(cubecl::ir::ElemType::Float(
+            cubecl::ir::FloatKind::F16,
+        )))
+        .contains(cubecl::features::TypeUsage::Arithmetic)
+}
+
 /// How a vector-format matvec is launched on `client` for rows of `k` values of `format`:
 /// the process's [`MatvecShape`], its units per cube and its reduction path.
 struct VecLaunch {
@@ -115,7 +125,10 @@ struct VecLaunch {
 
 impl VecLaunch {
     fn new<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, format: PackedFormat, k: usize) -> Self {
-        let shape = matvec_shape(Some(format));
+        let mut shape = matvec_shape(Some(format));
+        if shape.convert == 2 && !f16_arithmetic(client) {
+            shape.convert = 1;
+        }
         let units = matvec_units(client, shape, row_vectors(format, k));
         VecLaunch {
             shape,
@@ -168,46 +181,96 @@ fn vec_dot_at<F: Float, NX: Size, NW: Size>(
         #[unroll]
         for i in 0..4usize {
             let xv = load_x(x, x_row + 4 * v + i, g, 4 * v + i, acc, ss, norm, first);
-            // bias every byte by 128 (0..=255), once per word
-            let word = q[i] ^ 0x8080_8080u32;
-            #[unroll]
-            for b in 0..4usize {
-                let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
-                let value = if comptime!(convert == 1) {
-                    // 2²³ + byte, exactly, then minus 2²³ + 128
-                    f32::reinterpret(byte | 0x4B00_0000u32) - 8_388_736.0f32
-                } else {
-                    f32::cast_from(byte) - 128.0f32
-                };
-                s += value * xv[b];
+            if comptime!(convert == 2) {
+                // bytes 0 and 2, then 1 and 3, biased by 128 and placed in the mantissas of an
+                // f16 pair (1024 + byte ^ 0x80): one logic op per two values; minus 1024 + 128
+                // in f16 is exact
+                let off = Vector::<half::f16, Const<2>>::new(half::f16::new(1152.0));
+                let lo = Vector::<half::f16, Const<2>>::reinterpret((q[i] & 0x00FF_00FFu32) ^ 0x6480_6480u32) - off;
+                let hi = Vector::<half::f16, Const<2>>::reinterpret(((q[i] >> 8u32) & 0x00FF_00FFu32) ^ 0x6480_6480u32)
+                    - off;
+                let lo = Vector::<f32, Const<2>>::cast_from(lo);
+                let hi = Vector::<f32, Const<2>>::cast_from(hi);
+                s += lo[0] * xv[0];
+                s += hi[0] * xv[1];
+                s += lo[1] * xv[2];
+                s += hi[1] * xv[3];
+            } else {
+                // bias every byte by 128 (0..=255), once per word
+                let word = q[i] ^ 0x8080_8080u32;
+                #[unroll]
+                for b in 0..4usize {
+                    let byte = (word >> comptime!((b * 8) as u32)) & 0xFFu32;
+                    let value = if comptime!(convert == 1) {
+                        // 2²³ + byte, exactly, then minus 2²³ + 128
+                        f32::reinterpret(byte | 0x4B00_0000u32) - 8_388_736.0f32
+                    } else {
+                        f32::cast_from(byte) - 128.0f32
+                    };
+                    s += value * xv[b];
+                }
             }
         }
         s *= d;
     } else {
         // Q4_0: a vector is one block; byte j holds values j (low nibble) and j + 16 (high)
         let d = f32::reinterpret(ws[srow + v]);
+        let mut s16 = 0.0f32;
         #[unroll]
         for i in 0..4usize {
             let lo = load_x(x, x_row + 8 * v + i, g, 8 * v + i, acc, ss, norm, first);
             let hi = load_x(x, x_row + 8 * v + 4 + i, g, 8 * v + 4 + i, acc, ss, norm, first);
             let word = q[i];
-            #[unroll]
-            for b in 0..4usize {
-                let l = (word >> comptime!((b * 8) as u32)) & 0xFu32;
-                let h = (word >> comptime!((b * 8 + 4) as u32)) & 0xFu32;
-                let (l, h) = if comptime!(convert == 1) {
-                    // 2²³ + nibble, exactly, then minus 2²³ + 8
-                    (
-                        f32::reinterpret(l | 0x4B00_0000u32) - 8_388_616.0f32,
-                        f32::reinterpret(h | 0x4B00_0000u32) - 8_388_616.0f32,
-                    )
-                } else {
-                    (f32::cast_from(l) - 8.0f32, f32::cast_from(h) - 8.0f32)
-                };
-                s += l * lo[b] + h * hi[b];
+            if comptime!(convert == 2) {
+                // f16 pairs 1024 + nibble (low nibbles of bytes 0 and 2) and 1024 + 16 · nibble
+                // (their high nibbles, left in place), then bytes 1 and 3 the same: one logic op
+                // per two values; the offsets subtract exactly in f16 and the high nibbles'
+                // factor 16 is taken out once per block
+                let base = 0x6400_6400u32;
+                let (off_l, off_h) = (
+                    Vector::<half::f16, Const<2>>::new(half::f16::new(1032.0)),
+                    Vector::<half::f16, Const<2>>::new(half::f16::new(1152.0)),
+                );
+                let w8 = word >> 8u32;
+                let l02 = Vector::<f32, Const<2>>::cast_from(
+                    Vector::<half::f16, Const<2>>::reinterpret((word & 0x000F_000Fu32) | base) - off_l,
+                );
+                let h02 = Vector::<f32, Const<2>>::cast_from(
+                    Vector::<half::f16, Const<2>>::reinterpret((word & 0x00F0_00F0u32) | base) - off_h,
+                );
+                let l13 = Vector::<f32, Const<2>>::cast_from(
+                    Vector::<half::f16, Const<2>>::reinterpret((w8 & 0x000F_000Fu32) | base) - off_l,
+                );
+                let h13 = Vector::<f32, Const<2>>::cast_from(
+                    Vector::<half::f16, Const<2>>::reinterpret((w8 & 0x00F0_00F0u32) | base) - off_h,
+                );
+                s += l02[0] * lo[0];
+                s16 += h02[0] * hi[0];
+                s += l13[0] * lo[1];
+                s16 += h13[0] * hi[1];
+                s += l02[1] * lo[2];
+                s16 += h02[1] * hi[2];
+                s += l13[1] * lo[3];
+                s16 += h13[1] * hi[3];
+            } else {
+                #[unroll]
+                for b in 0..4usize {
+                    let l = (word >> comptime!((b * 8) as u32)) & 0xFu32;
+                    let h = (word >> comptime!((b * 8 + 4) as u32)) & 0xFu32;
+                    let (l, h) = if comptime!(convert == 1) {
+                        // 2²³ + nibble, exactly, then minus 2²³ + 8
+                        (
+                            f32::reinterpret(l | 0x4B00_0000u32) - 8_388_616.0f32,
+                            f32::reinterpret(h | 0x4B00_0000u32) - 8_388_616.0f32,
+                        )
+                    } else {
+                        (f32::cast_from(l) - 8.0f32, f32::cast_from(h) - 8.0f32)
+                    };
+                    s += l * lo[b] + h * hi[b];
+                }
             }
         }
-        s *= d;
+        s = (s + s16 * 0.0625f32) * d;
     }
     s
 }
@@ -284,41 +347,83 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
     let nvec = vectors_per_row(k, format);
     let spr = k / 32;
     let mut v = UNIT_POS as usize;
-    while v + comptime!((unroll - 1) * cube_dim) < nvec {
-        #[unroll]
-        for r in 0..rows {
-            let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
-            let (row, srow) = (n * nvec, scale_off + n * spr);
-            let mut s = 0.0f32;
+    if comptime!(!norm) {
+        // Every pass is a whole unrolled one: a vector past the row's end is replaced by its
+        // last (a valid load, its product dropped), so that rows whose length is not a
+        // multiple of `unroll · cube_dim` (down: 896 vectors over 128 units) still keep
+        // `unroll` loads per row in flight instead of walking their rest one load at a time.
+        while v < nvec {
             #[unroll]
-            for u in 0..unroll {
-                s += vec_dot_at::<F, NX, NW>(
-                    x,
-                    x_row,
-                    aq,
-                    as_,
-                    row,
-                    srow,
-                    v + u * cube_dim,
-                    g,
-                    acc,
-                    ss,
-                    format,
-                    convert,
-                    norm,
-                    comptime!(r == 0),
-                );
-            }
-            acc[r] += s;
-            if two {
-                let mut t = 0.0f32;
+            for r in 0..rows {
+                let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+                let (row, srow) = (n * nvec, scale_off + n * spr);
+                let mut s = 0.0f32;
                 #[unroll]
                 for u in 0..unroll {
-                    t += vec_dot_at::<F, NX, NW>(
+                    let vu = v + u * cube_dim;
+                    let d = vec_dot_at::<F, NX, NW>(
                         x,
                         x_row,
-                        bq,
-                        bs,
+                        aq,
+                        as_,
+                        row,
+                        srow,
+                        min(vu, nvec - 1),
+                        g,
+                        acc,
+                        ss,
+                        format,
+                        convert,
+                        false,
+                        false,
+                    );
+                    s += select(vu < nvec, d, 0.0f32);
+                }
+                acc[r] += s;
+                if two {
+                    let mut t = 0.0f32;
+                    #[unroll]
+                    for u in 0..unroll {
+                        let vu = v + u * cube_dim;
+                        let d = vec_dot_at::<F, NX, NW>(
+                            x,
+                            x_row,
+                            bq,
+                            bs,
+                            row,
+                            srow,
+                            min(vu, nvec - 1),
+                            g,
+                            acc,
+                            ss,
+                            format,
+                            convert,
+                            false,
+                            false,
+                        );
+                        t += select(vu < nvec, d, 0.0f32);
+                    }
+                    acc[rows + r] += t;
+                }
+            }
+            v += comptime!(unroll * cube_dim);
+        }
+    } else {
+        // with the norm folded in, each x value's square is counted once: whole passes,
+        // then single vectors
+        while v + comptime!((unroll - 1) * cube_dim) < nvec {
+            #[unroll]
+            for r in 0..rows {
+                let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+                let (row, srow) = (n * nvec, scale_off + n * spr);
+                let mut s = 0.0f32;
+                #[unroll]
+                for u in 0..unroll {
+                    s += vec_dot_at::<F, NX, NW>(
+                        x,
+                        x_row,
+                        aq,
+                        as_,
                         row,
                         srow,
                         v + u * cube_dim,
@@ -328,43 +433,67 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
                         format,
                         convert,
                         norm,
-                        false,
+                        comptime!(r == 0),
                     );
                 }
-                acc[rows + r] += t;
+                acc[r] += s;
+                if two {
+                    let mut t = 0.0f32;
+                    #[unroll]
+                    for u in 0..unroll {
+                        t += vec_dot_at::<F, NX, NW>(
+                            x,
+                            x_row,
+                            bq,
+                            bs,
+                            row,
+                            srow,
+                            v + u * cube_dim,
+                            g,
+                            acc,
+                            ss,
+                            format,
+                            convert,
+                            norm,
+                            false,
+                        );
+                    }
+                    acc[rows + r] += t;
+                }
             }
+            v += comptime!(unroll * cube_dim);
         }
-        v += comptime!(unroll * cube_dim);
-    }
-    while v < nvec {
-        #[unroll]
-        for r in 0..rows {
-            let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
-            let (row, srow) = (n * nvec, scale_off + n * spr);
-            let s = vec_dot_at::<F, NX, NW>(
-                x,
-                x_row,
-                aq,
-                as_,
-                row,
-                srow,
-                v,
-                g,
-                acc,
-                ss,
-                format,
-                convert,
-                norm,
-                comptime!(r == 0),
-            );
-            acc[r] += s;
-            if two {
-                let t =
-                    vec_dot_at::<F, NX, NW>(x, x_row, bq, bs, row, srow, v, g, acc, ss, format, convert, norm, false);
-                acc[rows + r] += t;
+        while v < nvec {
+            #[unroll]
+            for r in 0..rows {
+                let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+                let (row, srow) = (n * nvec, scale_off + n * spr);
+                let s = vec_dot_at::<F, NX, NW>(
+                    x,
+                    x_row,
+                    aq,
+                    as_,
+                    row,
+                    srow,
+                    v,
+                    g,
+                    acc,
+                    ss,
+                    format,
+                    convert,
+                    norm,
+                    comptime!(r == 0),
+                );
+                acc[r] += s;
+                if two {
+                    let t = vec_dot_at::<F, NX, NW>(
+                        x, x_row, bq, bs, row, srow, v, g, acc, ss, format, convert, norm, false,
+                    );
+                    acc[rows + r] += t;
+                }
             }
+            v += cube_dim;
         }
-        v += cube_dim;
     }
 }
 

@@ -219,7 +219,10 @@ pub struct MatvecShape {
     /// Units per cube (a power of two from 32 to 1024); 0 picks one from the row length.
     pub units: u32,
     /// How Q8_0/Q4_0 quants become f32: 0 = integer → float conversion instructions,
-    /// 1 = the quant placed in the mantissa of 2²³ (no conversion instruction).
+    /// 1 = each quant placed in the mantissa of 2²³ (no conversion instruction, two integer
+    /// ops per value), 2 = two quants at a time placed in the mantissas of an f16 pair (one
+    /// integer op per two values, then f16 → f32; on devices without f16 arithmetic this
+    /// falls back to 1).
     pub convert: u32,
 }
 
@@ -279,7 +282,7 @@ impl MatvecShape {
                 "rows" if pow2(1, 8) => s.rows = v as usize,
                 "unroll" if pow2(1, 8) => s.unroll = v as usize,
                 "units" if v == 0 || pow2(32, 1024) => s.units = v,
-                "convert" if v <= 1 => s.convert = v,
+                "convert" if v <= 2 => s.convert = v,
                 _ => return Err(format!("`{part}`: unknown key or value out of range")),
             }
         }
