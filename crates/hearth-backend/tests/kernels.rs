@@ -117,8 +117,8 @@ fn matmul_2d<B: HearthBackend>(dev: &B::Device) {
 
 /// Launch shapes of the vectorised matvecs besides the default: every one must compute the
 /// same products (one row per cube and one vector per pass; many rows sharing `x`; one plane
-/// per cube with deep unrolling; the integer conversion of quants; quants converted through
-/// f16 pairs).
+/// per cube with deep unrolling; the integer conversion of quants; quants through the 2²³
+/// mantissa and through f16 pairs).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn matvec_shapes() -> Vec<hearth_backend::cube::MatvecShape> {
     use hearth_backend::cube::MatvecShape;
@@ -128,7 +128,7 @@ fn matvec_shapes() -> Vec<hearth_backend::cube::MatvecShape> {
         "rows=8,unroll=8,units=32",
         "rows=2,units=256,convert=0",
         "rows=1,unroll=1,units=32,convert=2",
-        "rows=2,unroll=8,convert=2",
+        "rows=2,unroll=8,convert=1",
         "rows=4,unroll=2,convert=2",
     ]
     .iter()

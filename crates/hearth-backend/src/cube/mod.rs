@@ -232,14 +232,16 @@ impl MatvecShape {
         rows: 2,
         unroll: 4,
         units: 0,
-        convert: 1,
+        convert: 2,
     };
 
     /// The shape for `weights` (`None`: dense row-major weights) measured best on an H200
     /// with the `matvec_bw` example (llama-3.1-8b's shapes, 2026-12-01): dense weights one
     /// row per cube (their `x` costs as much as the weight, sharing it saves little and
     /// costs registers), Q8_0 two rows with eight vectors in flight per row, Q4_0 four rows
-    /// (it converts twice as many values per byte, so sharing `x` pays most).
+    /// (it converts twice as many values per byte, so sharing `x` pays most); both convert
+    /// their quants through f16 pairs (re-measured 2026-12-02: Q8_0 decode +5%, Q4_0's
+    /// gate/up +35% against the 2²³ mantissa).
     ///
     /// ```
     /// use hearth_backend::{PackedFormat, cube::MatvecShape};
