@@ -312,6 +312,53 @@ fn vectors_per_row(k: usize, #[comptime] format: u32) -> usize {
     }
 }
 
+/// One unrolled pass of [`vec_rows_dot`] over a row (quants at vector `row`, scales from word
+/// `srow`): the sum of the dots of vectors `v, v + cube_dim, ...` (`unroll` of them), each
+/// past the row's `nvec` vectors loaded as the last one and its product dropped.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn whole_pass_dot<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    x_row: usize,
+    wq: &Array<Vector<u32, NW>>,
+    ws: &Array<u32>,
+    row: usize,
+    srow: usize,
+    v: usize,
+    nvec: usize,
+    g: &Array<Vector<F, NX>>,
+    acc: &mut Array<f32>,
+    #[comptime] ss: usize,
+    #[comptime] format: u32,
+    #[comptime] cube_dim: usize,
+    #[comptime] unroll: usize,
+    #[comptime] convert: u32,
+) -> f32 {
+    let mut s = 0.0f32;
+    #[unroll]
+    for u in 0..unroll {
+        let vu = v + u * cube_dim;
+        let d = vec_dot_at::<F, NX, NW>(
+            x,
+            x_row,
+            wq,
+            ws,
+            row,
+            srow,
+            min(vu, nvec - 1),
+            g,
+            acc,
+            ss,
+            format,
+            convert,
+            false,
+            false,
+        );
+        s += select(vu < nvec, d, 0.0f32);
+    }
+    s
+}
+
 /// This unit's shares of the dot products of `rows` consecutive rows `n0, n0 + 1, ...` of a
 /// vector-format weight `a` (and, with `two`, of the same rows of `b`) with the `x` row that
 /// starts at vector `x_row`, added to `acc[r]` (and `acc[rows + r]`). Units take the rows'
@@ -357,52 +404,14 @@ fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
             for r in 0..rows {
                 let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
                 let (row, srow) = (n * nvec, scale_off + n * spr);
-                let mut s = 0.0f32;
-                #[unroll]
-                for u in 0..unroll {
-                    let vu = v + u * cube_dim;
-                    let d = vec_dot_at::<F, NX, NW>(
-                        x,
-                        x_row,
-                        aq,
-                        as_,
-                        row,
-                        srow,
-                        min(vu, nvec - 1),
-                        g,
-                        acc,
-                        ss,
-                        format,
-                        convert,
-                        false,
-                        false,
-                    );
-                    s += select(vu < nvec, d, 0.0f32);
-                }
+                let s = whole_pass_dot::<F, NX, NW>(
+                    x, x_row, aq, as_, row, srow, v, nvec, g, acc, ss, format, cube_dim, unroll, convert,
+                );
                 acc[r] += s;
                 if two {
-                    let mut t = 0.0f32;
-                    #[unroll]
-                    for u in 0..unroll {
-                        let vu = v + u * cube_dim;
-                        let d = vec_dot_at::<F, NX, NW>(
-                            x,
-                            x_row,
-                            bq,
-                            bs,
-                            row,
-                            srow,
-                            min(vu, nvec - 1),
-                            g,
-                            acc,
-                            ss,
-                            format,
-                            convert,
-                            false,
-                            false,
-                        );
-                        t += select(vu < nvec, d, 0.0f32);
-                    }
+                    let t = whole_pass_dot::<F, NX, NW>(
+                        x, x_row, bq, bs, row, srow, v, nvec, g, acc, ss, format, cube_dim, unroll, convert,
+                    );
                     acc[rows + r] += t;
                 }
             }
