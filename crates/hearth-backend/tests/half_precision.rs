@@ -90,6 +90,59 @@ fn check<B: HearthBackend>(kind: BackendKind, dev: &B::Device, dtype: DType, tol
         assert!(e < tol, "attention over {keys} keys: {e:e}");
     }
 
+    // dense matvecs (weights row-major behind `.transpose()`, as the loader keeps them): one
+    // matrix, q/k/v and gate/up/SiLU, on tensor cores where the device has them, against the
+    // host product of the same (rounded) values and against the unit-per-vector kernels
+    for (m, k, n) in [(1, 4096, 70), (3, 1024, 33), (4, 160, 17), (1, 14336, 40), (2, 48, 5)] {
+        let x = t(vals(m * k, 11), [m, k]);
+        let ws: Vec<Tensor<B, 2>> = (0..3).map(|i| t(vals(n * k, 12 + i), [n, k]).transpose()).collect();
+        let xh = host(x.clone());
+        let wants: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| {
+                let wh = host(w.clone().transpose());
+                (0..m * n)
+                    .map(|i| {
+                        (0..k)
+                            .map(|p| xh[i / n * k + p] as f64 * wh[i % n * k + p] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect()
+            })
+            .collect();
+        let run = || {
+            let one = host(B::matmul(x.clone(), ws[0].clone()));
+            let three = B::matmul3(x.clone(), [&ws[0], &ws[1], &ws[2]]).map(host);
+            let silu = host(B::matmul_silu(x.clone(), &ws[0], &ws[1]));
+            (one, three, silu)
+        };
+        // the tensor-core kernels (where the device has them) against the default kernels
+        let mma = hearth_backend::cube::MatvecShape::parse("mma=1").unwrap();
+        hearth_backend::cube::set_thread_matvec_shape(Some(mma));
+        let (one, three, silu) = run();
+        hearth_backend::cube::set_thread_matvec_shape(None);
+        let (one_u, three_u, silu_u) = run();
+        let e = rel(&one, &wants[0]);
+        println!("{dtype:?} dense matvec [{m}, {k}] x [{k}, {n}] rel err {e:.1e}");
+        assert!(e < tol, "dense matvec m{m} k{k} n{n}: {e:e}");
+        for i in 0..3 {
+            assert!(rel(&three[i], &wants[i]) < tol, "dense matvec3[{i}] m{m} k{k} n{n}");
+            // the two kernels differ by f32 summation order, then one rounding to half
+            assert!(rel(&three[i], &three_u[i]) < tol / 2.0, "matvec3[{i}] vs unit kernel");
+        }
+        assert!(
+            rel(&one, &one_u) < tol / 2.0,
+            "dense matvec vs unit kernel m{m} k{k} n{n}"
+        );
+        let want_silu: Vec<f32> = wants[0]
+            .iter()
+            .zip(&wants[1])
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        assert!(rel(&silu, &want_silu) < tol, "dense silu m{m} k{k} n{n}");
+        assert!(rel(&silu, &silu_u) < tol, "dense silu vs unit kernel");
+    }
+
     // packed Q8_0 weight × half activations
     let wq: Vec<f32> = vals(7 * 64, 6);
     let bytes = hearth_quant::quantize_to_vec(hearth_quant::GgmlType::Q8_0, &wq).unwrap();
@@ -128,5 +181,8 @@ fn wgpu_f16() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_bf16() {
-    check::<hearth_backend::Cuda>(BackendKind::Cuda, &Default::default(), DType::Bf16, 2e-2);
+    let dev = Default::default();
+    // an H200 multiplies bf16 (and Q8_0) on tensor cores: the run must cover that path
+    assert!(hearth_backend::cube::q8_tensor_cores::<cubecl::cuda::CudaRuntime>(&dev));
+    check::<hearth_backend::Cuda>(BackendKind::Cuda, &dev, DType::Bf16, 2e-2);
 }

@@ -1290,12 +1290,102 @@ fn packed_errors<B: HearthBackend>(dev: &B::Device) {
     assert!((y[0] - 16.0).abs() < 1e-2 && (y[5] - 16.0).abs() < 1e-2, "{y:?}");
 }
 
+/// `x` rows as the Q8_0 tensor-core matvec sees them: each 32-value block quantized to `i8`
+/// with `d = max|x| / 127`, `q = rint(x · (127 / max|x|))` (f32 arithmetic), then `q · d`.
+fn block_quantized(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for b in x.chunks(32) {
+        let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let inv = if amax > 0.0 { 127.0f32 / amax } else { 0.0 };
+        let d = amax / 127.0f32;
+        out.extend(b.iter().map(|v| (v * inv).round_ties_even() * d));
+    }
+    out
+}
+
+/// The Q8_0 tensor-core matvec (one matrix, q/k/v, gate/up/SiLU) in several launch shapes
+/// against host products of the block-quantized `x`. Where the device has no integer tensor
+/// cores (`has`: llvmpipe), the same calls must decline them and stay exact.
+fn q8_tensor_cores<B: CubeKernels>(dev: &B::Device, has: bool) {
+    // this thread's shape and tensor-core switch: the other tests run side by side
+    use hearth_backend::cube::{MatvecShape, set_tensor_cores, set_thread_matvec_shape as set_matvec_shape};
+    let mut rng = Rng::new(12);
+    let mut cases = vec![
+        (1, 1, 32),
+        (1, 17, 64),
+        (2, 33, 4096),
+        (4, 5, 224),
+        (3, 70, 1056),
+        (1, 40, 14336),
+    ];
+    for _ in 0..4 {
+        cases.push((1 + rng.below(4), 1 + rng.below(90), 32 * (1 + rng.below(60))));
+    }
+    let shapes = [
+        "mma=1",
+        "mma=1,units=32,unroll=1",
+        "mma=1,units=256,unroll=8",
+        "mma=1,units=64,unroll=2",
+    ];
+    set_tensor_cores(true);
+    for (m, n, k) in cases {
+        let mats: Vec<(Vec<f32>, PackedMatrix<B>)> = (0..3)
+            .map(|_| {
+                let bytes = gguf_bytes(PackedFormat::Q8_0, &weights(&mut rng, n * k));
+                let deq = hearth_quant::dequantize_to_vec(GgmlType::Q8_0, &bytes).unwrap();
+                let mut wt = vec![0.0f32; k * n];
+                for r in 0..n {
+                    for c in 0..k {
+                        wt[c * n + r] = deq[r * k + c];
+                    }
+                }
+                (wt, B::upload_packed(PackedFormat::Q8_0, &bytes, n, k, dev).unwrap())
+            })
+            .collect();
+        let x = rng.vec(m * k);
+        let xr = if has { block_quantized(&x) } else { x.clone() };
+        let refs: Vec<(Vec<f32>, Vec<f64>)> = mats.iter().map(|(wt, _)| host_matmul(&xr, wt, 1, m, k, n)).collect();
+        let tol = if has { 1e-5 } else { F32_MATMUL_TOL };
+        let tx = tensor::<B, 2>(x, [m, k], dev);
+        for spec in shapes {
+            set_matvec_shape(Some(MatvecShape::parse(spec).unwrap()));
+            let one = host(B::k_matvec(tx.clone(), &mats[0].1).unwrap());
+            let e = matmul_err(&one, &refs[0].0, &refs[0].1);
+            assert!(e <= tol, "{spec} m{m} n{n} k{k}: {e:e}");
+            let three = B::k_matvec3(tx.clone(), [&mats[0].1, &mats[1].1, &mats[2].1]).unwrap();
+            for (i, t) in three.into_iter().enumerate() {
+                let e = matmul_err(&host(t), &refs[i].0, &refs[i].1);
+                assert!(e <= tol, "{spec} matvec3[{i}] m{m} n{n} k{k}: {e:e}");
+            }
+            let silu = host(B::k_silu(tx.clone(), &mats[0].1, &mats[1].1).unwrap());
+            let want: Vec<f32> = refs[0]
+                .0
+                .iter()
+                .zip(&refs[1].0)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            let scale: Vec<f64> = refs[0]
+                .1
+                .iter()
+                .zip(&refs[1].1)
+                .map(|(g, u)| (g * u).max(1e-30))
+                .collect();
+            let e = matmul_err(&silu, &want, &scale);
+            assert!(e <= 1e-4, "{spec} silu m{m} n{n} k{k}: {e:e}");
+        }
+    }
+    set_matvec_shape(None);
+    set_tensor_cores(false);
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:ty, $runtime:ty) => {
         mod $module {
             use super::*;
             type B = $backend;
             fn dev() -> burn::tensor::Device<B> {
+                // exact products everywhere but in the tensor-core test (which turns them on)
+                hearth_backend::cube::set_tensor_cores(false);
                 Default::default()
             }
             #[test]
@@ -1418,6 +1508,16 @@ macro_rules! backend_tests {
             #[test]
             fn folded_norms_and_residuals_match_unfused() {
                 folded::<B>(&dev());
+            }
+            #[test]
+            fn q8_tensor_cores_match_quantized_x() {
+                let dev = dev();
+                hearth_backend::cube::set_tensor_cores(true);
+                let has = hearth_backend::cube::q8_tensor_cores::<$runtime>(&dev);
+                println!("Q8_0 on integer tensor cores: {has}");
+                // an H200 has them: the CUDA run must not silently test the fallback
+                assert!(has || stringify!($module) != "cuda", "no integer MMA on CUDA");
+                q8_tensor_cores::<B>(&dev, has);
             }
             #[test]
             fn packed_bad_input_is_an_error() {

@@ -4,6 +4,7 @@
 //! tensor-core (CMMA) kernel first; on CUDA its f32 operands are then staged as TF32 (10-bit
 //! mantissa). The strategies used here never call cubek's `adjust_dtypes`, so f32 stays f32.
 
+use super::mma::{MMA_ONE, MMA_SILU, MMA_THREE, MmaLaunch, dense_mma_launch};
 use super::reduce::{cube_sum_rows, zeros};
 use super::{MATVEC_MAX_ROWS, kernel_float, matvec_shape, matvec_units, plane_reductions, prim, single_plane, wrap};
 use crate::BackendError;
@@ -441,6 +442,15 @@ impl DenseLaunch {
         n.div_ceil(self.rows)
     }
 
+    /// The tensor-core launch for these operands without a fold, where the dense shape asks
+    /// for it and the device, dtype and 8-byte vectors (`vs` ≥ 4) allow it.
+    fn mma<R: CubeRuntime>(&self, x: &CubeTensor<R>, fold: &Fold<R>) -> Option<MmaLaunch> {
+        if fold.norm.is_some() || fold.residual.is_some() || self.vs < 4 {
+            return None;
+        }
+        dense_mma_launch(&x.client, x.dtype, self.m, self.k)
+    }
+
     /// A strictly contiguous `[m, n]` output (`empty_device_dtype` may pad rows; the kernels
     /// write at `m · n + n`).
     fn output<R: CubeRuntime>(&self, x: &CubeTensor<R>, n: usize) -> CubeTensor<R> {
@@ -518,6 +528,21 @@ pub(crate) fn dense_matvec<R: CubeRuntime>(
     }
     let client = lhs.client.clone();
     let out = l.output(lhs, n);
+    if let Some(t) = l.mma(lhs, fold) {
+        let p = wp * l.vs / 4;
+        t.launch_dense(
+            lhs,
+            [rhs; 3],
+            [&out; 3],
+            [n; 3],
+            [p; 3],
+            l.xp * l.vs / 4,
+            l.m,
+            l.k,
+            MMA_ONE,
+        );
+        return Some(out);
+    }
     let (gw, eps) = fold.norm_arg(lhs);
     // SAFETY: x holds m rows of k (unit stride, `xp` vectors apart) and w n rows of k (`wp`
     // vectors apart: the transposed view checked by `DenseLaunch::new`); out is [m, n]
@@ -592,6 +617,22 @@ pub(crate) fn dense_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
     let ns: Vec<usize> = dims.iter().map(|d| d.0).collect();
     let client = x.client.clone();
     let outs = [l.output(&x, ns[0]), l.output(&x, ns[1]), l.output(&x, ns[2])];
+    if let Some(t) = l.mma(&x, fold) {
+        let p = [0, 1, 2].map(|i| dims[i].1 * l.vs / 4);
+        let o = [&outs[0], &outs[1], &outs[2]];
+        t.launch_dense(
+            &x,
+            [&ws[0], &ws[1], &ws[2]],
+            o,
+            [ns[0], ns[1], ns[2]],
+            p,
+            l.xp * l.vs / 4,
+            l.m,
+            l.k,
+            MMA_THREE,
+        );
+        return Some(outs.map(wrap));
+    }
     let groups: usize = ns.iter().map(|&n| l.cubes(n)).sum();
     let [w0, w1, w2] = ws;
     // SAFETY: as in `dense_matvec`, for each of the three weights and outputs.
@@ -671,6 +712,21 @@ pub(crate) fn dense_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntElem
     let (n, wp) = dims[0];
     let client = x.client.clone();
     let out = l.output(&x, n);
+    if let Some(t) = l.mma(&x, fold) {
+        let p = wp * l.vs / 4;
+        t.launch_dense(
+            &x,
+            [&g, &u, &g],
+            [&out; 3],
+            [n; 3],
+            [p; 3],
+            l.xp * l.vs / 4,
+            l.m,
+            l.k,
+            MMA_SILU,
+        );
+        return Some(wrap(out));
+    }
     // SAFETY: as in `dense_matvec`, for both weights (same shape, checked above).
     unsafe {
         dense_matvec_silu_kernel::launch_unchecked::<R>(

@@ -18,6 +18,7 @@
 //! which cost more host time than the whole kernel.
 
 use super::matmul::{Fold, norm_scale};
+use super::mma::{MMA_ONE, MMA_SILU, MMA_THREE, MmaLaunch};
 use super::reduce::{cube_sum, cube_sum_rows, zeros};
 use super::{
     MATVEC_MAX_ROWS, MatvecShape, kernel_float, matmul_f32, matvec_shape, matvec_units, plane_reductions, prim,
@@ -1114,6 +1115,21 @@ fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     Ok(t)
 }
 
+/// The tensor-core launch for a Q8_0 product without a fold, when the process's shape asks
+/// for it and the device and operands allow it.
+fn mma_launch<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    format: PackedFormat,
+    fold: &Fold<R>,
+    m: usize,
+    k: usize,
+) -> Option<MmaLaunch> {
+    if format != PackedFormat::Q8_0 || fold.norm.is_some() || fold.residual.is_some() {
+        return None;
+    }
+    MmaLaunch::new(client, matvec_shape(Some(format)), m, k)
+}
+
 /// `Ok` when `fold` is empty, or when the kernel taking it (`vector`: a vector-format matvec
 /// that folds it) can take its operands for `x: [m, k]` and outputs of width `n`.
 #[allow(clippy::too_many_arguments)]
@@ -1201,6 +1217,20 @@ pub(crate) fn packed_matvec_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
     let (g, eps) = fold.norm_arg(&x);
     let g = g.clone();
     let use_plane = plane_reductions(&client);
+    if let Some(l) = mma_launch(&client, format, fold, m, k) {
+        let so = scale_offset(format, n, k);
+        l.launch(
+            x,
+            [words.clone(), words.clone(), words],
+            [&out; 3],
+            [n; 3],
+            [so; 3],
+            m,
+            k,
+            MMA_ONE,
+        );
+        return Ok(wrap(out));
+    }
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
         let l = VecLaunch::new(&client, format, k);
@@ -1408,6 +1438,12 @@ pub(crate) fn packed_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement
     )?;
     let (g, eps) = fold.norm_arg(&x);
     let g = g.clone();
+    if let Some(l) = mma_launch(&client, format, fold, m, k) {
+        let ns = [w[0].rows(), w[1].rows(), w[2].rows()];
+        let so = [0, 1, 2].map(|i| scale_offset(format, ns[i], k));
+        l.launch(x, [w0, w1, w2], [&outs[0], &outs[1], &outs[2]], ns, so, m, k, MMA_THREE);
+        return Ok(outs.map(wrap));
+    }
     let cube_count = calculate_cube_count_elemwise(&client, m * nt, CubeDim::new_1d(1));
     if vector_format(format) {
         let l = VecLaunch::new(&client, format, k);
@@ -1561,6 +1597,11 @@ pub(crate) fn packed_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntEle
     )?;
     let (g, eps) = fold.norm_arg(&x);
     let g = g.clone();
+    if let Some(l) = mma_launch(&client, format, fold, m, k) {
+        let so = scale_offset(format, n, k);
+        l.launch(x, [wg.clone(), wu, wg], [&out; 3], [n; 3], [so; 3], m, k, MMA_SILU);
+        return Ok(wrap(out));
+    }
     let cube_count = calculate_cube_count_elemwise(&client, m * n, CubeDim::new_1d(1));
     if vector_format(format) {
         let l = VecLaunch::new(&client, format, k);

@@ -38,6 +38,7 @@ mod attention;
 mod copy;
 mod matmul;
 mod matvec;
+mod mma;
 mod norm;
 mod reduce;
 mod rope;
@@ -47,6 +48,7 @@ pub use attention::{ATTENTION_MAX_QUERIES, DecodeAttention, decode_attention, gq
 pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
+pub use mma::MMA_MAX_ROWS;
 pub use norm::{add_rms_norm, rms_norm};
 pub use reduce::read_bandwidth;
 pub use rope::{rope, rope2};
@@ -167,6 +169,42 @@ pub fn uses_plane_reductions<R: CubeRuntime>(device: &R::Device) -> bool {
     plane_reductions(&R::client(device))
 }
 
+thread_local! {
+    static NO_TENSOR_CORES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether matvecs launched *from the calling thread* whose [`MatvecShape`] asks for tensor
+/// cores (`mma = 1`, e.g. `HEARTH_MATVEC=mma=1`) may use them (default: yes). Off, Q8_0
+/// products take the dequantizing kernel, whose result does not depend on the quantization
+/// of `x`, and dense ones the unit-per-vector kernel (the kernel tests turn them off to
+/// compare with exact host products, each test on its own thread). For the whole process, set
+/// `HEARTH_MATVEC` (e.g. `rows=2,unroll=8`: `mma` defaults to 0 there).
+///
+/// ```
+/// hearth_backend::cube::set_tensor_cores(false);
+/// hearth_backend::cube::set_tensor_cores(true);
+/// ```
+pub fn set_tensor_cores(on: bool) {
+    NO_TENSOR_CORES.with(|c| c.set(!on));
+}
+
+/// Whether [`set_tensor_cores`] turned tensor cores off on this thread.
+pub(crate) fn tensor_cores_off() -> bool {
+    NO_TENSOR_CORES.with(|c| c.get())
+}
+
+/// Whether Q8_0 matvecs on `device` run on integer tensor cores (`mma.sync m16n8k32` s8; CUDA
+/// sm_80 and later) when their shape asks for it and [`set_tensor_cores`] allows it.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// println!("{}", hearth_backend::cube::q8_tensor_cores::<burn::backend::wgpu::WgpuRuntime>(&Default::default()));
+/// # }
+/// ```
+pub fn q8_tensor_cores<R: CubeRuntime>(device: &R::Device) -> bool {
+    !tensor_cores_off() && mma::mma_i8_supported(&R::client(device))
+}
+
 /// The device's plane (warp/subgroup) sizes `(min, max)` where it has plane operations and
 /// [`set_plane_reductions`] did not turn them off. Kernels written for a fixed plane size need
 /// `min == max` ([`uses_plane_reductions`]); the decode-attention kernel takes any.
@@ -224,6 +262,12 @@ pub struct MatvecShape {
     /// integer op per two values, then f16 → f32; on devices without f16 arithmetic this
     /// falls back to 1).
     pub convert: u32,
+    /// 1 = multiply on tensor cores where the device has them (`units / 32` warps per 16
+    /// weight rows, `unroll` blocks or 16-value slices per warp step; see `cube::mma`): Q8_0
+    /// weights on integer MMAs with `x` quantized to `i8` per 32-value block inside each cube,
+    /// dense bf16/f16 weights on half MMAs with f32 accumulation. 0 = the unit-per-vector
+    /// kernels (the only ones for other formats and f32).
+    pub mma: u32,
 }
 
 impl MatvecShape {
@@ -233,25 +277,33 @@ impl MatvecShape {
         unroll: 4,
         units: 0,
         convert: 2,
+        mma: 0,
     };
 
     /// The shape for `weights` (`None`: dense row-major weights) measured best on an H200
-    /// with the `matvec_bw` example (llama-3.1-8b's shapes, 2026-12-01): dense weights one
-    /// row per cube (their `x` costs as much as the weight, sharing it saves little and
-    /// costs registers), Q8_0 two rows with eight vectors in flight per row, Q4_0 four rows
-    /// (it converts twice as many values per byte, so sharing `x` pays most); both convert
-    /// their quants through f16 pairs (re-measured 2026-12-02: Q8_0 decode +5%, Q4_0's
-    /// gate/up +35% against the 2²³ mantissa).
+    /// with the `matvec_bw` example and `hearth bench` (llama-3.1-8b's shapes): dense bf16
+    /// weights two rows per cube with eight vectors in flight per row (2026-12-02: the head
+    /// at 4.35 TB/s, gate/up +17%, 8B bf16 decode +2–4% against one row × four), Q8_0 the
+    /// same, Q4_0 four rows (it converts twice as many values per byte, so sharing `x` pays
+    /// most); both convert their quants through f16 pairs (Q8_0 decode +5%, Q4_0's gate/up
+    /// +35% against the 2²³ mantissa). Tensor cores (`mma`) stay off: the MMA kernels
+    /// measured slower on the H200 (see `docs/performance.md`, issue 7, stop 19).
     ///
     /// ```
     /// use hearth_backend::{PackedFormat, cube::MatvecShape};
-    /// assert_eq!(MatvecShape::tuned(None).rows, 1);
+    /// assert_eq!(MatvecShape::tuned(None).rows, 2);
+    /// assert_eq!(MatvecShape::tuned(Some(PackedFormat::Q8_0)).mma, 0);
     /// assert!(MatvecShape::tuned(Some(PackedFormat::Q4_0)).rows > 1);
     /// ```
     pub fn tuned(weights: Option<PackedFormat>) -> MatvecShape {
         let d = MatvecShape::DEFAULT;
         match weights {
-            None | Some(PackedFormat::F32) => MatvecShape {
+            None => MatvecShape {
+                rows: 2,
+                unroll: 8,
+                ..d
+            },
+            Some(PackedFormat::F32) => MatvecShape {
                 rows: 1,
                 unroll: 4,
                 ..d
@@ -270,7 +322,7 @@ impl MatvecShape {
         }
     }
 
-    /// Parses `key=value` pairs (`rows`, `unroll`, `units`, `convert`) separated by commas over
+    /// Parses `key=value` pairs (`rows`, `unroll`, `units`, `convert`, `mma`) separated by commas over
     /// [`MatvecShape::DEFAULT`]. Errors name the bad pair.
     pub fn parse(spec: &str) -> Result<MatvecShape, String> {
         let mut s = MatvecShape::DEFAULT;
@@ -285,6 +337,7 @@ impl MatvecShape {
                 "unroll" if pow2(1, 8) => s.unroll = v as usize,
                 "units" if v == 0 || pow2(32, 1024) => s.units = v,
                 "convert" if v <= 2 => s.convert = v,
+                "mma" if v <= 1 => s.mma = v,
                 _ => return Err(format!("`{part}`: unknown key or value out of range")),
             }
         }
@@ -307,14 +360,35 @@ pub fn set_matvec_shape(shape: Option<MatvecShape>) {
     *MATVEC_SHAPE.write().unwrap_or_else(|e| e.into_inner()) = shape;
 }
 
+thread_local! {
+    static THREAD_MATVEC_SHAPE: std::cell::Cell<Option<MatvecShape>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets the matvec launch shape for later launches *from the calling thread* only, over
+/// [`set_matvec_shape`]'s (`None`: back to it). For tests and comparisons that run side by side.
+///
+/// ```
+/// use hearth_backend::cube::{MatvecShape, matvec_shape, set_thread_matvec_shape};
+/// set_thread_matvec_shape(Some(MatvecShape { rows: 4, ..MatvecShape::DEFAULT }));
+/// assert_eq!(matvec_shape(None).rows, 4);
+/// set_thread_matvec_shape(None);
+/// ```
+pub fn set_thread_matvec_shape(shape: Option<MatvecShape>) {
+    THREAD_MATVEC_SHAPE.with(|c| c.set(shape));
+}
+
 /// The matvec launch shape in force for `weights` (`None`: dense weights; see
-/// [`MatvecShape`]): [`set_matvec_shape`]'s, else `HEARTH_MATVEC`'s, else
-/// [`MatvecShape::tuned`]. A malformed `HEARTH_MATVEC` is reported once on stderr and ignored.
+/// [`MatvecShape`]): [`set_thread_matvec_shape`]'s, else [`set_matvec_shape`]'s, else
+/// `HEARTH_MATVEC`'s, else [`MatvecShape::tuned`]. A malformed `HEARTH_MATVEC` is reported
+/// once on stderr and ignored.
 ///
 /// ```
 /// assert!(hearth_backend::cube::matvec_shape(None).rows >= 1);
 /// ```
 pub fn matvec_shape(weights: Option<PackedFormat>) -> MatvecShape {
+    if let Some(s) = THREAD_MATVEC_SHAPE.with(|c| c.get()) {
+        return s;
+    }
     if let Some(s) = *MATVEC_SHAPE.read().unwrap_or_else(|e| e.into_inner()) {
         return s;
     }

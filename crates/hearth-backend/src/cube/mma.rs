@@ -1,0 +1,845 @@
+//! Q8_0 matrix × vector on integer tensor cores (`mma.sync m16n8k32`, `s8 · s8 → s32`), for
+//! devices that have them (CUDA sm_80 and later).
+//!
+//! The dequantizing matvec of [`super::matvec`] spends ~15 instructions per quant word on
+//! turning bytes into f32 and multiplying them (Nsight Compute on an H200: its issue slots,
+//! not memory, bound it). Here the quants are never converted:
+//!
+//! 1. Every cube quantizes the `x` rows (at most [`MMA_MAX_ROWS`]) to `i8` per 32-value block
+//!    into shared memory, `d = max|x| / 127`, `q = rint(x / d)` (as llama.cpp's CUDA kernels
+//!    quantize their activations to `q8_1`).
+//! 2. A cube owns 16 weight rows. Each of its warps takes whole Q8_0 blocks of those rows
+//!    (`unroll` consecutive blocks per step, steps strided by the number of warps); one
+//!    `m16n8k32` MMA multiplies 16 rows × one block with the block of every `x` row (the
+//!    MMA's 8 columns: `x` rows, repeated past the last), exactly in `i32`.
+//! 3. Each block's integer dots are scaled by the weight row's and the `x` row's block scales
+//!    and summed in f32; the warps' sums meet in shared memory.
+//!
+//! Fragments: in the MMA, lane `(g = lane / 4, t = lane % 4)` holds A rows `g` and `g + 8` at
+//! `k ∈ {4t..4t+3, 16+4t..16+4t+3}` and B column `g` at the same `k`. A dot product does not
+//! care in which order it visits its `k`, so the kernel feeds that lane bytes `8t..8t+7` of the
+//! block (one 8-byte load per row, one for `x`), the same permutation in A and in B.
+//!
+//! Dense bf16/f16 weights take the same tiling on `m16n8k16` MMAs (f32 accumulation, `x`
+//! as it is).
+//!
+//! **Opt-in, not the default** (`MatvecShape::mma = 1`, e.g. `HEARTH_MATVEC=mma=1`): on an
+//! H200 these kernels measured slower than the unit-per-vector ones (llama-3.1-8b's shapes:
+//! the Q8_0 head 228–249 µs against 176, `down` 36–68 against 33; 8B decode 215 tok/s
+//! against 217–220 for Q8_0, 158 against 169 for bf16). Nsight Compute on `down`: 32
+//! registers a thread, 256 cubes of 4 warps, 7.7 warps active per SM and 15 of every 19
+//! cycles waiting on loads. They need more bytes in flight per warp (a step's loads issued
+//! together before its MMAs) and more warps per tile before they can pay.
+//!
+//! The result differs from the f32 matvec by the quantization of `x` (relative error of a dot
+//! product ~1e-3 for Gaussian data). The tests compare it with a host product of the same
+//! quantized `x`.
+
+use cubecl::cmma::{MatrixIdent, MmaDefinition};
+use cubecl::prelude::*;
+
+/// Rows of `x` the tensor-core matvec takes (the MMA's 8 columns would allow 8; the models'
+/// decode batches stop at [`super::MATVEC_MAX_ROWS`]).
+pub const MMA_MAX_ROWS: usize = 4;
+
+/// Shared memory the kernel may ask for (bytes): quantized `x` rows, their scales and the
+/// warps' partial sums.
+const MMA_MAX_SHARED: usize = 96 * 1024;
+
+/// Kernel variants: one matrix, three matrices side by side (q/k/v), gate and up with SiLU.
+pub(crate) const MMA_ONE: u32 = 0;
+pub(crate) const MMA_THREE: u32 = 1;
+pub(crate) const MMA_SILU: u32 = 2;
+
+/// Whether `client` runs `s8 · s8 → s32` `m16n8k32` MMAs with 32-lane planes.
+pub(crate) fn mma_i8_supported<R: burn_cubecl::CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> bool {
+    use cubecl::ir::{ElemType, IntKind, features::MmaConfig};
+    let props = client.properties();
+    let i8t = ElemType::Int(IntKind::I8).into();
+    let cfg = MmaConfig {
+        a_type: i8t,
+        b_type: i8t,
+        cd_type: ElemType::Int(IntKind::I32).into(),
+        m: 16,
+        n: 8,
+        k: 32,
+    };
+    props.features.matmul.mma.contains(&cfg)
+        && props.hardware.plane_size_min == 32
+        && props.hardware.plane_size_max == 32
+        && client.features().plane.contains(cubecl::features::Plane::Ops)
+}
+
+/// Whether the kernel takes `m` rows of `k` values with `warps` warps per cube.
+pub(crate) fn mma_fits(m: usize, k: usize, warps: usize) -> bool {
+    (1..=MMA_MAX_ROWS).contains(&m) && k > 0 && k.is_multiple_of(32) && mma_shared_bytes(m, k, warps) <= MMA_MAX_SHARED
+}
+
+fn mma_shared_bytes(m: usize, k: usize, warps: usize) -> usize {
+    m * k + m * (k / 32) * 4 + 8 * 32 * warps * 4
+}
+
+/// Blocks per step for rows of `k` values: the largest of 8, 4, 2, 1 not above `want` that
+/// divides the row's blocks.
+pub(crate) fn mma_unroll(k: usize, want: usize) -> usize {
+    let nb = k / 32;
+    [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&u| u <= want.max(1) && nb.is_multiple_of(u))
+        .unwrap_or(1)
+}
+
+/// Quantizes the `m_rows` rows of `x: [m_rows, k]` to `i8` per 32-value block: `xq` gets 8
+/// values per entry (two words, value `8j + e` in byte `e % 4` of word `e / 4`), `xd` the block
+/// scales. Every unit of the cube calls it; it ends with a cube barrier.
+#[cube]
+// cube code: `div_ceil`/`is_multiple_of` on runtime values do not expand in kernels
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
+fn quantize_x<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    xq: &mut SharedMemory<Vector<u32, NW>>,
+    xd: &mut SharedMemory<f32>,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+) {
+    let octets = comptime!(m_rows * k / 8);
+    let per_row = comptime!(k / 8);
+    let cube = CUBE_DIM as usize;
+    // every unit runs every round (the block maximum is a 4-lane shuffle)
+    let rounds = (octets + cube - 1) / cube;
+    for i in 0..rounds {
+        let o = UNIT_POS as usize + i * cube;
+        let oc = min(o, octets - 1);
+        let row = oc / per_row;
+        let j = oc % per_row;
+        let at = (row * k + 8 * j) / 4;
+        let a = Vector::<f32, NX>::cast_from(x[at]);
+        let b = Vector::<f32, NX>::cast_from(x[at + 1]);
+        let mut amax = 0.0f32;
+        #[unroll]
+        for e in 0..4usize {
+            amax = max(amax, f32::abs(a[e]));
+            amax = max(amax, f32::abs(b[e]));
+        }
+        // the 4 lanes of a block are 4 consecutive units (the cube is whole planes)
+        amax = max(amax, plane_shuffle_xor(amax, 1u32));
+        amax = max(amax, plane_shuffle_xor(amax, 2u32));
+        let inv = select(amax > 0.0f32, 127.0f32 / amax, 0.0f32);
+        let mut w0 = 0u32;
+        let mut w1 = 0u32;
+        #[unroll]
+        for e in 0..4usize {
+            let qa = i32::cast_from(f32::round(a[e] * inv));
+            let qb = i32::cast_from(f32::round(b[e] * inv));
+            w0 |= (u32::cast_from(qa) & 0xFFu32) << comptime!((8 * e) as u32);
+            w1 |= (u32::cast_from(qb) & 0xFFu32) << comptime!((8 * e) as u32);
+        }
+        if o < octets {
+            let mut v = Vector::<u32, NW>::empty();
+            v[0] = w0;
+            v[1] = w1;
+            xq[oc] = v;
+            if j % 4 == 0 {
+                xd[row * comptime!(k / 32) + j / 4] = amax / 127.0f32;
+            }
+        }
+    }
+    sync_cube();
+}
+
+/// This warp's share of the 16-row tile `tile` of the Q8_0 matrix `w` (quants as 8-byte
+/// vectors, scales as f32 words from word `so`; `n` rows) times the quantized `x` rows, added
+/// to `acc[at..at + 4]`: lane `(g, t)` gets rows `g` (entries 0, 1) and `g + 8` (2, 3) of the
+/// tile against `x` rows `2t` and `2t + 1` (rows past `m_rows` repeat the last).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn q8_tile<NW: Size>(
+    xq: &SharedMemory<Vector<u32, NW>>,
+    xd: &SharedMemory<f32>,
+    w: &Array<Vector<u32, NW>>,
+    ws: &Array<u32>,
+    so: usize,
+    n: usize,
+    tile: usize,
+    acc: &mut Array<f32>,
+    #[comptime] at: usize,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+    #[comptime] unroll: usize,
+) {
+    let def = MmaDefinition::<i8, i8, i32>::new(16usize, 8usize, 32usize);
+    let size!(NA) = def.vector_size(MatrixIdent::A);
+    let size!(NB) = def.vector_size(MatrixIdent::B);
+    let size!(NC) = def.vector_size(MatrixIdent::Accumulator);
+    let va = def.vectors_per_lane(MatrixIdent::A);
+    let vb = def.vectors_per_lane(MatrixIdent::B);
+    let vc = def.vectors_per_lane(MatrixIdent::Accumulator);
+    let mut ra = Array::<Vector<i8, NA>>::new(va);
+    let mut rb = Array::<Vector<i8, NB>>::new(vb);
+    let mut rc = Array::<Vector<i32, NC>>::new(vc);
+    #[unroll]
+    for i in 0..vc {
+        rc[i] = Vector::<i32, NC>::new(0i32);
+    }
+
+    let nb = comptime!(k / 32);
+    let lane = UNIT_POS_PLANE as usize;
+    let g = lane / 4;
+    let t = lane % 4;
+    let warp = (UNIT_POS / PLANE_DIM) as usize;
+    let r0 = min(tile * 16 + g, n - 1);
+    let r1 = min(tile * 16 + g + 8, n - 1);
+    let (q0, q1) = (r0 * comptime!(k / 8) + t, r1 * comptime!(k / 8) + t);
+    let (s0, s1) = (so + r0 * nb, so + r1 * nb);
+    let xrow = min(g, comptime!(m_rows - 1)) * comptime!(k / 8) + t;
+    let chunks = comptime!(nb / unroll);
+    let mut c = warp;
+    while c < chunks {
+        #[unroll]
+        for u in 0..unroll {
+            let b = c * unroll + u;
+            let lo = w[q0 + 4 * b];
+            let hi = w[q1 + 4 * b];
+            let xv = xq[xrow + 4 * b];
+            ra[0] = Vector::<i8, NA>::reinterpret(lo[0]);
+            ra[1] = Vector::<i8, NA>::reinterpret(hi[0]);
+            ra[2] = Vector::<i8, NA>::reinterpret(lo[1]);
+            ra[3] = Vector::<i8, NA>::reinterpret(hi[1]);
+            rb[0] = Vector::<i8, NB>::reinterpret(xv[0]);
+            rb[1] = Vector::<i8, NB>::reinterpret(xv[1]);
+            let d = def.execute(&ra, &rb, &rc);
+            let sw0 = f32::reinterpret(ws[s0 + b]);
+            let sw1 = f32::reinterpret(ws[s1 + b]);
+            #[unroll]
+            for i in 0..4usize {
+                // with one x row, every column is that row: only columns 0 and 2·t are read
+                if comptime!(i % 2 == 0 || m_rows > 1) {
+                    let col = min(2 * t + comptime!(i % 2), comptime!(m_rows - 1));
+                    let dx = xd[col * nb + b];
+                    let sw = if comptime!(i < 2) { sw0 } else { sw1 };
+                    let dot = d[comptime!(i / 2)][comptime!(i % 2)];
+                    acc[at + i] += f32::cast_from(dot) * (sw * dx);
+                }
+            }
+        }
+        c += warps;
+    }
+}
+
+/// Sums `acc[0..len]` over the cube's warps: afterwards the first warp's lanes hold the totals.
+#[cube]
+fn warps_sum(acc: &mut Array<f32>, #[comptime] len: usize, #[comptime] warps: usize) {
+    if comptime!(warps > 1) {
+        let units = comptime!(32 * warps);
+        let mut red = SharedMemory::<f32>::new(comptime!(len * 32 * warps));
+        let u = UNIT_POS as usize;
+        #[unroll]
+        for i in 0..len {
+            red[i * units + u] = acc[i];
+        }
+        sync_cube();
+        if u < 32 {
+            #[unroll]
+            for i in 0..len {
+                let mut s = 0.0f32;
+                #[unroll]
+                for p in 0..warps {
+                    s += red[i * units + p * 32 + u];
+                }
+                acc[i] = s;
+            }
+        }
+    }
+}
+
+/// Writes the first warp's tile results `acc[at..at + 4]` of `tile` to `out: [m_rows, n]`.
+#[cube]
+fn store_tile<F: Float>(
+    out: &mut Array<F>,
+    acc: &Array<f32>,
+    n: usize,
+    tile: usize,
+    #[comptime] at: usize,
+    #[comptime] m_rows: usize,
+) {
+    let lane = UNIT_POS as usize;
+    if lane < 32 {
+        let (g, t) = (lane / 4, lane % 4);
+        #[unroll]
+        for i in 0..4usize {
+            let row = tile * 16 + g + comptime!(8 * (i / 2));
+            let col = 2 * t + comptime!(i % 2);
+            if row < n && col < m_rows {
+                out[col * n + row] = F::cast_from(acc[at + i]);
+            }
+        }
+    }
+}
+
+/// `out_i = x · W_iᵀ` on tensor cores for Q8_0 `W_i` in the split layout (see the module
+/// docs). `mode` [`MMA_ONE`]: `W_0` alone; [`MMA_THREE`]: cubes over the tiles of `W_0`, `W_1`,
+/// `W_2` side by side; [`MMA_SILU`]: every cube the same tile of `W_0` (gate) and `W_1` (up),
+/// `out_0 = silu(x · W_0ᵀ) · (x · W_1ᵀ)` with both products rounded to `F` first.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    w0: &Array<Vector<u32, NW>>,
+    s0: &Array<u32>,
+    w1: &Array<Vector<u32, NW>>,
+    s1: &Array<u32>,
+    w2: &Array<Vector<u32, NW>>,
+    s2: &Array<u32>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    so0: u32,
+    so1: u32,
+    so2: u32,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+    #[comptime] unroll: usize,
+    #[comptime] mode: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
+    let (t0, t1) = (a0.div_ceil(16), a1.div_ceil(16));
+    let tiles = if comptime!(mode == MMA_THREE) {
+        t0 + t1 + a2.div_ceil(16)
+    } else {
+        t0
+    };
+    let c = CUBE_POS;
+    if c >= tiles {
+        terminate!();
+    }
+    let mut xq = SharedMemory::<Vector<u32, NW>>::new(comptime!(m_rows * k / 8));
+    let mut xd = SharedMemory::<f32>::new(comptime!(m_rows * k / 32));
+    quantize_x::<F, NX, NW>(x, &mut xq, &mut xd, k, m_rows);
+    let len = comptime!(if mode == MMA_SILU { 8usize } else { 4usize });
+    let mut acc = Array::<f32>::new(len);
+    #[unroll]
+    for i in 0..len {
+        acc[i] = 0.0f32;
+    }
+    if comptime!(mode == MMA_SILU) {
+        q8_tile::<NW>(
+            &xq,
+            &xd,
+            w0,
+            s0,
+            so0 as usize,
+            a0,
+            c,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        q8_tile::<NW>(
+            &xq,
+            &xd,
+            w1,
+            s1,
+            so1 as usize,
+            a0,
+            c,
+            &mut acc,
+            4usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        #[unroll]
+        for i in 0..4usize {
+            let gv = f32::cast_from(F::cast_from(acc[i]));
+            let uv = f32::cast_from(F::cast_from(acc[4 + i]));
+            acc[i] = gv / (1.0f32 + f32::exp(0.0f32 - gv)) * uv;
+        }
+        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+    } else if c < t0 {
+        q8_tile::<NW>(
+            &xq,
+            &xd,
+            w0,
+            s0,
+            so0 as usize,
+            a0,
+            c,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+    } else if c < t0 + t1 {
+        q8_tile::<NW>(
+            &xq,
+            &xd,
+            w1,
+            s1,
+            so1 as usize,
+            a1,
+            c - t0,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out1, &acc, a1, c - t0, 0usize, m_rows);
+    } else {
+        q8_tile::<NW>(
+            &xq,
+            &xd,
+            w2,
+            s2,
+            so2 as usize,
+            a2,
+            c - t0 - t1,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out2, &acc, a2, c - t0 - t1, 0usize, m_rows);
+    }
+}
+
+/// This warp's share of the 16-row tile `tile` of a dense bf16/f16 weight `w` (`n` rows of
+/// `k` values, `pitch` 4-value vectors apart) times the `x` rows (`xp` vectors apart), on
+/// `m16n8k16` MMAs with f32 accumulation, added to `acc[at..at + 4]` (lanes as in
+/// [`q8_tile`]). Lane `(g, t)` feeds values `16j + 4t .. 16j + 4t + 3` of slice `j` (one
+/// 8-byte load per row and one of `x`), the same permutation of `k` in A and B.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dense_tile<F: Float, N4: Size>(
+    x: &Array<Vector<F, N4>>,
+    xp: usize,
+    w: &Array<Vector<F, N4>>,
+    pitch: usize,
+    n: usize,
+    tile: usize,
+    acc: &mut Array<f32>,
+    #[comptime] at: usize,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+    #[comptime] unroll: usize,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    let size!(NA) = def.vector_size(MatrixIdent::A);
+    let size!(NB) = def.vector_size(MatrixIdent::B);
+    let size!(NC) = def.vector_size(MatrixIdent::Accumulator);
+    let va = def.vectors_per_lane(MatrixIdent::A);
+    let vb = def.vectors_per_lane(MatrixIdent::B);
+    let vc = def.vectors_per_lane(MatrixIdent::Accumulator);
+    let mut ra = Array::<Vector<F, NA>>::new(va);
+    let mut rb = Array::<Vector<F, NB>>::new(vb);
+    let mut rc = Array::<Vector<f32, NC>>::new(vc);
+    #[unroll]
+    for i in 0..vc {
+        rc[i] = Vector::<f32, NC>::new(0.0f32);
+    }
+    let lane = UNIT_POS_PLANE as usize;
+    let g = lane / 4;
+    let t = lane % 4;
+    let warp = (UNIT_POS / PLANE_DIM) as usize;
+    let r0 = min(tile * 16 + g, n - 1) * pitch + t;
+    let r1 = min(tile * 16 + g + 8, n - 1) * pitch + t;
+    let xr = min(g, comptime!(m_rows - 1)) * xp + t;
+    let chunks = comptime!(k / 16 / unroll);
+    let mut c = warp;
+    while c < chunks {
+        #[unroll]
+        for u in 0..unroll {
+            let j = 4 * (c * unroll + u);
+            let lo = w[r0 + j];
+            let hi = w[r1 + j];
+            let xv = x[xr + j];
+            #[unroll]
+            for h in 0..2usize {
+                let mut a0 = Vector::<F, NA>::empty();
+                let mut a1 = Vector::<F, NA>::empty();
+                let mut b = Vector::<F, NB>::empty();
+                a0[0] = lo[2 * h];
+                a0[1] = lo[2 * h + 1];
+                a1[0] = hi[2 * h];
+                a1[1] = hi[2 * h + 1];
+                b[0] = xv[2 * h];
+                b[1] = xv[2 * h + 1];
+                ra[2 * h] = a0;
+                ra[2 * h + 1] = a1;
+                rb[h] = b;
+            }
+            def.execute_inplace(&ra, &rb, &mut rc);
+        }
+        c += warps;
+    }
+    #[unroll]
+    for i in 0..4usize {
+        acc[at + i] += rc[comptime!(i / 2)][comptime!(i % 2)];
+    }
+}
+
+/// `out_i = x · W_iᵀ` on tensor cores for dense bf16/f16 `W_i` stored row-major (a transposed
+/// view, rows `p_i` 4-value vectors apart); `mode` as in [`q8_mma_kernel`]. `x` rows are `xp`
+/// vectors apart.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
+    x: &Array<Vector<F, N4>>,
+    w0: &Array<Vector<F, N4>>,
+    w1: &Array<Vector<F, N4>>,
+    w2: &Array<Vector<F, N4>>,
+    out0: &mut Array<F>,
+    out1: &mut Array<F>,
+    out2: &mut Array<F>,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    p0: u32,
+    p1: u32,
+    p2: u32,
+    xp: u32,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+    #[comptime] unroll: usize,
+    #[comptime] mode: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
+    let (t0, t1) = (a0.div_ceil(16), a1.div_ceil(16));
+    let tiles = if comptime!(mode == MMA_THREE) {
+        t0 + t1 + a2.div_ceil(16)
+    } else {
+        t0
+    };
+    let c = CUBE_POS;
+    if c >= tiles {
+        terminate!();
+    }
+    let xp = xp as usize;
+    let len = comptime!(if mode == MMA_SILU { 8usize } else { 4usize });
+    let mut acc = Array::<f32>::new(len);
+    #[unroll]
+    for i in 0..len {
+        acc[i] = 0.0f32;
+    }
+    if comptime!(mode == MMA_SILU) {
+        dense_tile::<F, N4>(
+            x,
+            xp,
+            w0,
+            p0 as usize,
+            a0,
+            c,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        dense_tile::<F, N4>(
+            x,
+            xp,
+            w1,
+            p1 as usize,
+            a0,
+            c,
+            &mut acc,
+            4usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        #[unroll]
+        for i in 0..4usize {
+            let gv = f32::cast_from(F::cast_from(acc[i]));
+            let uv = f32::cast_from(F::cast_from(acc[4 + i]));
+            acc[i] = gv / (1.0f32 + f32::exp(0.0f32 - gv)) * uv;
+        }
+        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+    } else if c < t0 {
+        dense_tile::<F, N4>(
+            x,
+            xp,
+            w0,
+            p0 as usize,
+            a0,
+            c,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+    } else if c < t0 + t1 {
+        dense_tile::<F, N4>(
+            x,
+            xp,
+            w1,
+            p1 as usize,
+            a1,
+            c - t0,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out1, &acc, a1, c - t0, 0usize, m_rows);
+    } else {
+        dense_tile::<F, N4>(
+            x,
+            xp,
+            w2,
+            p2 as usize,
+            a2,
+            c - t0 - t1,
+            &mut acc,
+            0usize,
+            k,
+            m_rows,
+            warps,
+            unroll,
+        );
+        warps_sum(&mut acc, len, warps);
+        store_tile::<F>(out2, &acc, a2, c - t0 - t1, 0usize, m_rows);
+    }
+}
+
+/// Whether `client` runs `m16n8k16` MMAs of `dtype` (bf16 or f16) with f32 accumulation.
+pub(crate) fn mma_half_supported<R: burn_cubecl::CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    dtype: burn::tensor::DType,
+) -> bool {
+    use cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
+    let kind = match dtype {
+        burn::tensor::DType::BF16 => FloatKind::BF16,
+        burn::tensor::DType::F16 => FloatKind::F16,
+        _ => return false,
+    };
+    let props = client.properties();
+    let cfg = MmaConfig {
+        a_type: ElemType::Float(kind).into(),
+        b_type: ElemType::Float(kind).into(),
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        n: 8,
+        k: 16,
+    };
+    props.features.matmul.mma.contains(&cfg)
+        && props.hardware.plane_size_min == 32
+        && props.hardware.plane_size_max == 32
+        && client.features().plane.contains(cubecl::features::Plane::Ops)
+}
+
+/// The tensor-core launch of a dense bf16/f16 matvec: warps per 16-row tile and 16-value
+/// slices per warp step, or `None` when the shape does not ask for it (`mma = 1` in the dense
+/// shape), tensor cores are off or missing, or `m`/`k` do not fit (`k` a multiple of 16).
+pub(crate) fn dense_mma_launch<R: burn_cubecl::CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    dtype: burn::tensor::DType,
+    m: usize,
+    k: usize,
+) -> Option<MmaLaunch> {
+    let shape = super::matvec_shape(None);
+    if shape.mma == 0
+        || super::tensor_cores_off()
+        || !(1..=MMA_MAX_ROWS).contains(&m)
+        || k == 0
+        || !k.is_multiple_of(16)
+        || !mma_half_supported(client, dtype)
+    {
+        return None;
+    }
+    let warps = if shape.units == 0 {
+        4
+    } else {
+        (shape.units as usize / 32).clamp(1, 32)
+    };
+    let slices = k / 16;
+    let unroll = [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&u| u <= shape.unroll.max(1) && slices.is_multiple_of(u))
+        .unwrap_or(1);
+    Some(MmaLaunch { warps, unroll })
+}
+
+/// How the tensor-core Q8_0 matvec is launched: warps per cube (each cube owns 16 weight
+/// rows) and Q8_0 blocks per warp step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MmaLaunch {
+    pub warps: usize,
+    pub unroll: usize,
+}
+
+impl MmaLaunch {
+    /// The launch for Q8_0 rows of `k` values times `m` rows of `x` with `shape`, when the
+    /// shape asks for tensor cores (`mma = 1`), the device has them and the operands fit.
+    pub(crate) fn new<R: burn_cubecl::CubeRuntime>(
+        client: &cubecl::client::ComputeClient<R>,
+        shape: super::MatvecShape,
+        m: usize,
+        k: usize,
+    ) -> Option<MmaLaunch> {
+        if shape.mma == 0 || super::tensor_cores_off() || !mma_i8_supported(client) {
+            return None;
+        }
+        let warps = if shape.units == 0 {
+            4
+        } else {
+            (shape.units as usize / 32).clamp(1, 32)
+        };
+        let l = MmaLaunch {
+            warps,
+            unroll: mma_unroll(k, shape.unroll),
+        };
+        mma_fits(m, k, warps).then_some(l)
+    }
+
+    /// Launches [`q8_mma_kernel`] in `mode` for `x: [m, k]` (contiguous, float), the words of up
+    /// to three `[n_i, k]` Q8_0 matrices (unused ones repeat the first) with their scale
+    /// offsets, and outputs `[m, n_i]` of `x`'s dtype.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch<R: burn_cubecl::CubeRuntime>(
+        &self,
+        x: burn_cubecl::tensor::CubeTensor<R>,
+        words: [burn_cubecl::tensor::CubeTensor<R>; 3],
+        outs: [&burn_cubecl::tensor::CubeTensor<R>; 3],
+        ns: [usize; 3],
+        scale_offsets: [usize; 3],
+        m: usize,
+        k: usize,
+        mode: u32,
+    ) {
+        let client = x.client.clone();
+        let dtype = x.dtype;
+        let tiles = match mode {
+            MMA_THREE => ns.iter().map(|n| n.div_ceil(16)).sum(),
+            _ => ns[0].div_ceil(16),
+        };
+        let count = cubecl::calculate_cube_count_elemwise(&client, tiles, CubeDim::new_1d(1));
+        let [w0, w1, w2] = words;
+        // SAFETY: `x` is a contiguous [m, k] float tensor (k a multiple of 32, m ≤ MMA_MAX_ROWS,
+        // checked by `mma_fits`); each word tensor holds n_i rows of Q8_0 in the split layout
+        // (quants row-major, read as 8-byte vectors at whole-block offsets, then f32 scales at
+        // the given word offset); rows past n_i are clamped to the last row and not written;
+        // outputs are contiguous [m, n_i]; cubes past the tiles return before any barrier.
+        unsafe {
+            q8_mma_kernel::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_1d(32 * self.warps as u32),
+                4,
+                2,
+                x.into_array_arg(),
+                w0.clone().into_array_arg(),
+                w0.into_array_arg(),
+                w1.clone().into_array_arg(),
+                w1.into_array_arg(),
+                w2.clone().into_array_arg(),
+                w2.into_array_arg(),
+                outs[0].clone().into_array_arg(),
+                outs[1].clone().into_array_arg(),
+                outs[2].clone().into_array_arg(),
+                ns[0] as u32,
+                ns[1] as u32,
+                ns[2] as u32,
+                scale_offsets[0] as u32,
+                scale_offsets[1] as u32,
+                scale_offsets[2] as u32,
+                k,
+                m,
+                self.warps,
+                self.unroll,
+                mode,
+                dtype.into(),
+            );
+        }
+    }
+
+    /// Launches [`dense_mma_kernel`] in `mode` for `x: [m, k]` (rows `xp` 4-value vectors
+    /// apart), up to three dense weights (row-major `[n_i, k]`, rows `pitches[i]` 4-value
+    /// vectors apart; unused ones repeat the first) and contiguous outputs `[m, n_i]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_dense<R: burn_cubecl::CubeRuntime>(
+        &self,
+        x: &burn_cubecl::tensor::CubeTensor<R>,
+        ws: [&burn_cubecl::tensor::CubeTensor<R>; 3],
+        outs: [&burn_cubecl::tensor::CubeTensor<R>; 3],
+        ns: [usize; 3],
+        pitches: [usize; 3],
+        xp: usize,
+        m: usize,
+        k: usize,
+        mode: u32,
+    ) {
+        let client = x.client.clone();
+        let tiles = match mode {
+            MMA_THREE => ns.iter().map(|n| n.div_ceil(16)).sum(),
+            _ => ns[0].div_ceil(16),
+        };
+        let count = cubecl::calculate_cube_count_elemwise(&client, tiles, CubeDim::new_1d(1));
+        // SAFETY: `x` holds m ≤ MMA_MAX_ROWS rows of k values (k a multiple of 16, unit stride,
+        // rows `xp` 4-vectors apart, checked by the caller's `DenseLaunch`); each weight holds
+        // n_i rows of k values `pitches[i]` 4-vectors apart, read in 8-byte vectors at
+        // 16-value slices; rows past n_i are clamped to the last row and not written; outputs
+        // are contiguous [m, n_i]; cubes past the tiles return before any barrier.
+        unsafe {
+            dense_mma_kernel::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_1d(32 * self.warps as u32),
+                4,
+                x.clone().into_array_arg(),
+                ws[0].clone().into_array_arg(),
+                ws[1].clone().into_array_arg(),
+                ws[2].clone().into_array_arg(),
+                outs[0].clone().into_array_arg(),
+                outs[1].clone().into_array_arg(),
+                outs[2].clone().into_array_arg(),
+                ns[0] as u32,
+                ns[1] as u32,
+                ns[2] as u32,
+                pitches[0] as u32,
+                pitches[1] as u32,
+                pitches[2] as u32,
+                xp as u32,
+                k,
+                m,
+                self.warps,
+                self.unroll,
+                mode,
+                x.dtype.into(),
+            );
+        }
+    }
+}
