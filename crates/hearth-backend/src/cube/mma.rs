@@ -35,6 +35,7 @@
 //! product ~1e-3 for Gaussian data). The tests compare it with a host product of the same
 //! quantized `x`.
 
+use super::reduce::zeros;
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::*;
 
@@ -253,6 +254,42 @@ fn warps_sum(acc: &mut Array<f32>, #[comptime] len: usize, #[comptime] warps: us
     }
 }
 
+/// 16-row tiles (cubes) of a launch in `mode` over matrices of `a0`, `a1`, `a2` rows.
+#[cube]
+fn tile_count(a0: usize, a1: usize, a2: usize, #[comptime] mode: u32) -> usize {
+    if comptime!(mode == MMA_THREE) {
+        a0.div_ceil(16) + a1.div_ceil(16) + a2.div_ceil(16)
+    } else {
+        a0.div_ceil(16)
+    }
+}
+
+/// The end of every tile: the warps' sums meet, then the first warp writes the tile to `out:
+/// [m_rows, n]` (with `silu`, `acc[0..4]` gate and `acc[4..8]` up products, each rounded to `F`
+/// first, combined as `silu(g) · u`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn finish<F: Float>(
+    out: &mut Array<F>,
+    acc: &mut Array<f32>,
+    n: usize,
+    tile: usize,
+    #[comptime] silu: bool,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+) {
+    warps_sum(acc, comptime!(if silu { 8usize } else { 4usize }), warps);
+    if comptime!(silu) {
+        #[unroll]
+        for i in 0..4usize {
+            let gv = f32::cast_from(F::cast_from(acc[i]));
+            let uv = f32::cast_from(F::cast_from(acc[4 + i]));
+            acc[i] = gv / (1.0f32 + f32::exp(0.0f32 - gv)) * uv;
+        }
+    }
+    store_tile::<F>(out, acc, n, tile, 0usize, m_rows);
+}
+
 /// Writes the first warp's tile results `acc[at..at + 4]` of `tile` to `out: [m_rows, n]`.
 #[cube]
 fn store_tile<F: Float>(
@@ -309,24 +346,14 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
 ) {
     let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
     let (t0, t1) = (a0.div_ceil(16), a1.div_ceil(16));
-    let tiles = if comptime!(mode == MMA_THREE) {
-        t0 + t1 + a2.div_ceil(16)
-    } else {
-        t0
-    };
     let c = CUBE_POS;
-    if c >= tiles {
+    if c >= tile_count(a0, a1, a2, mode) {
         terminate!();
     }
     let mut xq = SharedMemory::<Vector<u32, NW>>::new(comptime!(m_rows * k / 8));
     let mut xd = SharedMemory::<f32>::new(comptime!(m_rows * k / 32));
     quantize_x::<F, NX, NW>(x, &mut xq, &mut xd, k, m_rows);
-    let len = comptime!(if mode == MMA_SILU { 8usize } else { 4usize });
-    let mut acc = Array::<f32>::new(len);
-    #[unroll]
-    for i in 0..len {
-        acc[i] = 0.0f32;
-    }
+    let mut acc = zeros(comptime!(if mode == MMA_SILU { 8usize } else { 4usize }));
     if comptime!(mode == MMA_SILU) {
         q8_tile::<NW>(
             &xq,
@@ -358,14 +385,7 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        #[unroll]
-        for i in 0..4usize {
-            let gv = f32::cast_from(F::cast_from(acc[i]));
-            let uv = f32::cast_from(F::cast_from(acc[4 + i]));
-            acc[i] = gv / (1.0f32 + f32::exp(0.0f32 - gv)) * uv;
-        }
-        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+        finish::<F>(out0, &mut acc, a0, c, true, m_rows, warps);
     } else if c < t0 {
         q8_tile::<NW>(
             &xq,
@@ -382,8 +402,7 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+        finish::<F>(out0, &mut acc, a0, c, false, m_rows, warps);
     } else if c < t0 + t1 {
         q8_tile::<NW>(
             &xq,
@@ -400,8 +419,7 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out1, &acc, a1, c - t0, 0usize, m_rows);
+        finish::<F>(out1, &mut acc, a1, c - t0, false, m_rows, warps);
     } else {
         q8_tile::<NW>(
             &xq,
@@ -418,8 +436,7 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out2, &acc, a2, c - t0 - t1, 0usize, m_rows);
+        finish::<F>(out2, &mut acc, a2, c - t0 - t1, false, m_rows, warps);
     }
 }
 
@@ -528,22 +545,12 @@ pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
 ) {
     let (a0, a1, a2) = (n0 as usize, n1 as usize, n2 as usize);
     let (t0, t1) = (a0.div_ceil(16), a1.div_ceil(16));
-    let tiles = if comptime!(mode == MMA_THREE) {
-        t0 + t1 + a2.div_ceil(16)
-    } else {
-        t0
-    };
     let c = CUBE_POS;
-    if c >= tiles {
+    if c >= tile_count(a0, a1, a2, mode) {
         terminate!();
     }
     let xp = xp as usize;
-    let len = comptime!(if mode == MMA_SILU { 8usize } else { 4usize });
-    let mut acc = Array::<f32>::new(len);
-    #[unroll]
-    for i in 0..len {
-        acc[i] = 0.0f32;
-    }
+    let mut acc = zeros(comptime!(if mode == MMA_SILU { 8usize } else { 4usize }));
     if comptime!(mode == MMA_SILU) {
         dense_tile::<F, N4>(
             x,
@@ -573,14 +580,7 @@ pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        #[unroll]
-        for i in 0..4usize {
-            let gv = f32::cast_from(F::cast_from(acc[i]));
-            let uv = f32::cast_from(F::cast_from(acc[4 + i]));
-            acc[i] = gv / (1.0f32 + f32::exp(0.0f32 - gv)) * uv;
-        }
-        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+        finish::<F>(out0, &mut acc, a0, c, true, m_rows, warps);
     } else if c < t0 {
         dense_tile::<F, N4>(
             x,
@@ -596,8 +596,7 @@ pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out0, &acc, a0, c, 0usize, m_rows);
+        finish::<F>(out0, &mut acc, a0, c, false, m_rows, warps);
     } else if c < t0 + t1 {
         dense_tile::<F, N4>(
             x,
@@ -613,8 +612,7 @@ pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out1, &acc, a1, c - t0, 0usize, m_rows);
+        finish::<F>(out1, &mut acc, a1, c - t0, false, m_rows, warps);
     } else {
         dense_tile::<F, N4>(
             x,
@@ -630,8 +628,7 @@ pub(crate) fn dense_mma_kernel<F: Float, N4: Size>(
             warps,
             unroll,
         );
-        warps_sum(&mut acc, len, warps);
-        store_tile::<F>(out2, &acc, a2, c - t0 - t1, 0usize, m_rows);
+        finish::<F>(out2, &mut acc, a2, c - t0 - t1, false, m_rows, warps);
     }
 }
 
