@@ -415,12 +415,15 @@ impl DenseLaunch {
             }
             dims.push((n, pitch));
         }
-        let vs = (0..=(16 / x.dtype.size()).trailing_zeros())
+        let client = &x.client;
+        // 16 bytes, within the device's vector width (SPIR-V vectors stop at 4 components:
+        // f16 weights read 8 bytes at a time on Vulkan)
+        let widest = (16 / x.dtype.size()).min(client.properties().hardware.max_vector_size.max(1));
+        let vs = (0..=widest.trailing_zeros())
             .rev()
             .map(|p| 1usize << p)
             .find(|v| k.is_multiple_of(*v) && x_pitch.is_multiple_of(*v) && dims.iter().all(|d| d.1.is_multiple_of(*v)))
             .unwrap_or(1);
-        let client = &x.client;
         let shape = matvec_shape(None);
         let units = matvec_units(client, shape, k * x.dtype.size() / 16);
         let launch = DenseLaunch {
