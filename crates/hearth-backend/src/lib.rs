@@ -385,6 +385,88 @@ impl<B: Backend> Clone for PreNorm<'_, B> {
 
 impl<B: Backend> Copy for PreNorm<'_, B> {}
 
+/// Sums of squares of residual-stream rows, carried from the product that adds a block's
+/// output to the stream to the first products of the next block, which apply that block's
+/// RMSNorm from them (see [`HearthBackend::norm_sums`]): `slots` norms of `rows` rows each, in
+/// f32, zeroed when made. Each slot is written once per forward, by
+/// [`HearthBackend::sums_norm`] or [`HearthBackend::matmul_add_sums`], and read by
+/// [`HearthBackend::sums_matmul3`], [`HearthBackend::sums_matmul_silu`] or
+/// [`ops::sums_normed`]. The cubecl backends write the buffer in place.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, HearthBackend, NormSums};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 2, &dev);
+/// let g = Tensor::<Cpu, 1>::ones([2], &dev);
+/// let hg = Cpu::sums_norm(Tensor::from_floats([[3.0, 4.0]], &dev), &g, &sums, 1).unwrap();
+/// assert_eq!(sums.slot(1).into_data().to_vec::<f32>().unwrap(), vec![25.0]);
+/// assert_eq!(hg.into_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+/// # }
+/// ```
+pub struct NormSums<B: Backend> {
+    buf: std::cell::RefCell<Tensor<B, 1>>,
+    rows: usize,
+    slots: usize,
+}
+
+impl<B: Backend> NormSums<B> {
+    /// A zeroed buffer (f32, whatever the float dtype) for `slots` norms of `rows` rows.
+    pub fn zeroed(rows: usize, slots: usize, device: &B::Device) -> Self {
+        let buf = Tensor::zeros([rows * slots], (device, burn::tensor::DType::F32));
+        NormSums {
+            buf: std::cell::RefCell::new(buf),
+            rows,
+            slots,
+        }
+    }
+
+    /// Rows per slot.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The sums of slot `slot`, `[rows]` f32 (a copy). Panics if `slot >= slots`.
+    pub fn slot(&self, slot: usize) -> Tensor<B, 1> {
+        assert!(slot < self.slots, "slot {slot} of {}", self.slots);
+        let at = slot * self.rows;
+        self.buf.borrow().clone().slice(at..at + self.rows)
+    }
+
+    /// The whole buffer `[slots · rows]` (kernels write through its handle).
+    pub fn buffer(&self) -> Tensor<B, 1> {
+        self.buf.borrow().clone()
+    }
+
+    /// Checks `slot` and `rows` against the buffer.
+    pub fn check(&self, op: &'static str, slot: usize, rows: usize) -> Result<(), BackendError> {
+        if slot >= self.slots || rows != self.rows {
+            return Err(BackendError::ShapeMismatch {
+                op,
+                reason: format!(
+                    "slot {slot} of {} rows for [{rows}, _] (the buffer has {} slots of {} rows)",
+                    self.slots, self.slots, self.rows
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds `v: [rows]` (f32) to slot `slot` (the fallback's write).
+    pub fn add(&self, slot: usize, v: Tensor<B, 1>) {
+        let at = slot * self.rows;
+        let mut buf = self.buf.borrow_mut();
+        let cur = buf.clone().slice(at..at + self.rows);
+        *buf = buf.clone().slice_assign(at..at + self.rows, cur + v);
+    }
+}
+
 /// The RoPE tables of a forward pass and how they apply (see [`HearthBackend::rope`]):
 /// `cos`/`sin` `[B, 1, T, rope_dim]`, rotating the first `rope_dim` dims of each head, in
 /// pairs `(2i, 2i + 1)` when `interleaved`, else `(i, i + rope_dim / 2)`.
@@ -803,6 +885,149 @@ pub trait HearthBackend: Backend {
         residual: Tensor<Self, 2>,
     ) -> Result<Tensor<Self, 2>, BackendError> {
         ops::matmul_add(x, w, residual)
+    }
+
+    /// A zeroed [`NormSums`] for `slots` norms of `rows` rows when models should carry the
+    /// residual stream's sums of squares from each block's last product into the next
+    /// block's first products ([`Self::matmul_add_sums`], [`Self::sums_matmul3`],
+    /// [`Self::sums_matmul_silu`]: no RMSNorm launch between blocks), `None` when they should
+    /// normalise on their own. `None` here; the cubecl backends answer `Some` for up to 4
+    /// rows (their matrix × vector kernels) on devices with f32 atomic addition when
+    /// `HEARTH_NORM_SUMS=1` (or `cube::set_norm_sums`; opt-in until measured on a GPU).
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// assert!(Cpu::norm_sums(1, 4, &Default::default()).is_none());
+    /// # }
+    /// ```
+    fn norm_sums(rows: usize, slots: usize, device: &Self::Device) -> Option<NormSums<Self>> {
+        let _ = (rows, slots, device);
+        None
+    }
+
+    /// `x ⊙ weight` for `x: [M, K]` and the norm weight `[K]`, adding each row's `Σx²` to
+    /// `sums` at `slot`: the input of [`Self::sums_matmul3`] / [`Self::sums_matmul_silu`] from
+    /// a stream no product wrote (the embeddings). One launch on the cubecl backends; the
+    /// fallback is [`ops::sums_norm`].
+    ///
+    /// Errors: [`BackendError::ShapeMismatch`] for a slot or row count the buffer does not
+    /// have, or a weight that is not `[K]`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, NormSums};
+    /// let dev = Default::default();
+    /// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+    /// let g = Tensor::<Cpu, 1>::from_floats([2.0, 2.0], &dev);
+    /// let hg = Cpu::sums_norm(Tensor::from_floats([[1.0, 1.0]], &dev), &g, &sums, 0).unwrap();
+    /// assert_eq!(hg.into_data().to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+    /// # }
+    /// ```
+    fn sums_norm(
+        x: Tensor<Self, 2>,
+        weight: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        ops::sums_norm(x, weight, sums, slot)
+    }
+
+    /// `h = residual + x · W` (as [`Self::matmul_add`]) and `h ⊙ next`, with each row's `Σh²`
+    /// added to `sums` at `slot`, for the next block's norm of weight `next: [N]`. The cubecl
+    /// backends do all of it in the matrix × vector kernel's epilogue (one atomic addition
+    /// per cube); the fallback ([`ops::matmul_add_sums`]) runs [`Self::matmul_add`], then
+    /// [`Self::sums_norm`].
+    ///
+    /// Errors: those of [`Self::matmul_add`] and [`Self::sums_norm`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, NormSums, Weight};
+    /// let dev = Default::default();
+    /// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+    /// let w = Tensor::<Cpu, 2>::ones([2, 1], &dev);
+    /// let g = Tensor::<Cpu, 1>::from_floats([0.5], &dev);
+    /// let (h, hg) = Cpu::matmul_add_sums(Tensor::ones([1, 2], &dev), Weight::Dense(&w), Tensor::ones([1, 1], &dev), &g, &sums, 0).unwrap();
+    /// assert_eq!(h.into_data().to_vec::<f32>().unwrap(), vec![3.0]);
+    /// assert_eq!(hg.into_data().to_vec::<f32>().unwrap(), vec![1.5]);
+    /// assert_eq!(sums.slot(0).into_data().to_vec::<f32>().unwrap(), vec![9.0]);
+    /// # }
+    /// ```
+    fn matmul_add_sums(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        residual: Tensor<Self, 2>,
+        next: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Result<(Tensor<Self, 2>, Tensor<Self, 2>), BackendError> {
+        ops::matmul_add_sums(x, w, residual, next, sums, slot)
+    }
+
+    /// `[RMSNorm(h) · w₀, RMSNorm(h) · w₁, RMSNorm(h) · w₂]` from `hg = h ⊙ g` (the norm's
+    /// weight already applied, by [`Self::matmul_add_sums`] or [`Self::sums_norm`]) and the
+    /// sums of squares of `h` in `sums` at `slot`: `(hg · wᵢ) / sqrt(Σh² / K + eps)`. The
+    /// cubecl backends scale in the product's epilogue (the matrix × vector kernel does no
+    /// more work per weight than without a norm); the fallback is [`ops::sums_matmul3`].
+    ///
+    /// Errors: those of [`Self::packed_matmul`], and [`BackendError::ShapeMismatch`] for a
+    /// slot or row count the buffer does not have.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, NormSums, Weight};
+    /// let dev = Default::default();
+    /// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+    /// let g = Tensor::<Cpu, 1>::ones([2], &dev);
+    /// let hg = Cpu::sums_norm(Tensor::from_floats([[3.0, 4.0]], &dev), &g, &sums, 0).unwrap();
+    /// let w = Tensor::<Cpu, 2>::ones([2, 1], &dev);
+    /// let [q, _, _] = Cpu::sums_matmul3(hg, &sums, 0, 0.0, [Weight::Dense(&w); 3]).unwrap();
+    /// let q = q.into_data().to_vec::<f32>().unwrap()[0];
+    /// assert!((q - 7.0 / 12.5f32.sqrt()).abs() < 1e-5);
+    /// # }
+    /// ```
+    fn sums_matmul3(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        eps: f64,
+        w: [Weight<Self>; 3],
+    ) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        ops::sums_matmul3(hg, sums, slot, eps, w)
+    }
+
+    /// `silu(RMSNorm(h) · gate) · (RMSNorm(h) · up)` from `hg = h ⊙ g` and the sums of
+    /// squares in `sums` at `slot`, as [`Self::sums_matmul3`] (one launch on the cubecl
+    /// backends); the fallback is [`ops::sums_matmul_silu`].
+    ///
+    /// Errors: those of [`Self::packed_matmul_silu`] and [`Self::sums_matmul3`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend, NormSums, Weight};
+    /// let dev = Default::default();
+    /// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+    /// let g = Tensor::<Cpu, 1>::ones([2], &dev);
+    /// let hg = Cpu::sums_norm(Tensor::zeros([1, 2], &dev), &g, &sums, 0).unwrap();
+    /// let w = Tensor::<Cpu, 2>::ones([2, 3], &dev);
+    /// let y = Cpu::sums_matmul_silu(hg, &sums, 0, 1e-6, Weight::Dense(&w), Weight::Dense(&w)).unwrap();
+    /// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0; 3]);
+    /// # }
+    /// ```
+    fn sums_matmul_silu(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        eps: f64,
+        gate: Weight<Self>,
+        up: Weight<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        ops::sums_matmul_silu(hg, sums, slot, eps, gate, up)
     }
 
     /// `dst` with `src` written at `offset` (per dimension), as

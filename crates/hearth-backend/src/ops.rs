@@ -1,7 +1,7 @@
 //! Fallback implementations of [`crate::HearthBackend`]'s operations, written with plain burn
 //! ops. They run on every backend and are the reference that fused kernels are tested against.
 
-use crate::{BackendError, HearthBackend, PreNorm, Weight};
+use crate::{BackendError, HearthBackend, NormSums, PreNorm, Weight};
 use burn::tensor::{Tensor, activation, backend::Backend};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
@@ -224,10 +224,30 @@ pub fn norm_matmul3<B: HearthBackend>(
     w: [Weight<B>; 3],
 ) -> Result<[Tensor<B, 2>; 3], BackendError> {
     let x = B::rms_norm(h, norm.weight.clone(), norm.eps);
+    products3(x, w)
+}
+
+/// `[x · w₀, x · w₁, x · w₂]`: one [`HearthBackend::matmul3`] / [`HearthBackend::packed_matmul3`]
+/// when the three weights are of one kind, else three products.
+fn products3<B: HearthBackend>(x: Tensor<B, 2>, w: [Weight<B>; 3]) -> Result<[Tensor<B, 2>; 3], BackendError> {
     match w {
         [Weight::Dense(a), Weight::Dense(b), Weight::Dense(c)] => Ok(B::matmul3(x, [a, b, c])),
         [Weight::Packed(a), Weight::Packed(b), Weight::Packed(c)] => B::packed_matmul3(x, [a, b, c]),
         [a, b, c] => Ok([a.product(x.clone())?, b.product(x.clone())?, c.product(x)?]),
+    }
+}
+
+/// `silu(x · gate) · (x · up)`: [`HearthBackend::matmul_silu`] /
+/// [`HearthBackend::packed_matmul_silu`], or two products and [`HearthBackend::silu_mul`].
+fn products_silu<B: HearthBackend>(
+    x: Tensor<B, 2>,
+    gate: Weight<B>,
+    up: Weight<B>,
+) -> Result<Tensor<B, 2>, BackendError> {
+    match (gate, up) {
+        (Weight::Dense(g), Weight::Dense(u)) => Ok(B::matmul_silu(x, g, u)),
+        (Weight::Packed(g), Weight::Packed(u)) => B::packed_matmul_silu(x, g, u),
+        (g, u) => Ok(B::silu_mul(g.product(x.clone())?, u.product(x)?)),
     }
 }
 
@@ -254,11 +274,7 @@ pub fn norm_matmul_silu<B: HearthBackend>(
     up: Weight<B>,
 ) -> Result<Tensor<B, 2>, BackendError> {
     let x = B::rms_norm(h, norm.weight.clone(), norm.eps);
-    match (gate, up) {
-        (Weight::Dense(g), Weight::Dense(u)) => Ok(B::matmul_silu(x, g, u)),
-        (Weight::Packed(g), Weight::Packed(u)) => B::packed_matmul_silu(x, g, u),
-        (g, u) => Ok(B::silu_mul(g.product(x.clone())?, u.product(x)?)),
-    }
+    products_silu(x, gate, up)
 }
 
 /// [`HearthBackend::matmul_add`] unfused: the product, then the addition.
@@ -281,4 +297,154 @@ pub fn matmul_add<B: HearthBackend>(
     residual: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, BackendError> {
     Ok(residual + w.product(x)?)
+}
+
+/// [`HearthBackend::sums_norm`] with burn ops: `x ⊙ weight`, and each row's `Σx²` (in f32)
+/// added to `sums` at `slot`.
+///
+/// Errors: [`BackendError::ShapeMismatch`] for a slot or row count the buffer does not have, or
+/// a weight that is not `[K]`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, NormSums, ops};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+/// let g = Tensor::<Cpu, 1>::ones([2], &dev);
+/// ops::sums_norm(Tensor::<Cpu, 2>::from_floats([[1.0, 2.0]], &dev), &g, &sums, 0).unwrap();
+/// assert_eq!(sums.slot(0).into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+/// # }
+/// ```
+pub fn sums_norm<B: HearthBackend>(
+    x: Tensor<B, 2>,
+    weight: &Tensor<B, 1>,
+    sums: &NormSums<B>,
+    slot: usize,
+) -> Result<Tensor<B, 2>, BackendError> {
+    let [m, k] = x.dims();
+    sums.check("sums_norm", slot, m)?;
+    if weight.dims() != [k] {
+        return Err(BackendError::ShapeMismatch {
+            op: "sums_norm",
+            reason: format!("x is [{m}, {k}], the norm weight {:?}", weight.dims()),
+        });
+    }
+    let xf = x.clone().cast(burn::tensor::DType::F32);
+    sums.add(slot, xf.powi_scalar(2).sum_dim(1).reshape([m]));
+    Ok(x * weight.clone().reshape([1, k]))
+}
+
+/// [`HearthBackend::matmul_add_sums`] unfused: [`HearthBackend::matmul_add`], then
+/// [`HearthBackend::sums_norm`] of its output with the next norm's weight.
+///
+/// Errors: those of both.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, NormSums, Weight, ops};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+/// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([1], &dev));
+/// let (h, _) = ops::matmul_add_sums(Tensor::ones([1, 2], &dev), Weight::Dense(&w), Tensor::zeros([1, 1], &dev), &g, &sums, 0).unwrap();
+/// assert_eq!(h.into_data().to_vec::<f32>().unwrap(), vec![2.0]);
+/// assert_eq!(sums.slot(0).into_data().to_vec::<f32>().unwrap(), vec![4.0]);
+/// # }
+/// ```
+pub fn matmul_add_sums<B: HearthBackend>(
+    x: Tensor<B, 2>,
+    w: Weight<B>,
+    residual: Tensor<B, 2>,
+    next: &Tensor<B, 1>,
+    sums: &NormSums<B>,
+    slot: usize,
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>), BackendError> {
+    sums.check("matmul_add_sums", slot, x.dims()[0])?;
+    let h = B::matmul_add(x, w, residual)?;
+    let hg = B::sums_norm(h.clone(), next, sums, slot)?;
+    Ok((h, hg))
+}
+
+/// `RMSNorm(h)` from `hg = h ⊙ g` and the sums of squares of `h` in `sums` at `slot`:
+/// `hg / sqrt(Σh² / K + eps)` with burn ops (the input of a block that does not take
+/// [`HearthBackend::sums_matmul3`]).
+///
+/// Errors: [`BackendError::ShapeMismatch`] for a slot or row count the buffer does not have.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, HearthBackend, NormSums, ops};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+/// let g = Tensor::<Cpu, 1>::ones([2], &dev);
+/// let hg = Cpu::sums_norm(Tensor::from_floats([[1.0, -1.0]], &dev), &g, &sums, 0).unwrap();
+/// let y = ops::sums_normed(hg, &sums, 0, 0.0).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![1.0, -1.0]);
+/// # }
+/// ```
+pub fn sums_normed<B: Backend>(
+    hg: Tensor<B, 2>,
+    sums: &NormSums<B>,
+    slot: usize,
+    eps: f64,
+) -> Result<Tensor<B, 2>, BackendError> {
+    let [m, k] = hg.dims();
+    sums.check("sums_normed", slot, m)?;
+    let inv = (sums.slot(slot) / k as f64 + eps).sqrt().recip();
+    Ok(hg.clone() * inv.reshape([m, 1]).cast(hg.dtype()))
+}
+
+/// [`HearthBackend::sums_matmul3`] unfused: [`sums_normed`], then the three products.
+///
+/// Errors: those of [`sums_normed`] and [`HearthBackend::packed_matmul3`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, HearthBackend, NormSums, Weight, ops};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+/// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+/// let hg = Cpu::sums_norm(Tensor::from_floats([[1.0, -1.0]], &dev), &g, &sums, 0).unwrap();
+/// let [q, _, _] = ops::sums_matmul3(hg, &sums, 0, 0.0, [Weight::Dense(&w); 3]).unwrap();
+/// assert_eq!(q.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn sums_matmul3<B: HearthBackend>(
+    hg: Tensor<B, 2>,
+    sums: &NormSums<B>,
+    slot: usize,
+    eps: f64,
+    w: [Weight<B>; 3],
+) -> Result<[Tensor<B, 2>; 3], BackendError> {
+    products3(sums_normed(hg, sums, slot, eps)?, w)
+}
+
+/// [`HearthBackend::sums_matmul_silu`] unfused: [`sums_normed`], then the gated products.
+///
+/// Errors: those of [`sums_normed`] and [`HearthBackend::packed_matmul_silu`].
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, HearthBackend, NormSums, Weight, ops};
+/// let dev = Default::default();
+/// let sums = NormSums::<Cpu>::zeroed(1, 1, &dev);
+/// let (w, g) = (Tensor::<Cpu, 2>::ones([2, 1], &dev), Tensor::<Cpu, 1>::ones([2], &dev));
+/// let hg = Cpu::sums_norm(Tensor::zeros([1, 2], &dev), &g, &sums, 0).unwrap();
+/// let y = ops::sums_matmul_silu(hg, &sums, 0, 1e-6, Weight::Dense(&w), Weight::Dense(&w)).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0]);
+/// # }
+/// ```
+pub fn sums_matmul_silu<B: HearthBackend>(
+    hg: Tensor<B, 2>,
+    sums: &NormSums<B>,
+    slot: usize,
+    eps: f64,
+    gate: Weight<B>,
+    up: Weight<B>,
+) -> Result<Tensor<B, 2>, BackendError> {
+    products_silu(sums_normed(hg, sums, slot, eps)?, gate, up)
 }

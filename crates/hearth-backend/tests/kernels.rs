@@ -10,7 +10,7 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use hearth_backend::{
-    BackendError, BackendKind, DType, HearthBackend, PackedFormat, PackedMatrix, PreNorm, RopeTables, Weight,
+    BackendError, BackendKind, DType, HearthBackend, NormSums, PackedFormat, PackedMatrix, PreNorm, RopeTables, Weight,
     device_supports, open_device, ops, set_compute_dtype,
 };
 use hearth_quant::GgmlType;
@@ -370,6 +370,34 @@ trait CubeKernels: HearthBackend {
     fn k_norm3(h: Tensor<Self, 2>, n: PreNorm<Self>, w: [Weight<Self>; 3]) -> Option<[Tensor<Self, 2>; 3]>;
     fn k_norm_silu(h: Tensor<Self, 2>, n: PreNorm<Self>, g: Weight<Self>, u: Weight<Self>) -> Option<Tensor<Self, 2>>;
     fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>>;
+    #[allow(clippy::type_complexity)]
+    fn k_add_sums(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        r: Tensor<Self, 2>,
+        next: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Option<(Tensor<Self, 2>, Tensor<Self, 2>)>;
+    fn k_sums3(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        w: [Weight<Self>; 3],
+    ) -> Option<[Tensor<Self, 2>; 3]>;
+    fn k_sums_silu(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        g: Weight<Self>,
+        u: Weight<Self>,
+    ) -> Option<Tensor<Self, 2>>;
+    fn k_sums_norm(
+        x: Tensor<Self, 2>,
+        g: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Option<Tensor<Self, 2>>;
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn k_rope_write(
         q: Tensor<Self, 4>,
@@ -458,6 +486,41 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernel
     }
     fn k_matvec_add(x: Tensor<Self, 2>, w: Weight<Self>, r: Tensor<Self, 2>) -> Option<Tensor<Self, 2>> {
         hearth_backend::cube::matvec_add(x, w, r)
+    }
+    fn k_add_sums(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        r: Tensor<Self, 2>,
+        next: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Option<(Tensor<Self, 2>, Tensor<Self, 2>)> {
+        hearth_backend::cube::matvec_add_sums(x, w, r, next, sums, slot)
+    }
+    fn k_sums3(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        w: [Weight<Self>; 3],
+    ) -> Option<[Tensor<Self, 2>; 3]> {
+        hearth_backend::cube::sums_matvec3(hg, sums, slot, SUMS_EPS, w)
+    }
+    fn k_sums_silu(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        g: Weight<Self>,
+        u: Weight<Self>,
+    ) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::sums_matvec_silu(hg, sums, slot, SUMS_EPS, g, u)
+    }
+    fn k_sums_norm(
+        x: Tensor<Self, 2>,
+        g: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::sums_norm(x, g.clone(), &sums.buffer(), slot * sums.rows()).ok()
     }
     fn k_rope_write(
         q: Tensor<Self, 4>,
@@ -644,6 +707,155 @@ fn folded<B: CubeKernels>(dev: &B::Device) {
     let added = host(B::matmul_add(h.clone(), Weight::Dense(&t), Tensor::ones([1, 3], dev)).unwrap());
     let plain = host(B::matmul(h, t));
     assert!(added.iter().zip(&plain).all(|(a, p)| (a - p - 1.0).abs() < 1e-4));
+}
+
+/// The eps of the carried-norm tests.
+const SUMS_EPS: f64 = 1e-5;
+
+/// The carried norm sums: a block's last product writing `h = residual + x · W`, `h ⊙ g` and
+/// `Σh²` (one atomic addition per cube), the next block's q/k/v and gate/up/SiLU products
+/// normalising from them in their epilogue, and the embeddings' `x ⊙ g` kernel, against the
+/// unfused pipeline (product and addition; RMSNorm, then the products) and host sums: dense
+/// transposed weights and every vector format, ragged shapes, 1–4 rows, random launch shapes.
+/// The device must offer the sums (no silent fallback); K-quant blocks are declined and the
+/// trait falls back.
+fn carried<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(23);
+    hearth_backend::cube::set_norm_sums(Some(true));
+    assert!(
+        B::norm_sums(1, 2, dev).is_some(),
+        "the device offers no carried norm sums (f32 atomic addition)"
+    );
+    assert!(B::norm_sums(5, 2, dev).is_none(), "prefill rows normalise on their own");
+    let shapes = matvec_shapes();
+    let kinds = [
+        None,
+        Some(PackedFormat::F32),
+        Some(PackedFormat::Q8_0),
+        Some(PackedFormat::Q4_0),
+    ];
+    for kind in kinds {
+        for round in 0..3 {
+            let m = 1 + rng.below(4);
+            // x: [m, k] into the producer, its output (the stream) [m, n] into the consumers
+            let (k, n) = match (kind, round) {
+                (_, 0) => (4096, 4096),
+                (None, _) => (1 + rng.below(900), 1 + rng.below(700)),
+                _ => (32 * (1 + rng.below(40)), 32 * (1 + rng.below(30))),
+            };
+            let make = |rng: &mut Rng, rows: usize, cols: usize| -> (Option<Tensor<B, 2>>, Option<PackedMatrix<B>>) {
+                let w = weights(rng, rows * cols);
+                match kind {
+                    None => (Some(tensor::<B, 2>(w, [rows, cols], dev).transpose()), None),
+                    Some(f) => (
+                        None,
+                        Some(B::upload_packed(f, &gguf_bytes(f, &w), rows, cols, dev).unwrap()),
+                    ),
+                }
+            };
+            fn weight<B: HearthBackend>(w: &(Option<Tensor<B, 2>>, Option<PackedMatrix<B>>)) -> Weight<'_, B> {
+                match w {
+                    (Some(t), _) => Weight::Dense(t),
+                    (_, Some(p)) => Weight::Packed(p),
+                    _ => unreachable!(),
+                }
+            }
+            let wo = make(&mut rng, n, k);
+            let ns = [1 + rng.below(70), 1 + rng.below(30), 1 + rng.below(30)];
+            let ws: Vec<_> = ns.iter().map(|&o| make(&mut rng, o, n)).collect();
+            let up = make(&mut rng, ns[0], n);
+            let w3 = [weight(&ws[0]), weight(&ws[1]), weight(&ws[2])];
+            let x = tensor::<B, 2>(rng.vec(m * k), [m, k], dev);
+            let res = tensor::<B, 2>(rng.vec(m * n).iter().map(|v| 3.0 * v).collect(), [m, n], dev);
+            let g = tensor::<B, 1>(rng.vec(n).iter().map(|v| 1.0 + 0.5 * v).collect(), [n], dev);
+            let pre = PreNorm {
+                weight: &g,
+                eps: SUMS_EPS,
+            };
+            let ctx = format!("{kind:?} round {round} m{m} k{k} n{n} {ns:?}");
+            let sums = NormSums::<B>::zeroed(m, 3, dev);
+            let shape = (round == 2).then(|| shapes[rng.below(shapes.len())]);
+            hearth_backend::cube::set_matvec_shape(shape);
+            let (h, hg) = B::k_add_sums(x.clone(), weight(&wo), res.clone(), &g, &sums, 1)
+                .unwrap_or_else(|| panic!("{ctx}: matvec_add_sums declined"));
+            let got3 = B::k_sums3(hg.clone(), &sums, 1, w3).unwrap_or_else(|| panic!("{ctx}: sums_matvec3 declined"));
+            let silu = B::k_sums_silu(hg.clone(), &sums, 1, w3[0], weight(&up))
+                .unwrap_or_else(|| panic!("{ctx}: sums_matvec_silu declined"));
+            // the embeddings' entry: x ⊙ g and Σx² into slot 2
+            let e = B::k_sums_norm(res.clone(), &g, &sums, 2).unwrap_or_else(|| panic!("{ctx}: sums_norm failed"));
+            hearth_backend::cube::set_matvec_shape(None);
+            // the producer: h as the unfused product + addition, h ⊙ g and Σh² from h
+            let (h, hg) = (host(h), host(hg));
+            let want_h = host(ops::matmul_add(x.clone(), weight(&wo), res.clone()).unwrap());
+            let err = rel_err(&h, &want_h, 1e-3);
+            assert!(err < 2e-5, "{ctx}: h {err:e}");
+            let gv = host(g.clone());
+            let want_hg: Vec<f32> = h.iter().enumerate().map(|(i, v)| v * gv[i % n]).collect();
+            assert!(rel_err(&hg, &want_hg, 1e-3) < 1e-6, "{ctx}: h ⊙ g");
+            let host_sums = |v: &[f32]| -> Vec<f32> {
+                v.chunks(n)
+                    .map(|r| r.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() as f32)
+                    .collect()
+            };
+            let zeros = vec![0.0f32; m];
+            assert_eq!(host(sums.slot(0)), zeros, "{ctx}: slot 0 untouched");
+            let err = rel_err(&host(sums.slot(1)), &host_sums(&h), 1e-3);
+            assert!(err < 1e-5, "{ctx}: Σh² {err:e}");
+            // the consumers: as RMSNorm(h), then the products
+            let h = tensor::<B, 2>(h, [m, n], dev);
+            let want3 = ops::norm_matmul3(h.clone(), pre, w3).unwrap();
+            for (got, want) in got3.into_iter().zip(want3) {
+                let err = rel_err(&host(got), &host(want), 1e-3);
+                assert!(err < 2e-5, "{ctx}: sums3 {err:e}");
+            }
+            let want = host(ops::norm_matmul_silu(h.clone(), pre, w3[0], weight(&up)).unwrap());
+            let err = rel_err(&host(silu), &want, 1e-3);
+            assert!(err < 2e-5, "{ctx}: sums silu {err:e}");
+            // the entry kernel
+            let rv = host(res.clone());
+            let want_e: Vec<f32> = rv.iter().enumerate().map(|(i, v)| v * gv[i % n]).collect();
+            assert!(rel_err(&host(e), &want_e, 1e-3) < 1e-6, "{ctx}: x ⊙ g");
+            let err = rel_err(&host(sums.slot(2)), &host_sums(&rv), 1e-3);
+            assert!(err < 1e-5, "{ctx}: Σx² {err:e}");
+            // the trait methods take the same kernels
+            let sums2 = NormSums::<B>::zeroed(m, 1, dev);
+            let (th, thg) = B::matmul_add_sums(x, weight(&wo), res, &g, &sums2, 0).unwrap();
+            assert!(rel_err(&host(th), &want_h, 1e-3) < 2e-5, "{ctx}: trait matmul_add_sums");
+            let [tq, _, _] = B::sums_matmul3(thg.clone(), &sums2, 0, SUMS_EPS, w3).unwrap();
+            let want_q = host(ops::norm_matmul3(h.clone(), pre, w3).unwrap()[0].clone());
+            assert!(rel_err(&host(tq), &want_q, 1e-3) < 2e-5, "{ctx}: trait sums_matmul3");
+            let ts = B::sums_matmul_silu(thg, &sums2, 0, SUMS_EPS, w3[0], weight(&up)).unwrap();
+            assert!(rel_err(&host(ts), &want, 1e-3) < 2e-5, "{ctx}: trait sums_matmul_silu");
+        }
+    }
+    // declined: K-quant blocks (the trait falls back to the burn ops), rows the sums lack
+    let k = 256;
+    let q = B::upload_packed(
+        PackedFormat::Q4_K,
+        &gguf_bytes(PackedFormat::Q4_K, &weights(&mut rng, 3 * k)),
+        3,
+        k,
+        dev,
+    )
+    .unwrap();
+    let g = tensor::<B, 1>(rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect(), [k], dev);
+    let pre = PreNorm {
+        weight: &g,
+        eps: SUMS_EPS,
+    };
+    let h = tensor::<B, 2>(rng.vec(2 * k), [2, k], dev);
+    let sums = NormSums::<B>::zeroed(2, 1, dev);
+    let hg = B::sums_norm(h.clone(), &g, &sums, 0).unwrap();
+    assert!(B::k_sums3(hg.clone(), &sums, 0, [Weight::Packed(&q); 3]).is_none());
+    let got = host(B::sums_matmul3(hg.clone(), &sums, 0, SUMS_EPS, [Weight::Packed(&q); 3]).unwrap()[0].clone());
+    let want = host(ops::norm_matmul3(h.clone(), pre, [Weight::Packed(&q); 3]).unwrap()[0].clone());
+    assert!(rel_err(&got, &want, 1e-3) < 2e-5, "fallback sums_matmul3");
+    let t = Tensor::<B, 2>::ones([3, k], dev).transpose();
+    assert!(B::k_sums3(hg.clone().slice([0..1, 0..k]), &sums, 0, [Weight::Dense(&t); 3]).is_none());
+    assert!(matches!(
+        B::sums_matmul3(hg, &sums, 1, SUMS_EPS, [Weight::Dense(&t); 3]),
+        Err(BackendError::ShapeMismatch { .. })
+    ));
 }
 
 /// Dense q/k/v in one launch and dense gate/up/SiLU in one launch (row-major weights behind
@@ -1508,6 +1720,10 @@ macro_rules! backend_tests {
             #[test]
             fn folded_norms_and_residuals_match_unfused() {
                 folded::<B>(&dev());
+            }
+            #[test]
+            fn carried_norm_sums_match_unfused() {
+                carried::<B>(&dev());
             }
             #[test]
             fn q8_tensor_cores_match_quantized_x() {

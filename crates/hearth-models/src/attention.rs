@@ -4,7 +4,7 @@
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::error::ModelError;
-use crate::layers::{BlockInput, Linear, Loader, RmsNorm, linear3_block};
+use crate::layers::{BlockInput, Linear, Loader, Residual, RmsNorm, linear3_block};
 use burn::tensor::Tensor;
 use hearth_attention::{BatchPositions, KvCache, RopeLayout};
 use hearth_backend::{HearthBackend, RopeTables, profile};
@@ -77,19 +77,20 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         self.q.weight_bytes() + self.k.weight_bytes() + self.v.weight_bytes() + self.o.weight_bytes()
     }
 
-    /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`; with
-    /// `residual`, `residual + Attn(x)` (the addition in the output projection's epilogue).
-    /// A [`BlockInput::Raw`] input is normalised inside the q/k/v products.
-    pub fn forward<C: KvCache<B>>(
+    /// `x: [B, T, hidden]` → `[B, T, hidden]`, writing this chunk's K/V into `cache`, the
+    /// output sent where `residual` says (the addition, and for [`Residual::Sums`] the next
+    /// block's input, in the output projection's epilogue: [`Linear::forward_residual`]).
+    /// A [`BlockInput::Raw`] or [`BlockInput::Summed`] input is normalised inside the q/k/v
+    /// products.
+    pub fn forward<'a, C: KvCache<B>>(
         &self,
         x: BlockInput<'_, B>,
         layer: usize,
         cache: &mut C,
         ctx: &AttnContext<B>,
-        residual: Option<Tensor<B, 3>>,
-    ) -> Result<Tensor<B, 3>, ModelError> {
-        let (BlockInput::Normed(t) | BlockInput::Raw(t, _)) = &x;
-        let [b, t, _] = t.dims();
+        residual: Residual<'a, B>,
+    ) -> Result<(Tensor<B, 3>, Option<BlockInput<'a, B>>), ModelError> {
+        let [b, t, _] = x.dims();
         let dev = ctx.cos.device();
         let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
         let [mut q, mut k, v] =
@@ -121,10 +122,7 @@ impl<B: HearthBackend> MultiHeadAttention<B> {
         });
         Ok(profile::scope::<B, _>(&dev, "attn.o", || {
             let o = o.swap_dims(1, 2).reshape([b, t, h * d]);
-            match residual {
-                Some(r) => self.o.forward_add(o, r),
-                None => self.o.forward(o),
-            }
+            self.o.forward_residual(o, residual)
         }))
     }
 }

@@ -11,13 +11,13 @@
 use crate::attention::{AttnContext, MultiHeadAttention};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{BlockInput, HostWeight, Linear, LinearWeight, Loader, Mlp, RmsNorm};
+use crate::layers::{BlockInput, HostWeight, Linear, LinearWeight, Loader, Mlp, Residual, RmsNorm};
 use crate::mla::MlaAttention;
 use crate::moe::MoeBlock;
 use crate::weights::{TensorSource, WeightStore};
 use burn::tensor::{Int, Tensor, TensorData};
 use hearth_attention::{ContiguousKvCache, KvCache};
-use hearth_backend::{HearthBackend, profile};
+use hearth_backend::{HearthBackend, NormSums, profile};
 use hearth_moe::LoadStats;
 use std::collections::HashMap;
 use std::path::Path;
@@ -338,18 +338,35 @@ impl<B: HearthBackend> CausalLm<B> {
         }
         let last = self.layers.len().saturating_sub(1);
         let dev = &self.device;
-        // Blocks that fold the RMSNorm before them into their first products (attention's
-        // q/k/v, the dense MLP's gate/up) take the raw residual stream, and the block before
-        // such a block adds its output to the stream in its last product (o, down). Elsewhere
-        // the residual add and the next norm are one `add_rms_norm`.
-        // (only where the backend asks for it: `HearthBackend::folds_norms`)
-        let fold = B::folds_norms();
+        // Where the backend carries norm sums (`HearthBackend::norm_sums`: the cubecl backends
+        // at decode), each block's last product writes `h ⊙ g` and `Σh²` for the next block's
+        // norm, applied by that block's first products (attention's q/k/v, the dense MLP's
+        // gate/up): no RMSNorm launch between blocks. Slots: 2i for layer i's attention, 2i + 1
+        // for its FFN.
+        let sums = B::norm_sums(b * t, 2 * self.layers.len(), dev);
+        let sums = sums.as_ref();
+        let carries_attn = |l: &DecoderLayer<B>| sums.is_some() && matches!(l.attn, Attention::Mha(_));
+        let carries_ffn = |l: &DecoderLayer<B>| sums.is_some() && matches!(l.ffn, Ffn::Dense(_));
+        // Otherwise blocks that fold the RMSNorm before them into their first products take
+        // the raw residual stream, and the block before such a block adds its output to the
+        // stream in its last product (o, down). Elsewhere the residual add and the next norm
+        // are one `add_rms_norm`. (only where the backend asks for it: `HearthBackend::folds_norms`)
+        let fold = B::folds_norms() && sums.is_none();
         let folds_attn = |l: &DecoderLayer<B>| fold && matches!(l.attn, Attention::Mha(_));
         let folds_ffn = |l: &DecoderLayer<B>| fold && matches!(l.ffn, Ffn::Dense(_));
-        let mut input = match self.layers.first() {
-            Some(l0) if folds_attn(l0) => BlockInput::Raw(x.clone(), &l0.input_norm),
-            Some(l0) => BlockInput::Normed(profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone()))),
-            None => BlockInput::Normed(self.norm.forward(x.clone())),
+        let mut input = match (self.layers.first(), sums) {
+            (Some(l0), Some(s)) if carries_attn(l0) => {
+                let hg = profile::scope::<B, _>(dev, "norm", || {
+                    B::sums_norm(x.clone().reshape([b * t, hid]), &l0.input_norm.weight, s, 0)
+                        .expect("the norm's size is checked at load")
+                });
+                BlockInput::Summed(hg.reshape([b, t, hid]), &l0.input_norm, s, 0)
+            }
+            (Some(l0), _) if folds_attn(l0) => BlockInput::Raw(x.clone(), &l0.input_norm),
+            (Some(l0), _) => {
+                BlockInput::Normed(profile::scope::<B, _>(dev, "norm", || l0.input_norm.forward(x.clone())))
+            }
+            (None, _) => BlockInput::Normed(self.norm.forward(x.clone())),
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = masks
@@ -363,27 +380,39 @@ impl<B: HearthBackend> CausalLm<B> {
                 mask: &mask,
             };
             // x + Attn(RMSNorm(x))
-            let fold = folds_ffn(layer);
-            let a = match &layer.attn {
-                Attention::Mha(m) => m.forward(input, i, cache, &ctx, fold.then(|| x.clone()))?,
-                Attention::Mla(m) => {
-                    let d = m.forward(input.normed(), i, cache, &ctx)?;
-                    if fold { x.clone() + d } else { d }
-                }
+            let to = send_to(
+                sums,
+                &x,
+                carries_ffn(layer),
+                folds_ffn(layer),
+                &layer.post_norm,
+                2 * i + 1,
+            );
+            let adds = to.adds();
+            let (a, carried) = match &layer.attn {
+                Attention::Mha(m) => m.forward(input, i, cache, &ctx, to)?,
+                Attention::Mla(m) => to.finish(m.forward(input.normed(), i, cache, &ctx)?),
             };
-            (x, input) = advance(dev, x, a, fold, &layer.post_norm);
+            (x, input) = advance(dev, x, a, adds, carried, &layer.post_norm);
             // x + FFN(RMSNorm(x))
             let next = self.layers.get(i + 1);
-            let fold = next.is_some_and(folds_attn);
-            let f = match &layer.ffn {
-                Ffn::Dense(m) => m.forward_block(input, fold.then(|| x.clone())),
-                Ffn::Moe(m) => {
-                    let d = profile::scope::<B, _>(dev, "moe", || m.forward(input.normed(), &valid, i))?;
-                    if fold { x.clone() + d } else { d }
-                }
-            };
             let next_norm = next.map_or(&self.norm, |l| &l.input_norm);
-            (x, input) = advance(dev, x, f, fold, next_norm);
+            let to = send_to(
+                sums,
+                &x,
+                next.is_some_and(carries_attn),
+                next.is_some_and(folds_attn),
+                next_norm,
+                2 * i + 2,
+            );
+            let adds = to.adds();
+            let (f, carried) = match &layer.ffn {
+                Ffn::Dense(m) => m.forward_block(input, to),
+                Ffn::Moe(m) => to.finish(profile::scope::<B, _>(dev, "moe", || {
+                    m.forward(input.normed(), &valid, i)
+                })?),
+            };
+            (x, input) = advance(dev, x, f, adds, carried, next_norm);
             if opts.hidden_states && i != last {
                 hidden.push(x.clone());
             }
@@ -409,17 +438,44 @@ impl<B: HearthBackend> CausalLm<B> {
     }
 }
 
+/// Where a block's output goes: with the next block's norm carried as sums when `carries`
+/// (and there are sums), added to the stream `x` when the next block `folds` its norm, else
+/// alone. `slot` is the next block's in the sums, `next` its norm.
+fn send_to<'a, B: HearthBackend>(
+    sums: Option<&'a NormSums<B>>,
+    x: &Tensor<B, 3>,
+    carries: bool,
+    folds: bool,
+    next: &'a RmsNorm<B>,
+    slot: usize,
+) -> Residual<'a, B> {
+    match sums {
+        Some(sums) if carries => Residual::Sums {
+            residual: x.clone(),
+            next,
+            sums,
+            slot,
+        },
+        _ if folds => Residual::Add(x.clone()),
+        _ => Residual::None,
+    }
+}
+
 /// The residual stream after a block whose output is `out`, and the next block's input: `out`
-/// itself (already `x + block`) as a raw input when the next block folds its `norm`
-/// (`folds`), else `x + out` with the normalised input from one `add_rms_norm`.
+/// itself (already `x + block`: `added`) with the input the block `carried` to the next one,
+/// or as a raw input when the next block folds its `norm`; else `x + out` with the
+/// normalised input from one `add_rms_norm`.
 fn advance<'a, B: HearthBackend>(
     dev: &B::Device,
     x: Tensor<B, 3>,
     out: Tensor<B, 3>,
-    folds: bool,
+    added: bool,
+    carried: Option<BlockInput<'a, B>>,
     norm: &'a RmsNorm<B>,
 ) -> (Tensor<B, 3>, BlockInput<'a, B>) {
-    if folds {
+    if let Some(input) = carried {
+        (out, input)
+    } else if added {
         (out.clone(), BlockInput::Raw(out, norm))
     } else {
         let (s, h) = profile::scope::<B, _>(dev, "add_norm", || {

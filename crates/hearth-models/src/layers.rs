@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use crate::weights::TensorSource;
 use burn::tensor::{Tensor, TensorData, activation};
-use hearth_backend::{HearthBackend, PackedFormat, PackedMatrix, PreNorm, Weight, profile};
+use hearth_backend::{HearthBackend, NormSums, PackedFormat, PackedMatrix, PreNorm, Weight, ops, profile};
 use hearth_quant::kernels::{self, WeightFormat};
 use hearth_quant::{AlignedBytes, WeightBytes};
 use std::sync::Arc;
@@ -207,24 +207,135 @@ impl<B: HearthBackend> Linear<B> {
             _ => residual + self.forward(x),
         }
     }
+
+    /// `x · Wᵀ (+ b)` sent where `residual` says ([`Residual`]): with [`Residual::Sums`] a
+    /// weight without bias on the device goes through one [`HearthBackend::matmul_add_sums`]
+    /// (on the cubecl backends the addition, `h ⊙ g` and `Σh²` in the product's epilogue),
+    /// anything else through [`Self::forward`] and [`Residual::finish`]. Returns the block's
+    /// output and, for [`Residual::Sums`], the next block's input.
+    pub fn forward_residual<'a>(
+        &self,
+        x: Tensor<B, 3>,
+        residual: Residual<'a, B>,
+    ) -> (Tensor<B, 3>, Option<BlockInput<'a, B>>) {
+        let [b, t, inp] = x.dims();
+        match (self.weight.as_weight(), &self.bias, residual) {
+            (
+                Some(w),
+                None,
+                Residual::Sums {
+                    residual,
+                    next,
+                    sums,
+                    slot,
+                },
+            ) => {
+                let out = self.out_features();
+                let (h, hg) = B::matmul_add_sums(
+                    x.reshape([b * t, inp]),
+                    w,
+                    residual.reshape([b * t, out]),
+                    &next.weight,
+                    sums,
+                    slot,
+                )
+                .expect("weight and norm sizes are checked at load; the decoder sizes the sums");
+                (
+                    h.reshape([b, t, out]),
+                    Some(BlockInput::Summed(hg.reshape([b, t, out]), next, sums, slot)),
+                )
+            }
+            (_, _, Residual::Add(r)) => (self.forward_add(x, r), None),
+            (_, _, residual) => residual.finish(self.forward(x)),
+        }
+    }
 }
 
-/// The input of a block: already normalised, or the residual stream with the RMSNorm that the
+/// Where a block's output goes: returned as is, added to the residual stream, or added to it
+/// with the next block's norm carried as sums of squares ([`NormSums`]: the next block's
+/// first products apply the norm, no RMSNorm launch between them).
+pub enum Residual<'a, B: HearthBackend> {
+    /// The block's output alone.
+    None,
+    /// `residual + block`.
+    Add(Tensor<B, 3>),
+    /// `h = residual + block`, and the next block's input `h ⊙ next.weight` with `Σh²` in
+    /// `sums` at `slot` ([`BlockInput::Summed`]).
+    Sums {
+        /// The residual stream before the block.
+        residual: Tensor<B, 3>,
+        /// The next block's norm.
+        next: &'a RmsNorm<B>,
+        /// The forward's sums.
+        sums: &'a NormSums<B>,
+        /// The next block's slot in `sums`.
+        slot: usize,
+    },
+}
+
+impl<'a, B: HearthBackend> Residual<'a, B> {
+    /// Whether the output comes back with the residual added.
+    pub fn adds(&self) -> bool {
+        !matches!(self, Residual::None)
+    }
+
+    /// Sends a computed block output `d` where this says (burn ops and
+    /// [`HearthBackend::sums_norm`]): the block's output and, for [`Residual::Sums`], the next
+    /// block's input.
+    pub fn finish(self, d: Tensor<B, 3>) -> (Tensor<B, 3>, Option<BlockInput<'a, B>>) {
+        match self {
+            Residual::None => (d, None),
+            Residual::Add(r) => (r + d, None),
+            Residual::Sums {
+                residual,
+                next,
+                sums,
+                slot,
+            } => {
+                let h = residual + d;
+                let [b, t, n] = h.dims();
+                let hg = B::sums_norm(h.clone().reshape([b * t, n]), &next.weight, sums, slot)
+                    .expect("norm sizes are checked at load; the decoder sizes the sums");
+                (h, Some(BlockInput::Summed(hg.reshape([b, t, n]), next, sums, slot)))
+            }
+        }
+    }
+}
+
+/// The input of a block: already normalised, the residual stream with the RMSNorm that the
 /// block folds into its first products ([`HearthBackend::norm_matmul3`],
-/// [`HearthBackend::norm_matmul_silu`]).
+/// [`HearthBackend::norm_matmul_silu`]), or the stream with the norm's weight applied and its
+/// sums of squares carried ([`HearthBackend::sums_matmul3`],
+/// [`HearthBackend::sums_matmul_silu`]).
 pub enum BlockInput<'a, B: HearthBackend> {
     /// `RMSNorm(x)`, computed.
     Normed(Tensor<B, 3>),
     /// The residual stream `x` and the norm still to apply to it.
     Raw(Tensor<B, 3>, &'a RmsNorm<B>),
+    /// `x ⊙ norm.weight`, with `Σx²` per row in the sums at the slot.
+    Summed(Tensor<B, 3>, &'a RmsNorm<B>, &'a NormSums<B>, usize),
 }
 
 impl<B: HearthBackend> BlockInput<'_, B> {
-    /// The normalised input (the norm applied now for [`BlockInput::Raw`]).
+    /// The normalised input (the norm applied now for [`BlockInput::Raw`] and
+    /// [`BlockInput::Summed`]).
     pub fn normed(self) -> Tensor<B, 3> {
         match self {
             BlockInput::Normed(h) => h,
             BlockInput::Raw(x, norm) => norm.forward(x),
+            BlockInput::Summed(hg, norm, sums, slot) => {
+                let [b, t, n] = hg.dims();
+                ops::sums_normed(hg.reshape([b * t, n]), sums, slot, norm.eps)
+                    .expect("the decoder sizes the sums")
+                    .reshape([b, t, n])
+            }
+        }
+    }
+
+    /// `[B, T, hidden]` of the input.
+    pub fn dims(&self) -> [usize; 3] {
+        match self {
+            BlockInput::Normed(t) | BlockInput::Raw(t, _) | BlockInput::Summed(t, ..) => t.dims(),
         }
     }
 }
@@ -279,17 +390,36 @@ impl<B: HearthBackend> Mlp<B> {
         profile::scope::<B, _>(&dev, "mlp.down", || self.down.forward(h))
     }
 
-    /// The MLP on a block input, with the residual added by the down projection when given
-    /// (`residual + MLP(input)`): a [`BlockInput::Raw`] input with device gate/up weights
-    /// without biases goes through [`HearthBackend::norm_matmul_silu`] (on the cubecl
-    /// backends the norm is folded into the gate/up launch), the addition through
-    /// [`Linear::forward_add`].
-    pub fn forward_block(&self, input: BlockInput<'_, B>, residual: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    /// The MLP on a block input, its output sent where `residual` says
+    /// ([`Linear::forward_residual`] of the down projection): with device gate/up weights
+    /// without biases a [`BlockInput::Raw`] input goes through
+    /// [`HearthBackend::norm_matmul_silu`] (on the cubecl backends the norm is folded into
+    /// the gate/up launch) and a [`BlockInput::Summed`] one through
+    /// [`HearthBackend::sums_matmul_silu`]. Returns the output and, for
+    /// [`Residual::Sums`], the next block's input.
+    pub fn forward_block<'a>(
+        &self,
+        input: BlockInput<'_, B>,
+        residual: Residual<'a, B>,
+    ) -> (Tensor<B, 3>, Option<BlockInput<'a, B>>) {
         let folded = match (&input, self.gate.weight.as_weight(), self.up.weight.as_weight()) {
-            (BlockInput::Raw(..), Some(_), Some(_)) => self.gate.bias.is_none() && self.up.bias.is_none(),
+            (BlockInput::Raw(..) | BlockInput::Summed(..), Some(_), Some(_)) => {
+                self.gate.bias.is_none() && self.up.bias.is_none()
+            }
             _ => false,
         };
         let h = match input {
+            BlockInput::Summed(hg, norm, sums, slot) if folded => {
+                let dev = hg.device();
+                let [b, t, inp] = hg.dims();
+                let (g, u) = (self.gate.weight.as_weight(), self.up.weight.as_weight());
+                let (g, u) = (g.expect("checked above"), u.expect("checked above"));
+                profile::scope::<B, _>(&dev, "mlp.sums_gate_up_silu", || {
+                    B::sums_matmul_silu(hg.reshape([b * t, inp]), sums, slot, norm.eps, g, u)
+                        .expect("weight sizes are checked at load")
+                        .reshape([b, t, self.gate.out_features()])
+                })
+            }
             BlockInput::Raw(x, norm) if folded => {
                 let dev = x.device();
                 let [b, t, inp] = x.dims();
@@ -304,10 +434,7 @@ impl<B: HearthBackend> Mlp<B> {
             input => self.gate_up(input.normed()),
         };
         let dev = h.device();
-        profile::scope::<B, _>(&dev, "mlp.down", || match residual {
-            Some(r) => self.down.forward_add(h, r),
-            None => self.down.forward(h),
-        })
+        profile::scope::<B, _>(&dev, "mlp.down", || self.down.forward_residual(h, residual))
     }
 
     /// `silu(gate(x)) · up(x)`.
@@ -375,25 +502,28 @@ fn with_biases<B: HearthBackend>(ys: [Tensor<B, 2>; 3], l: [&Linear<B>; 3], b: u
     })
 }
 
-/// [`linear3`] on a block input: a [`BlockInput::Raw`] input with three device weights goes
+/// [`linear3`] on a block input: with three device weights a [`BlockInput::Raw`] input goes
 /// through one [`HearthBackend::norm_matmul3`] (the norm folded into the q/k/v launch on the
-/// cubecl backends), biases added after; anything else normalises first.
+/// cubecl backends) and a [`BlockInput::Summed`] one through [`HearthBackend::sums_matmul3`]
+/// (the norm applied in the launch's epilogue), biases added after; anything else normalises
+/// first.
 pub fn linear3_block<B: HearthBackend>(input: BlockInput<'_, B>, l: [&Linear<B>; 3]) -> [Tensor<B, 3>; 3] {
-    let (x, norm) = match input {
-        BlockInput::Raw(x, norm) => (x, norm),
-        normed => return linear3(normed.normed(), l),
-    };
     let (Some(w0), Some(w1), Some(w2)) = (
         l[0].weight.as_weight(),
         l[1].weight.as_weight(),
         l[2].weight.as_weight(),
     ) else {
-        return linear3(norm.forward(x), l);
+        return linear3(input.normed(), l);
     };
-    let [b, t, inp] = x.dims();
-    let ys =
-        B::norm_matmul3(x.reshape([b * t, inp]), norm.pre(), [w0, w1, w2]).expect("weight sizes are checked at load");
-    with_biases(ys, l, b, t)
+    let [b, t, inp] = input.dims();
+    let ys = match input {
+        BlockInput::Raw(x, norm) => B::norm_matmul3(x.reshape([b * t, inp]), norm.pre(), [w0, w1, w2]),
+        BlockInput::Summed(hg, norm, sums, slot) => {
+            B::sums_matmul3(hg.reshape([b * t, inp]), sums, slot, norm.eps, [w0, w1, w2])
+        }
+        normed => return linear3(normed.normed(), l),
+    };
+    with_biases(ys.expect("weight sizes are checked at load"), l, b, t)
 }
 
 /// Reads tensors from a [`WeightStore`](crate::WeightStore) onto a device, checking shapes.

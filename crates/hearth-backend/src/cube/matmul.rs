@@ -103,12 +103,16 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     gw: &Array<Vector<F, N>>,
     res: &Array<F>,
     out: &mut Array<F>,
+    gn: &Array<F>,
+    hg: &mut Array<F>,
+    ssa: &mut Array<Atomic<f32>>,
     n_rows: u32,
     m_rows: u32,
     k: u32,
     xp: u32,
     wp: u32,
     eps: f32,
+    ss_at: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
@@ -116,6 +120,7 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
     #[comptime] residual: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cube c: weight rows n0 .. n0 + rows of output row m (row pitches xp, wp in vectors)
@@ -152,16 +157,66 @@ fn dense_matvec_kernel<F: Float, N: Size>(
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
         let scale = norm_scale(&acc, rows, k, eps, norm);
-        #[unroll]
-        for r in 0..rows {
-            if n0 + r < nr {
-                let mut y = acc[r] * scale;
-                if comptime!(residual) {
-                    y += f32::cast_from(res[m * nr + n0 + r]);
-                }
-                out[m * nr + n0 + r] = F::cast_from(y);
+        write_rows::<F>(
+            &acc,
+            scale,
+            res,
+            out,
+            gn,
+            hg,
+            ssa,
+            m * nr,
+            n0,
+            nr,
+            ss_at as usize + m,
+            rows,
+            residual,
+            carried,
+        );
+    }
+}
+
+/// A producer's epilogue (unit 0, after the reduction): `out[base + n0 + r] = acc[r] · scale
+/// (+ res)` for the cube's rows below `nr`; with `sums`, also `hg = out ⊙ gn` (the next
+/// norm's weight) and the sum of the rounded outputs' squares added to `ssa[ss]`, one atomic
+/// addition per cube.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_rows<F: Float>(
+    acc: &Array<f32>,
+    scale: f32,
+    res: &Array<F>,
+    out: &mut Array<F>,
+    gn: &Array<F>,
+    hg: &mut Array<F>,
+    ssa: &mut Array<Atomic<f32>>,
+    base: usize,
+    n0: usize,
+    nr: usize,
+    ss: usize,
+    #[comptime] rows: usize,
+    #[comptime] residual: bool,
+    #[comptime] sums: bool,
+) {
+    let mut sq = 0.0f32;
+    #[unroll]
+    for r in 0..rows {
+        if n0 + r < nr {
+            let mut y = acc[r] * scale;
+            if comptime!(residual) {
+                y += f32::cast_from(res[base + n0 + r]);
+            }
+            let yf = F::cast_from(y);
+            out[base + n0 + r] = yf;
+            if comptime!(sums) {
+                let h = f32::cast_from(yf);
+                sq += h * h;
+                hg[base + n0 + r] = F::cast_from(h * f32::cast_from(gn[n0 + r]));
             }
         }
+    }
+    if comptime!(sums) {
+        ssa[ss].fetch_add(sq);
     }
 }
 
@@ -172,6 +227,27 @@ pub(crate) fn norm_scale(acc: &Array<f32>, #[comptime] at: usize, k: u32, eps: f
     let mut s = 1.0f32;
     if comptime!(norm) {
         s = 1.0f32 / f32::sqrt(acc[at] / f32::cast_from(k) + eps);
+    }
+    s
+}
+
+/// A consumer's RMSNorm factor: from the carried sum of squares `ssr[ss]` with `sums` (its
+/// `x` is `h ⊙ g`), else [`norm_scale`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn input_scale(
+    acc: &Array<f32>,
+    #[comptime] at: usize,
+    k: u32,
+    eps: f32,
+    #[comptime] norm: bool,
+    ssr: &Array<f32>,
+    ss: usize,
+    #[comptime] sums: bool,
+) -> f32 {
+    let mut s = norm_scale(acc, at, k, eps, norm);
+    if comptime!(sums) {
+        s = 1.0f32 / f32::sqrt(ssr[ss] / f32::cast_from(k) + eps);
     }
     s
 }
@@ -197,12 +273,15 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     wp2: u32,
     gw: &Array<Vector<F, N>>,
     eps: f32,
+    ssr: &Array<f32>,
+    ss_at: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
@@ -277,7 +356,7 @@ fn dense_matvec3_kernel<F: Float, N: Size>(
     let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
-        let scale = norm_scale(&acc, rows, k, eps, norm);
+        let scale = input_scale(&acc, rows, k, eps, norm, ssr, ss_at as usize + m, carried);
         #[unroll]
         for r in 0..rows {
             if g < g0 {
@@ -314,12 +393,15 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     wp: u32,
     gw: &Array<Vector<F, N>>,
     eps: f32,
+    ssr: &Array<f32>,
+    ss_at: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let c = CUBE_POS;
@@ -355,7 +437,16 @@ fn dense_matvec_silu_kernel<F: Float, N: Size>(
     let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
-        let scale = norm_scale(&acc, comptime!(2 * rows), k, eps, norm);
+        let scale = input_scale(
+            &acc,
+            comptime!(2 * rows),
+            k,
+            eps,
+            norm,
+            ssr,
+            ss_at as usize + m,
+            carried,
+        );
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
@@ -448,7 +539,7 @@ impl DenseLaunch {
     /// The tensor-core launch for these operands without a fold, where the dense shape asks
     /// for it and the device, dtype and 8-byte vectors (`vs` ≥ 4) allow it.
     fn mma<R: CubeRuntime>(&self, x: &CubeTensor<R>, fold: &Fold<R>) -> Option<MmaLaunch> {
-        if fold.norm.is_some() || fold.residual.is_some() || self.vs < 4 {
+        if fold.any() || self.vs < 4 {
             return None;
         }
         dense_mma_launch(&x.client, x.dtype, self.m, self.k)
@@ -467,11 +558,30 @@ impl DenseLaunch {
 }
 
 /// What a matrix × vector kernel folds around its products: the RMSNorm of its input (weight
-/// `[K]` and eps: `x` is then the raw residual stream, normalised inside the kernel) and a
-/// residual `[M, N]` added to its output.
+/// `[K]` and eps: `x` is then the raw residual stream, normalised inside the kernel), a
+/// residual `[M, N]` added to its output, and the carried norm sums of
+/// [`crate::NormSums`]: read (`sums_in`, `x` is `h ⊙ g`) or written (`sums_out`).
 pub(crate) struct Fold<R: CubeRuntime> {
     pub(crate) norm: Option<(CubeTensor<R>, f32)>,
     pub(crate) residual: Option<CubeTensor<R>>,
+    pub(crate) sums_in: Option<SumsIn<R>>,
+    pub(crate) sums_out: Option<SumsOut<R>>,
+}
+
+/// A consumer's carried norm: the f32 sums buffer, the slot's first index and the norm's eps.
+pub(crate) struct SumsIn<R: CubeRuntime> {
+    pub(crate) buf: CubeTensor<R>,
+    pub(crate) at: usize,
+    pub(crate) eps: f32,
+}
+
+/// A producer's carried norm: the next norm's weight `[N]`, the `[M, N]` output `h ⊙ next`,
+/// the f32 sums buffer and the slot's first index.
+pub(crate) struct SumsOut<R: CubeRuntime> {
+    pub(crate) next: CubeTensor<R>,
+    pub(crate) hg: CubeTensor<R>,
+    pub(crate) buf: CubeTensor<R>,
+    pub(crate) at: usize,
 }
 
 impl<R: CubeRuntime> Fold<R> {
@@ -480,6 +590,43 @@ impl<R: CubeRuntime> Fold<R> {
         Fold {
             norm: None,
             residual: None,
+            sums_in: None,
+            sums_out: None,
+        }
+    }
+
+    /// Whether anything is folded.
+    pub(crate) fn any(&self) -> bool {
+        self.norm.is_some() || self.residual.is_some() || self.sums_in.is_some() || self.sums_out.is_some()
+    }
+
+    /// The eps of the folded or carried norm (0 without one).
+    pub(crate) fn eps(&self) -> f32 {
+        match (&self.norm, &self.sums_in) {
+            (Some((_, eps)), _) => *eps,
+            (None, Some(s)) => s.eps,
+            (None, None) => 0.0,
+        }
+    }
+
+    /// The carried sums as a consumer's arguments (`x` and 0 when there are none: never read).
+    pub(crate) fn sums_in_arg<'a>(&'a self, x: &'a CubeTensor<R>) -> (&'a CubeTensor<R>, u32) {
+        match &self.sums_in {
+            Some(s) => (&s.buf, s.at as u32),
+            None => (x, 0),
+        }
+    }
+
+    /// The producer's `(next, hg, buf, at)` arguments (`out` and 0 when there are none: never
+    /// touched).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sums_out_args<'a>(
+        &'a self,
+        out: &'a CubeTensor<R>,
+    ) -> (&'a CubeTensor<R>, &'a CubeTensor<R>, &'a CubeTensor<R>, u32) {
+        match &self.sums_out {
+            Some(s) => (&s.next, &s.hg, &s.buf, s.at as u32),
+            None => (out, out, out, 0),
         }
     }
 
@@ -498,8 +645,21 @@ impl<R: CubeRuntime> Fold<R> {
                     .try_fold(1usize, |want, (&st, &d)| (d == 1 || st == want).then_some(want * d))
                     .is_some()
         };
+        let buffer = |b: &CubeTensor<R>, at: usize| {
+            b.dtype == DType::F32
+                && b.meta.shape().len() == 1
+                && b.meta.strides()[0] == 1
+                && b.meta.shape()[0] >= at + m
+        };
         self.norm.as_ref().is_none_or(|(g, _)| contiguous(g, &[k]))
             && self.residual.as_ref().is_none_or(|r| n > 0 && contiguous(r, &[m, n]))
+            && self
+                .sums_in
+                .as_ref()
+                .is_none_or(|s| self.norm.is_none() && buffer(&s.buf, s.at))
+            && self.sums_out.as_ref().is_none_or(|s| {
+                n > 0 && contiguous(&s.next, &[n]) && contiguous(&s.hg, &[m, n]) && buffer(&s.buf, s.at)
+            })
     }
 
     /// The norm weight as a kernel argument (`x` itself when there is none: never read).
@@ -546,11 +706,16 @@ pub(crate) fn dense_matvec<R: CubeRuntime>(
         );
         return Some(out);
     }
-    let (gw, eps) = fold.norm_arg(lhs);
+    if fold.sums_in.is_some() {
+        return None;
+    }
+    let (gw, _) = fold.norm_arg(lhs);
+    let (gn, hg, ssa, ss_at) = fold.sums_out_args(&out);
     // SAFETY: x holds m rows of k (unit stride, `xp` vectors apart) and w n rows of k (`wp`
-    // vectors apart: the transposed view checked by `DenseLaunch::new`); out is [m, n]
-    // contiguous; rows past n are clamped to the
-    // last row and not written; cubes past the work return early.
+    // vectors apart: the transposed view checked by `DenseLaunch::new`); out (and hg) are
+    // [m, n] contiguous, the next norm's weight [n] and the sums buffer holds `ss_at + m`
+    // values (`Fold::fits`); rows past n are clamped to the last row and not written; cubes
+    // past the work return early.
     unsafe {
         dense_matvec_kernel::launch_unchecked::<R>(
             &client,
@@ -562,12 +727,16 @@ pub(crate) fn dense_matvec<R: CubeRuntime>(
             gw.clone().into_array_arg(),
             fold.residual_arg(&out).clone().into_array_arg(),
             out.clone().into_array_arg(),
+            gn.clone().into_array_arg(),
+            hg.clone().into_array_arg(),
+            ssa.clone().into_array_arg(),
             n as u32,
             l.m as u32,
             l.k as u32,
             l.xp as u32,
             wp as u32,
-            eps,
+            fold.eps(),
+            ss_at,
             l.units as usize,
             l.rows,
             l.unroll,
@@ -575,6 +744,7 @@ pub(crate) fn dense_matvec<R: CubeRuntime>(
             l.single_plane,
             fold.norm.is_some(),
             fold.residual.is_some(),
+            fold.sums_out.is_some(),
             lhs.dtype.into(),
         );
     }
@@ -613,10 +783,11 @@ pub(crate) fn dense_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
     let x = prim(x);
     let ws = w.map(|t| prim(t.clone()));
     let (l, dims) = DenseLaunch::new(&x, &[&ws[0], &ws[1], &ws[2]])?;
-    if fold.residual.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
+    if fold.residual.is_some() || fold.sums_out.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
         return None;
     }
-    let (gw, eps) = fold.norm_arg(&x);
+    let (gw, eps) = (fold.norm_arg(&x).0, fold.eps());
+    let (ssr, ss_at) = fold.sums_in_arg(&x);
     let ns: Vec<usize> = dims.iter().map(|d| d.0).collect();
     let client = x.client.clone();
     let outs = [l.output(&x, ns[0]), l.output(&x, ns[1]), l.output(&x, ns[2])];
@@ -663,12 +834,15 @@ pub(crate) fn dense_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
             dims[2].1 as u32,
             gw.clone().into_array_arg(),
             eps,
+            ssr.clone().into_array_arg(),
+            ss_at,
             l.units as usize,
             l.rows,
             l.unroll,
             l.use_plane,
             l.single_plane,
             fold.norm.is_some(),
+            fold.sums_in.is_some(),
             x.dtype.into(),
         );
     }
@@ -708,10 +882,11 @@ pub(crate) fn dense_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntElem
     let (g, u) = (prim(gate.clone()), prim(up.clone()));
     let (l, dims) = DenseLaunch::new(&x, &[&g, &u])?;
     // one pitch for both weights (the kernel walks their rows together)
-    if dims[0] != dims[1] || fold.residual.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
+    if dims[0] != dims[1] || fold.residual.is_some() || fold.sums_out.is_some() || !fold.fits(x.dtype, l.m, l.k, 0) {
         return None;
     }
-    let (gw, eps) = fold.norm_arg(&x);
+    let (gw, eps) = (fold.norm_arg(&x).0, fold.eps());
+    let (ssr, ss_at) = fold.sums_in_arg(&x);
     let (n, wp) = dims[0];
     let client = x.client.clone();
     let out = l.output(&x, n);
@@ -748,12 +923,15 @@ pub(crate) fn dense_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntElem
             wp as u32,
             gw.clone().into_array_arg(),
             eps,
+            ssr.clone().into_array_arg(),
+            ss_at,
             l.units as usize,
             l.rows,
             l.unroll,
             l.use_plane,
             l.single_plane,
             fold.norm.is_some(),
+            fold.sums_in.is_some(),
             x.dtype.into(),
         );
     }

@@ -17,7 +17,7 @@
 //! cubecl upload their shapes and strides on every launch (a device allocation and a copy),
 //! which cost more host time than the whole kernel.
 
-use super::matmul::{Fold, norm_scale};
+use super::matmul::{Fold, input_scale, norm_scale, write_rows};
 use super::mma::{MMA_ONE, MMA_SILU, MMA_THREE, MmaLaunch};
 use super::reduce::{cube_sum, cube_sum_rows, zeros};
 use super::{
@@ -516,11 +516,15 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     gw: &Array<Vector<F, NX>>,
     res: &Array<F>,
     out: &mut Array<F>,
+    gn: &Array<F>,
+    hg: &mut Array<F>,
+    ssa: &mut Array<Atomic<f32>>,
     n_rows: u32,
     m_rows: u32,
     k: u32,
     scale_off: u32,
     eps: f32,
+    ss_at: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -530,6 +534,7 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
     #[comptime] residual: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cube c: rows n0 .. n0 + rows of output row m
@@ -569,16 +574,22 @@ fn vec_matvec_kernel<F: Float, NX: Size, NW: Size>(
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
         let scale = norm_scale(&acc, rows, k, eps, norm);
-        #[unroll]
-        for r in 0..rows {
-            if n0 + r < nr {
-                let mut y = acc[r] * scale;
-                if comptime!(residual) {
-                    y += f32::cast_from(res[m * nr + n0 + r]);
-                }
-                out[m * nr + n0 + r] = F::cast_from(y);
-            }
-        }
+        write_rows::<F>(
+            &acc,
+            scale,
+            res,
+            out,
+            gn,
+            hg,
+            ssa,
+            m * nr,
+            n0,
+            nr,
+            ss_at as usize + m,
+            rows,
+            residual,
+            carried,
+        );
     }
 }
 
@@ -605,6 +616,8 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     so2: u32,
     gw: &Array<Vector<F, NX>>,
     eps: f32,
+    ssr: &Array<f32>,
+    ss_at: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -613,6 +626,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // cubes: m-major over the three matrices' row groups [g0 | g1 | g2]
@@ -699,7 +713,7 @@ fn vec_matvec3_kernel<F: Float, NX: Size, NW: Size>(
     let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
-        let scale = norm_scale(&acc, rows, k, eps, norm);
+        let scale = input_scale(&acc, rows, k, eps, norm, ssr, ss_at as usize + m, carried);
         #[unroll]
         for r in 0..rows {
             if g < g0 {
@@ -737,6 +751,8 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     so: u32,
     gw: &Array<Vector<F, NX>>,
     eps: f32,
+    ssr: &Array<f32>,
+    ss_at: u32,
     #[comptime] format: u32,
     #[comptime] cube_dim: usize,
     #[comptime] rows: usize,
@@ -745,6 +761,7 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     #[comptime] use_plane: bool,
     #[comptime] single_plane: bool,
     #[comptime] norm: bool,
+    #[comptime] carried: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let c = CUBE_POS;
@@ -783,7 +800,16 @@ fn vec_matvec_silu_kernel<F: Float, NX: Size, NW: Size>(
     let mut shared = SharedMemory::<f32>::new(sums * cube_dim);
     cube_sum_rows(&mut acc, &mut shared, sums, use_plane, single_plane);
     if UNIT_POS == 0 {
-        let scale = norm_scale(&acc, comptime!(2 * rows), k, eps, norm);
+        let scale = input_scale(
+            &acc,
+            comptime!(2 * rows),
+            k,
+            eps,
+            norm,
+            ssr,
+            ss_at as usize + m,
+            carried,
+        );
         #[unroll]
         for r in 0..rows {
             if n0 + r < nr {
@@ -1124,7 +1150,7 @@ fn mma_launch<R: CubeRuntime>(
     m: usize,
     k: usize,
 ) -> Option<MmaLaunch> {
-    if format != PackedFormat::Q8_0 || fold.norm.is_some() || fold.residual.is_some() {
+    if format != PackedFormat::Q8_0 || fold.any() {
         return None;
     }
     MmaLaunch::new(client, matvec_shape(Some(format)), m, k)
@@ -1142,7 +1168,7 @@ fn fold_supported<R: CubeRuntime>(
     k: usize,
     n: usize,
 ) -> Result<(), BackendError> {
-    if fold.norm.is_none() && fold.residual.is_none() {
+    if !fold.any() {
         return Ok(());
     }
     if vector && fold.fits(dtype, m, k, n) {
@@ -1150,7 +1176,7 @@ fn fold_supported<R: CubeRuntime>(
     }
     Err(BackendError::ShapeMismatch {
         op,
-        reason: "no kernel folds this norm or residual (format or operand layout)".into(),
+        reason: "no kernel folds this norm, residual or norm sums (format or operand layout)".into(),
     })
 }
 
@@ -1213,9 +1239,17 @@ pub(crate) fn packed_matvec_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
         return Ok(wrap(out));
     }
     let format = w.format();
-    fold_supported("packed_matvec", fold, vector_format(format), dtype, m, k, n)?;
-    let (g, eps) = fold.norm_arg(&x);
-    let g = g.clone();
+    fold_supported(
+        "packed_matvec",
+        fold,
+        vector_format(format) && fold.sums_in.is_none(),
+        dtype,
+        m,
+        k,
+        n,
+    )?;
+    let (g, eps) = (fold.norm_arg(&x).0.clone(), fold.eps());
+    let (gn, hg, ssa, ss_at) = fold.sums_out_args(&out);
     let use_plane = plane_reductions(&client);
     if let Some(l) = mma_launch(&client, format, fold, m, k) {
         let so = scale_offset(format, n, k);
@@ -1252,11 +1286,15 @@ pub(crate) fn packed_matvec_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
                 g.clone().into_array_arg(),
                 fold.residual_arg(&out).clone().into_array_arg(),
                 out.clone().into_array_arg(),
+                gn.clone().into_array_arg(),
+                hg.clone().into_array_arg(),
+                ssa.clone().into_array_arg(),
                 n as u32,
                 m as u32,
                 k as u32,
                 scale_offset(format, n, k) as u32,
                 eps,
+                ss_at,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -1266,6 +1304,7 @@ pub(crate) fn packed_matvec_fold<R: CubeRuntime, F: FloatElement, I: IntElement,
                 l.single_plane,
                 fold.norm.is_some(),
                 fold.residual.is_some(),
+                fold.sums_out.is_some(),
                 dtype.into(),
             );
         }
@@ -1430,14 +1469,15 @@ pub(crate) fn packed_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement
     fold_supported(
         "packed_matvec3",
         fold,
-        vector_format(format) && fold.residual.is_none(),
+        vector_format(format) && fold.residual.is_none() && fold.sums_out.is_none(),
         dtype,
         m,
         k,
         0,
     )?;
-    let (g, eps) = fold.norm_arg(&x);
-    let g = g.clone();
+    let (g, eps) = (fold.norm_arg(&x).0.clone(), fold.eps());
+    let (ssr, ss_at) = fold.sums_in_arg(&x);
+    let (ssr, ss_at) = (ssr.clone(), ss_at);
     if let Some(l) = mma_launch(&client, format, fold, m, k) {
         let ns = [w[0].rows(), w[1].rows(), w[2].rows()];
         let so = [0, 1, 2].map(|i| scale_offset(format, ns[i], k));
@@ -1478,6 +1518,8 @@ pub(crate) fn packed_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement
                 so(2),
                 g.clone().into_array_arg(),
                 eps,
+                ssr.into_array_arg(),
+                ss_at,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -1486,6 +1528,7 @@ pub(crate) fn packed_matvec3_fold<R: CubeRuntime, F: FloatElement, I: IntElement
                 l.use_plane,
                 l.single_plane,
                 fold.norm.is_some(),
+                fold.sums_in.is_some(),
                 dtype.into(),
             );
         }
@@ -1589,14 +1632,15 @@ pub(crate) fn packed_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntEle
     fold_supported(
         "packed_matvec_silu",
         fold,
-        vector_format(format) && fold.residual.is_none(),
+        vector_format(format) && fold.residual.is_none() && fold.sums_out.is_none(),
         dtype,
         m,
         k,
         0,
     )?;
-    let (g, eps) = fold.norm_arg(&x);
-    let g = g.clone();
+    let (g, eps) = (fold.norm_arg(&x).0.clone(), fold.eps());
+    let (ssr, ss_at) = fold.sums_in_arg(&x);
+    let (ssr, ss_at) = (ssr.clone(), ss_at);
     if let Some(l) = mma_launch(&client, format, fold, m, k) {
         let so = scale_offset(format, n, k);
         l.launch(x, [wg.clone(), wu, wg], [&out; 3], [n; 3], [so; 3], m, k, MMA_SILU);
@@ -1626,6 +1670,8 @@ pub(crate) fn packed_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntEle
                 scale_offset(format, n, k) as u32,
                 g.clone().into_array_arg(),
                 eps,
+                ssr.into_array_arg(),
+                ss_at,
                 format_id(format),
                 l.units as usize,
                 l.shape.rows,
@@ -1634,6 +1680,7 @@ pub(crate) fn packed_matvec_silu_fold<R: CubeRuntime, F: FloatElement, I: IntEle
                 l.use_plane,
                 l.single_plane,
                 fold.norm.is_some(),
+                fold.sums_in.is_some(),
                 dtype.into(),
             );
         }

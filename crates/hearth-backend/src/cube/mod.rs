@@ -49,11 +49,11 @@ pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use mma::MMA_MAX_ROWS;
-pub use norm::{add_rms_norm, rms_norm};
+pub use norm::{add_rms_norm, rms_norm, sums_norm};
 pub use reduce::read_bandwidth;
 pub use rope::{rope, rope2};
 
-use crate::{BackendError, HearthBackend, PackedFormat, PackedMatrix, PackedStorage, PreNorm, Weight};
+use crate::{BackendError, HearthBackend, NormSums, PackedFormat, PackedMatrix, PackedStorage, PreNorm, Weight};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
 use cubecl::features::Plane;
@@ -144,6 +144,67 @@ pub fn set_fold_norms(on: Option<bool>) {
         },
         Ordering::Relaxed,
     );
+}
+
+/// 0 = not read yet, 1 = off, 2 = on.
+static SUMS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether [`HearthBackend::norm_sums`] offers models the carried norm sums (each block's last
+/// matrix × vector kernel writes `h ⊙ g` and `Σh²` for the next block's first kernels, which
+/// normalise in their epilogue: no RMSNorm launch between blocks): off unless
+/// `HEARTH_NORM_SUMS=1` is in the environment (read once) or [`set_norm_sums`] says so.
+/// Opt-in until measured on a GPU: with K-quant weights (whose kernels do not take the
+/// sums) the norm falls back to burn ops.
+///
+/// ```
+/// hearth_backend::cube::set_norm_sums(Some(false));
+/// assert!(!hearth_backend::cube::norm_sums());
+/// hearth_backend::cube::set_norm_sums(None);
+/// ```
+pub fn norm_sums() -> bool {
+    match SUMS.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = std::env::var("HEARTH_NORM_SUMS").is_ok_and(|v| v == "1");
+            SUMS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Sets [`norm_sums`] for the process (`None`: back to the environment's choice).
+///
+/// ```
+/// hearth_backend::cube::set_norm_sums(Some(true));
+/// assert!(hearth_backend::cube::norm_sums());
+/// hearth_backend::cube::set_norm_sums(None);
+/// ```
+pub fn set_norm_sums(on: Option<bool>) {
+    SUMS.store(
+        match on {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether `device` adds to f32 atomics in kernels (what the carried norm sums need).
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// let _ = hearth_backend::cube::atomic_f32_add::<burn::backend::wgpu::WgpuRuntime>(&Default::default());
+/// # }
+/// ```
+pub fn atomic_f32_add<R: CubeRuntime>(device: &R::Device) -> bool {
+    use cubecl::ir::{ElemType, FloatKind, StorageType, Type};
+    let ty = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)));
+    R::client(device)
+        .properties()
+        .atomic_type_usage(ty)
+        .contains(cubecl::ir::features::AtomicUsage::Add)
 }
 
 /// Turns plane (warp/subgroup) reductions off (`false`) or back on where the device has them,
@@ -474,7 +535,7 @@ pub fn norm_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     }
     let fold = matmul::Fold {
         norm: Some((prim(norm.weight.clone()), norm.eps as f32)),
-        residual: None,
+        ..matmul::Fold::none()
     };
     match w {
         [Weight::Dense(a), Weight::Dense(b), Weight::Dense(c)] => matmul::dense_matvec3_fold(h, [a, b, c], &fold),
@@ -511,7 +572,7 @@ pub fn norm_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bool
     }
     let fold = matmul::Fold {
         norm: Some((prim(norm.weight.clone()), norm.eps as f32)),
-        residual: None,
+        ..matmul::Fold::none()
     };
     match (gate, up) {
         (Weight::Dense(g), Weight::Dense(u)) => matmul::dense_matvec_silu_fold(h, g, u, &fold),
@@ -544,8 +605,8 @@ pub fn matvec_add<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     }
     // CUDA may pad the rows of a tensor made from host data: the epilogue reads `[M, N]` densely
     let fold = matmul::Fold {
-        norm: None,
         residual: Some(burn_cubecl::kernel::into_contiguous(prim(residual))),
+        ..matmul::Fold::none()
     };
     match w {
         Weight::Dense(t) => matmul::dense_matvec(&prim(x), &prim(t.clone()), &fold).map(wrap),
@@ -556,7 +617,226 @@ pub fn matvec_add<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     }
 }
 
+/// `(residual + x · W, (residual + x · W) ⊙ next)` in one matrix × vector launch that also adds
+/// each row's sum of squares to `sums` at `slot` ([`HearthBackend::matmul_add_sums`]), for a
+/// dense transposed `W` or vector-format blocks. `None` when the operands do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{NormSums, Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let sums = NormSums::<Wgpu>::zeroed(1, 1, &dev);
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let g = Tensor::<Wgpu, 1>::ones([2], &dev);
+/// let (h, _hg) = cube::matvec_add_sums(Tensor::ones([1, 8], &dev), Weight::Dense(&w), Tensor::ones([1, 2], &dev), &g, &sums, 0).unwrap();
+/// assert_eq!(h.into_data().to_vec::<f32>().unwrap(), vec![9.0; 2]);
+/// assert_eq!(sums.slot(0).into_data().to_vec::<f32>().unwrap(), vec![162.0]);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn matvec_add_sums<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<Cube<R, F, I, BT>, 2>,
+    w: Weight<Cube<R, F, I, BT>>,
+    residual: Tensor<Cube<R, F, I, BT>, 2>,
+    next: &Tensor<Cube<R, F, I, BT>, 1>,
+    sums: &NormSums<Cube<R, F, I, BT>>,
+    slot: usize,
+) -> Option<(Tensor<Cube<R, F, I, BT>, 2>, Tensor<Cube<R, F, I, BT>, 2>)> {
+    let [m, _] = x.dims();
+    let n = next.dims()[0];
+    if m > MATVEC_MAX_ROWS || residual.dims() != [m, n] || m != sums.rows() || slot >= sums.slots() {
+        return None;
+    }
+    let r = burn_cubecl::kernel::into_contiguous(prim(residual));
+    let hg = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        r.client.clone(),
+        r.device.clone(),
+        Shape::new([m, n]),
+        r.dtype,
+    );
+    let fold = matmul::Fold {
+        residual: Some(r),
+        sums_out: Some(matmul::SumsOut {
+            next: burn_cubecl::kernel::into_contiguous(prim(next.clone())),
+            hg: hg.clone(),
+            buf: prim(sums.buffer()),
+            at: slot * sums.rows(),
+        }),
+        ..matmul::Fold::none()
+    };
+    let h = match w {
+        Weight::Dense(t) => matmul::dense_matvec(&prim(x), &prim(t.clone()), &fold).map(wrap),
+        Weight::Packed(p) if matches!(p.storage(), PackedStorage::Words(_)) => {
+            matvec::packed_matvec_fold(x, p, &fold).ok()
+        }
+        Weight::Packed(_) => None,
+    }?;
+    Some((h, wrap(hg)))
+}
+
+/// `[RMSNorm(h) · wᵢ]` from `hg = h ⊙ g` and the carried sums at `slot`
+/// ([`HearthBackend::sums_matmul3`]) in one launch that scales in its epilogue: three dense
+/// transposed weights, or three vector-format matrices of one format. `None` when the operands
+/// do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, NormSums, Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let sums = NormSums::<Wgpu>::zeroed(1, 1, &dev);
+/// let g = Tensor::<Wgpu, 1>::ones([8], &dev);
+/// let hg = Wgpu::sums_norm(Tensor::full([1, 8], 3.0, &dev), &g, &sums, 0).unwrap();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let [q, _, _] = cube::sums_matvec3(hg, &sums, 0, 0.0, [Weight::Dense(&w); 3]).unwrap();
+/// assert!((q.into_data().to_vec::<f32>().unwrap()[0] - 8.0).abs() < 1e-5);
+/// # }
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn sums_matvec3<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    hg: Tensor<Cube<R, F, I, BT>, 2>,
+    sums: &NormSums<Cube<R, F, I, BT>>,
+    slot: usize,
+    eps: f64,
+    w: [Weight<Cube<R, F, I, BT>>; 3],
+) -> Option<[Tensor<Cube<R, F, I, BT>, 2>; 3]> {
+    if hg.dims()[0] != sums.rows() || slot >= sums.slots() {
+        return None;
+    }
+    let fold = sums_fold(sums, slot, eps);
+    match w {
+        [Weight::Dense(a), Weight::Dense(b), Weight::Dense(c)] => matmul::dense_matvec3_fold(hg, [a, b, c], &fold),
+        [Weight::Packed(a), Weight::Packed(b), Weight::Packed(c)] => {
+            matvec::packed_matvec3_fold(hg, [a, b, c], &fold).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `silu(RMSNorm(h) · gate) · (RMSNorm(h) · up)` from `hg = h ⊙ g` and the carried sums at
+/// `slot` ([`HearthBackend::sums_matmul_silu`]) in one launch, under the conditions of
+/// [`sums_matvec3`]. `None` when the operands do not fit.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{HearthBackend, NormSums, Weight, Wgpu, cube};
+/// let dev = Default::default();
+/// let sums = NormSums::<Wgpu>::zeroed(1, 1, &dev);
+/// let g = Tensor::<Wgpu, 1>::ones([8], &dev);
+/// let hg = Wgpu::sums_norm(Tensor::zeros([1, 8], &dev), &g, &sums, 0).unwrap();
+/// let w = Tensor::<Wgpu, 2>::ones([2, 8], &dev).transpose();
+/// let y = cube::sums_matvec_silu(hg, &sums, 0, 1e-6, Weight::Dense(&w), Weight::Dense(&w)).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0; 2]);
+/// # }
+/// ```
+pub fn sums_matvec_silu<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    hg: Tensor<Cube<R, F, I, BT>, 2>,
+    sums: &NormSums<Cube<R, F, I, BT>>,
+    slot: usize,
+    eps: f64,
+    gate: Weight<Cube<R, F, I, BT>>,
+    up: Weight<Cube<R, F, I, BT>>,
+) -> Option<Tensor<Cube<R, F, I, BT>, 2>> {
+    if hg.dims()[0] != sums.rows() || slot >= sums.slots() {
+        return None;
+    }
+    let fold = sums_fold(sums, slot, eps);
+    match (gate, up) {
+        (Weight::Dense(g), Weight::Dense(u)) => matmul::dense_matvec_silu_fold(hg, g, u, &fold),
+        (Weight::Packed(g), Weight::Packed(u)) => matvec::packed_matvec_silu_fold(hg, g, u, &fold).ok(),
+        _ => None,
+    }
+}
+
+/// A consumer's fold of the carried norm sums at `slot`.
+fn sums_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    sums: &NormSums<Cube<R, F, I, BT>>,
+    slot: usize,
+    eps: f64,
+) -> matmul::Fold<R> {
+    matmul::Fold {
+        sums_in: Some(matmul::SumsIn {
+            buf: prim(sums.buffer()),
+            at: slot * sums.rows(),
+            eps: eps as f32,
+        }),
+        ..matmul::Fold::none()
+    }
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBackend for CubeBackend<R, F, I, BT> {
+    fn norm_sums(rows: usize, slots: usize, device: &Self::Device) -> Option<NormSums<Self>> {
+        (rows > 0 && rows <= MATVEC_MAX_ROWS && fused_kernels() && norm_sums() && atomic_f32_add::<R>(device))
+            .then(|| NormSums::zeroed(rows, slots, device))
+    }
+
+    fn sums_norm(
+        x: Tensor<Self, 2>,
+        weight: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        sums.check("sums_norm", slot, x.dims()[0])?;
+        if fused_kernels()
+            && let Ok(hg) = norm::sums_norm(x.clone(), weight.clone(), &sums.buffer(), slot * sums.rows())
+        {
+            return Ok(hg);
+        }
+        crate::ops::sums_norm(x, weight, sums, slot)
+    }
+
+    fn matmul_add_sums(
+        x: Tensor<Self, 2>,
+        w: Weight<Self>,
+        residual: Tensor<Self, 2>,
+        next: &Tensor<Self, 1>,
+        sums: &NormSums<Self>,
+        slot: usize,
+    ) -> Result<(Tensor<Self, 2>, Tensor<Self, 2>), BackendError> {
+        sums.check("matmul_add_sums", slot, x.dims()[0])?;
+        if fused_kernels()
+            && let Some(r) = matvec_add_sums(x.clone(), w, residual.clone(), next, sums, slot)
+        {
+            return Ok(r);
+        }
+        crate::ops::matmul_add_sums(x, w, residual, next, sums, slot)
+    }
+
+    fn sums_matmul3(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        eps: f64,
+        w: [Weight<Self>; 3],
+    ) -> Result<[Tensor<Self, 2>; 3], BackendError> {
+        sums.check("sums_matmul3", slot, hg.dims()[0])?;
+        if fused_kernels()
+            && let Some(ys) = sums_matvec3(hg.clone(), sums, slot, eps, w)
+        {
+            return Ok(ys);
+        }
+        crate::ops::sums_matmul3(hg, sums, slot, eps, w)
+    }
+
+    fn sums_matmul_silu(
+        hg: Tensor<Self, 2>,
+        sums: &NormSums<Self>,
+        slot: usize,
+        eps: f64,
+        gate: Weight<Self>,
+        up: Weight<Self>,
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        sums.check("sums_matmul_silu", slot, hg.dims()[0])?;
+        if fused_kernels()
+            && let Some(y) = sums_matvec_silu(hg.clone(), sums, slot, eps, gate, up)
+        {
+            return Ok(y);
+        }
+        crate::ops::sums_matmul_silu(hg, sums, slot, eps, gate, up)
+    }
+
     fn probe_device(device: &Self::Device) -> Result<(), String> {
         let device = device.clone();
         // wgpu panics without an adapter, cudarc without a driver or GPU

@@ -15,13 +15,18 @@ fn rms_norm_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     w: &Array<Vector<F, N>>,
     out: &mut Array<Vector<F, N>>,
+    ss: &mut Array<Atomic<f32>>,
     rows: u32,
     cols: u32,
     eps: f32,
+    ss_at: u32,
     #[comptime] cube_dim: usize,
     #[comptime] use_plane: bool,
+    #[comptime] sums: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    // with `sums`: out = x ⊙ w, the row's Σx² added to ss[ss_at + row] (the norm is applied
+    // later, by the products that read `out`)
     let row = CUBE_POS;
     if row >= rows as usize {
         terminate!();
@@ -42,7 +47,13 @@ fn rms_norm_kernel<F: Float, N: Size>(
     }
     let mut shared = SharedMemory::<f32>::new(cube_dim);
     let total = cube_sum(acc, &mut shared, use_plane);
-    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / f32::cast_from(cols) + eps));
+    let mut inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / f32::cast_from(cols) + eps));
+    if comptime!(sums) {
+        inv = Vector::<f32, N>::new(1.0f32);
+        if UNIT_POS == 0 {
+            ss[ss_at as usize + row].fetch_add(total);
+        }
+    }
 
     let mut j = UNIT_POS as usize;
     while j < cols_v {
@@ -75,8 +86,58 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     weight: BTensor<CubeBackend<R, F, I, BT>, 1>,
     eps: f64,
 ) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    norm_rows("rms_norm", x, weight, eps, None)
+}
+
+/// `x ⊙ weight` for `x: [rows, cols]`, each row's `Σx²` (f32) added to the f32 buffer `sums`
+/// at `at + row`: [`crate::HearthBackend::sums_norm`] in one launch (the norm itself applied
+/// by the products that read the output).
+///
+/// Errors: as [`rms_norm`], and [`BackendError::ShapeMismatch`] for a buffer that is not f32,
+/// contiguous and at least `at + rows` long.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use burn::tensor::{DType, Tensor};
+/// use hearth_backend::{Wgpu, cube};
+/// let dev = Default::default();
+/// let sums = Tensor::<Wgpu, 1>::zeros([2], (&dev, DType::F32));
+/// let x = Tensor::<Wgpu, 2>::from_floats([[3.0, 4.0]], &dev);
+/// let hg = cube::sums_norm(x, Tensor::ones([2], &dev), &sums, 1).unwrap();
+/// assert_eq!(sums.into_data().to_vec::<f32>().unwrap(), vec![0.0, 25.0]);
+/// assert_eq!(hg.into_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+/// # }
+/// ```
+pub fn sums_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    weight: BTensor<CubeBackend<R, F, I, BT>, 1>,
+    sums: &BTensor<CubeBackend<R, F, I, BT>, 1>,
+    at: usize,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
+    let buf = prim(sums.clone());
+    let rows = x.dims()[0];
+    if buf.dtype != burn::tensor::DType::F32 || buf.meta.strides()[0] != 1 || buf.meta.shape()[0] < at + rows {
+        return Err(BackendError::ShapeMismatch {
+            op: "sums_norm",
+            reason: format!(
+                "a sums buffer of {:?} {:?} for {rows} rows at {at}",
+                buf.dtype,
+                buf.meta.shape()
+            ),
+        });
+    }
+    norm_rows("sums_norm", x, weight, 0.0, Some((buf, at)))
+}
+
+fn norm_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    op: &'static str,
+    x: BTensor<CubeBackend<R, F, I, BT>, 2>,
+    weight: BTensor<CubeBackend<R, F, I, BT>, 1>,
+    eps: f64,
+    sums: Option<(burn_cubecl::tensor::CubeTensor<R>, usize)>,
+) -> Result<BTensor<CubeBackend<R, F, I, BT>, 2>, BackendError> {
     let [rows, cols] = x.dims();
-    let mismatch = |reason: String| BackendError::ShapeMismatch { op: "rms_norm", reason };
+    let mismatch = |reason: String| BackendError::ShapeMismatch { op, reason };
     if rows == 0 || cols == 0 || weight.dims() != [cols] {
         return Err(mismatch(format!("x is [{rows}, {cols}], weight {:?}", weight.dims())));
     }
@@ -110,8 +171,13 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let cube_dim = reduction_cube_dim(&client, cols / vs);
     let use_plane = plane_reductions(&client);
     let cube_count = calculate_cube_count_elemwise(&client, rows, CubeDim::new_1d(1));
+    let (ss, ss_at) = match &sums {
+        Some((b, at)) => (b.clone(), *at as u32),
+        None => (out.clone(), 0),
+    };
     // SAFETY: the kernel only indexes within the extents validated above (shapes, strides
-    // and word counts of its arguments); units past the work return early.
+    // and word counts of its arguments; the sums buffer holds `ss_at + rows` values when
+    // used); units past the work return early.
     unsafe {
         rms_norm_kernel::launch_unchecked::<R>(
             &client,
@@ -121,11 +187,14 @@ pub fn rms_norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
             x.into_array_arg(),
             w.into_array_arg(),
             out.clone().into_array_arg(),
+            ss.into_array_arg(),
             rows as u32,
             cols as u32,
             eps as f32,
+            ss_at,
             cube_dim as usize,
             use_plane,
+            sums.is_some(),
             dtype.into(),
         );
     }
