@@ -358,6 +358,36 @@ impl<B: HearthBackend> Weight<'_, B> {
     }
 }
 
+/// One routed expert of a MoE layer, as an operand of [`HearthBackend::moe_experts`]: its
+/// gate, up and down projections (`gate, up: [K, I]`, `down: [I, K]` as [`Weight`]s).
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, Expert, Weight};
+/// let dev = Default::default();
+/// let (gu, d) = (Tensor::<Cpu, 2>::ones([4, 2], &dev), Tensor::<Cpu, 2>::ones([2, 4], &dev));
+/// let e = Expert { gate: Weight::Dense(&gu), up: Weight::Dense(&gu), down: Weight::Dense(&d) };
+/// assert!(matches!(e.down, Weight::Dense(_)));
+/// # }
+/// ```
+pub struct Expert<'a, B: HearthBackend> {
+    /// Gate projection (`w1`).
+    pub gate: Weight<'a, B>,
+    /// Up projection (`w3`).
+    pub up: Weight<'a, B>,
+    /// Down projection (`w2`).
+    pub down: Weight<'a, B>,
+}
+
+impl<B: HearthBackend> Clone for Expert<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: HearthBackend> Copy for Expert<'_, B> {}
+
 /// An RMSNorm folded into the products that consume its output (see
 /// [`HearthBackend::norm_matmul3`]): the scale `[K]` and epsilon.
 ///
@@ -790,6 +820,34 @@ pub trait HearthBackend: Backend {
         let g = Self::matmul(x.clone(), gate.clone());
         let u = Self::matmul(x, up.clone());
         Self::silu_mul(g, u)
+    }
+
+    /// The routed experts of a MoE layer: for each token `t` of `x: [n, K]` and each of its
+    /// experts `j` (`experts[t·k .. (t + 1)·k]` with routing weights `weights[..]` alike,
+    /// `k = experts.len() / n`), `Σⱼ wⱼ · downⱼ(silu(gateⱼ · xₜ) ⊙ upⱼ · xₜ)`, `[n, K]`. The
+    /// cubecl backends run a decode step's (≤ 4 tokens, ≤ 8 experts each, dense or F32/Q8_0/Q4_0
+    /// experts) in two launches per token (`cube::moe_experts`); the fallback, and every other
+    /// case, is [`ops::moe_experts`], expert by expert.
+    ///
+    /// Errors: those of [`ops::moe_experts`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, Expert, HearthBackend, Weight};
+    /// let dev = Default::default();
+    /// let (gu, d) = (Tensor::<Cpu, 2>::ones([2, 3], &dev), Tensor::<Cpu, 2>::ones([3, 2], &dev));
+    /// let e = Expert { gate: Weight::Dense(&gu), up: Weight::Dense(&gu), down: Weight::Dense(&d) };
+    /// let y = Cpu::moe_experts(Tensor::zeros([2, 2], &dev), &[e, e], &[1.0, 1.0]).unwrap();
+    /// assert_eq!(y.dims(), [2, 2]);
+    /// # }
+    /// ```
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        experts: &[Expert<Self>],
+        weights: &[f32],
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        ops::moe_experts(x, experts, weights)
     }
 
     /// Whether models should hand [`Self::norm_matmul3`] / [`Self::norm_matmul_silu`] the raw

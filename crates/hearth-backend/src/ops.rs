@@ -1,7 +1,7 @@
 //! Fallback implementations of [`crate::HearthBackend`]'s operations, written with plain burn
 //! ops. They run on every backend and are the reference that fused kernels are tested against.
 
-use crate::{BackendError, HearthBackend, NormSums, PreNorm, Weight};
+use crate::{BackendError, Expert, HearthBackend, NormSums, PreNorm, Weight};
 use burn::tensor::{Tensor, activation, backend::Backend};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
@@ -447,4 +447,58 @@ pub fn sums_matmul_silu<B: HearthBackend>(
     up: Weight<B>,
 ) -> Result<Tensor<B, 2>, BackendError> {
     products_silu(sums_normed(hg, sums, slot, eps)?, gate, up)
+}
+
+/// [`HearthBackend::moe_experts`] expert by expert: for each token `t` of `x: [n, K]` and each of
+/// its experts `j` (`experts[t·k .. (t + 1)·k]`, `k = experts.len() / n`),
+/// `wⱼ · downⱼ(silu(gateⱼ · xₜ) ⊙ upⱼ · xₜ)` with [`HearthBackend::matmul_silu`] /
+/// [`HearthBackend::packed_matmul_silu`] and the down product, summed per token.
+///
+/// Errors: [`BackendError::ShapeMismatch`] (`op: "moe_experts"`) when there are no tokens or
+/// experts, the experts and weights differ in number or the experts do not divide evenly among
+/// the tokens; those of the products.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// use hearth_backend::{Cpu, Expert, Weight, ops};
+/// let dev = Default::default();
+/// let (gu, d) = (Tensor::<Cpu, 2>::ones([2, 3], &dev), Tensor::<Cpu, 2>::ones([3, 2], &dev));
+/// let e = Expert { gate: Weight::Dense(&gu), up: Weight::Dense(&gu), down: Weight::Dense(&d) };
+/// let y = ops::moe_experts(Tensor::zeros([1, 2], &dev), &[e, e], &[0.5, 0.5]).unwrap();
+/// assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![0.0; 2]);
+/// # }
+/// ```
+pub fn moe_experts<B: HearthBackend>(
+    x: Tensor<B, 2>,
+    experts: &[Expert<B>],
+    weights: &[f32],
+) -> Result<Tensor<B, 2>, BackendError> {
+    let [n, _] = x.dims();
+    if n == 0 || experts.is_empty() || experts.len() != weights.len() || !experts.len().is_multiple_of(n) {
+        return Err(BackendError::ShapeMismatch {
+            op: "moe_experts",
+            reason: format!(
+                "{n} tokens, {} experts, {} routing weights (each token needs the same number of experts)",
+                experts.len(),
+                weights.len()
+            ),
+        });
+    }
+    let k = experts.len() / n;
+    let mut rows = Vec::with_capacity(n);
+    for t in 0..n {
+        let xt = x.clone().slice(t..t + 1);
+        let mut acc: Option<Tensor<B, 2>> = None;
+        for (e, &w) in experts[t * k..(t + 1) * k].iter().zip(&weights[t * k..(t + 1) * k]) {
+            let h = products_silu(xt.clone(), e.gate, e.up)?;
+            let y = e.down.product(h)?.mul_scalar(w);
+            acc = Some(match acc {
+                Some(a) => a + y,
+                None => y,
+            });
+        }
+        rows.push(acc.expect("k ≥ 1"));
+    }
+    Ok(Tensor::cat(rows, 0))
 }

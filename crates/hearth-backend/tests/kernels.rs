@@ -10,8 +10,8 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use hearth_backend::{
-    BackendError, BackendKind, DType, HearthBackend, NormSums, PackedFormat, PackedMatrix, PreNorm, RopeTables, Weight,
-    device_supports, open_device, ops, set_compute_dtype,
+    BackendError, BackendKind, DType, Expert, HearthBackend, NormSums, PackedFormat, PackedMatrix, PreNorm, RopeTables,
+    Weight, device_supports, open_device, ops, set_compute_dtype,
 };
 use hearth_quant::GgmlType;
 use std::str::FromStr;
@@ -398,6 +398,7 @@ trait CubeKernels: HearthBackend {
         sums: &NormSums<Self>,
         slot: usize,
     ) -> Option<Tensor<Self, 2>>;
+    fn k_moe(x: Tensor<Self, 2>, e: &[Expert<Self>], w: &[f32]) -> Option<Tensor<Self, 2>>;
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn k_rope_write(
         q: Tensor<Self, 4>,
@@ -411,6 +412,9 @@ trait CubeKernels: HearthBackend {
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeKernels for CubeBackend<R, F, I, BT> {
+    fn k_moe(x: Tensor<Self, 2>, e: &[Expert<Self>], w: &[f32]) -> Option<Tensor<Self, 2>> {
+        hearth_backend::cube::moe_experts(x, e, w)
+    }
     fn k_rope(
         x: Tensor<Self, 4>,
         c: &Tensor<Self, 4>,
@@ -1334,6 +1338,177 @@ fn fused_packed<B: CubeKernels>(dev: &B::Device) {
     assert_eq!(B::packed_matmul3(x, [&w, &w, &w]).unwrap()[2].dims(), [5, 2]);
 }
 
+/// The grouped MoE expert kernels (`cube::moe_experts`: two launches per token) against a
+/// float64 host computation (dense f32 experts) and against the expert-by-expert fallback
+/// (`ops::moe_experts`, itself made of the matvec kernels tested above): 1–3 tokens, 1–8
+/// experts per token, ragged widths, every launch shape; K-quant experts and too many tokens
+/// are declined and the trait still computes them; mismatched lengths are typed errors.
+fn moe<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(23);
+    let shapes = matvec_shapes();
+    let n_experts = 9;
+    // dense f32 experts, ragged widths
+    for round in 0..4 {
+        let (hid, inter) = (1 + rng.below(300), 1 + rng.below(200));
+        let (n, k) = (1 + rng.below(3), [1, 2, 3, 8][round % 4]);
+        let host_w: Vec<[Vec<f32>; 3]> = (0..n_experts)
+            .map(|_| [rng.vec(inter * hid), rng.vec(inter * hid), rng.vec(hid * inter)])
+            .collect();
+        // stored row-major [out, in], used as [in, out] views (as the loader keeps them)
+        let dev_w: Vec<[Tensor<B, 2>; 3]> = host_w
+            .iter()
+            .map(|[g, u, d]| {
+                [
+                    tensor::<B, 2>(g.clone(), [inter, hid], dev).transpose(),
+                    tensor::<B, 2>(u.clone(), [inter, hid], dev).transpose(),
+                    tensor::<B, 2>(d.clone(), [hid, inter], dev).transpose(),
+                ]
+            })
+            .collect();
+        let x = rng.vec(n * hid);
+        let (chosen, weights) = route(&mut rng, n, k, n_experts);
+        let experts: Vec<Expert<B>> = chosen
+            .iter()
+            .map(|&e| Expert {
+                gate: Weight::Dense(&dev_w[e][0]),
+                up: Weight::Dense(&dev_w[e][1]),
+                down: Weight::Dense(&dev_w[e][2]),
+            })
+            .collect();
+        // float64 host reference
+        let dot = |w: &[f32], row: usize, v: &[f64]| -> f64 {
+            v.iter()
+                .enumerate()
+                .map(|(i, &a)| a * w[row * v.len() + i] as f64)
+                .sum()
+        };
+        let mut want = vec![0.0f32; n * hid];
+        for t in 0..n {
+            let xt: Vec<f64> = x[t * hid..(t + 1) * hid].iter().map(|&v| v as f64).collect();
+            for j in t * k..(t + 1) * k {
+                let [g, u, d] = &host_w[chosen[j]];
+                let h: Vec<f64> = (0..inter)
+                    .map(|r| {
+                        let (a, b) = (dot(g, r, &xt), dot(u, r, &xt));
+                        a / (1.0 + (-a).exp()) * b
+                    })
+                    .collect();
+                for r in 0..hid {
+                    want[t * hid + r] += (weights[j] as f64 * dot(d, r, &h)) as f32;
+                }
+            }
+        }
+        let tx = tensor::<B, 2>(x.clone(), [n, hid], dev);
+        let shape = shapes[rng.below(shapes.len())];
+        hearth_backend::cube::set_matvec_shape(Some(shape));
+        let got = host(B::k_moe(tx.clone(), &experts, &weights).expect("the grouped kernels take dense f32 experts"));
+        hearth_backend::cube::set_matvec_shape(None);
+        let e = rel_err(&got, &want, 1e-3);
+        assert!(e < 1e-5, "dense moe n{n} k{k} hid{hid} inter{inter} {shape:?}: {e:e}");
+        let fallback = host(ops::moe_experts(tx.clone(), &experts, &weights).unwrap());
+        assert!(rel_err(&fallback, &want, 1e-3) < 1e-5, "ops::moe_experts");
+        assert!(
+            rel_err(&host(B::moe_experts(tx, &experts, &weights).unwrap()), &got, 1e-3) < 1e-6,
+            "trait moe_experts"
+        );
+    }
+    // packed experts: the vector formats through the grouped kernels, K-quants declined
+    for format in PackedFormat::ALL {
+        for round in 0..2 {
+            let b = format.block_len();
+            let (hid, inter) = (b * (1 + rng.below(6)), b * (1 + rng.below(4)));
+            let (n, k) = (1 + rng.below(3), [2, 8][round]);
+            let up = |rng: &mut Rng, rows: usize, cols: usize| {
+                B::upload_packed(format, &gguf_bytes(format, &weights(rng, rows * cols)), rows, cols, dev).unwrap()
+            };
+            let ws: Vec<[PackedMatrix<B>; 3]> = (0..n_experts)
+                .map(|_| {
+                    [
+                        up(&mut rng, inter, hid),
+                        up(&mut rng, inter, hid),
+                        up(&mut rng, hid, inter),
+                    ]
+                })
+                .collect();
+            let (chosen, rw) = route(&mut rng, n, k, n_experts);
+            let experts: Vec<Expert<B>> = chosen
+                .iter()
+                .map(|&e| Expert {
+                    gate: Weight::Packed(&ws[e][0]),
+                    up: Weight::Packed(&ws[e][1]),
+                    down: Weight::Packed(&ws[e][2]),
+                })
+                .collect();
+            // small inputs keep silu's gate in its curved range
+            let x = tensor::<B, 2>(rng.vec(n * hid), [n, hid], dev) * 0.1;
+            let want = host(ops::moe_experts(x.clone(), &experts, &rw).unwrap());
+            let got = B::k_moe(x.clone(), &experts, &rw);
+            let vector = matches!(format, PackedFormat::F32 | PackedFormat::Q8_0 | PackedFormat::Q4_0);
+            assert_eq!(got.is_some(), vector, "{format:?}: grouped kernels taken or declined");
+            if let Some(got) = got {
+                let e = rel_err(&host(got), &want, 1e-3);
+                assert!(e < 1e-5, "{format:?} moe n{n} k{k} hid{hid} inter{inter}: {e:e}");
+            }
+            let via_trait = host(B::moe_experts(x, &experts, &rw).unwrap());
+            assert!(rel_err(&via_trait, &want, 1e-3) < 1e-5, "{format:?} trait moe_experts");
+        }
+    }
+    // declined: more tokens than the matvec kernels take; mixed dense and packed experts
+    let w = Tensor::<B, 2>::ones([4, 8], dev).transpose(); // [8, 4]
+    let d = Tensor::<B, 2>::ones([8, 4], dev).transpose(); // [4, 8]
+    let e = Expert {
+        gate: Weight::Dense(&w),
+        up: Weight::Dense(&w),
+        down: Weight::Dense(&d),
+    };
+    let x5 = Tensor::<B, 2>::ones([5, 8], dev) * 0.01;
+    assert!(B::k_moe(x5.clone(), &[e; 5], &[1.0; 5]).is_none());
+    let y = host(B::moe_experts(x5, &[e; 5], &[1.0; 5]).unwrap());
+    let h = 0.08f32 / (1.0 + (-0.08f32).exp()) * 0.08;
+    assert!(y.iter().all(|v| (v - 4.0 * h).abs() < 1e-6), "{y:?}");
+    let p = B::upload_packed(PackedFormat::F32, &[0u8; 4 * 8 * 32], 8, 32, dev).unwrap();
+    let mixed = Expert {
+        gate: Weight::Packed(&p),
+        up: Weight::Packed(&p),
+        down: Weight::Dense(&d),
+    };
+    assert!(B::k_moe(Tensor::ones([1, 8], dev), &[mixed], &[1.0]).is_none());
+    // mismatched lengths: typed errors from the trait, never a panic
+    let x2 = Tensor::<B, 2>::ones([2, 8], dev);
+    for (es, ws) in [
+        (&[e; 3][..], &[1.0; 3][..]),
+        (&[e; 2][..], &[1.0; 1][..]),
+        (&[][..], &[][..]),
+    ] {
+        assert!(
+            matches!(
+                B::moe_experts(x2.clone(), es, ws),
+                Err(BackendError::ShapeMismatch { op: "moe_experts", .. })
+            ),
+            "{} experts, {} weights",
+            es.len(),
+            ws.len()
+        );
+    }
+}
+
+/// `k` distinct experts of `n_experts` per token for `n` tokens, with positive weights.
+fn route(rng: &mut Rng, n: usize, k: usize, n_experts: usize) -> (Vec<usize>, Vec<f32>) {
+    let mut chosen = Vec::with_capacity(n * k);
+    for _ in 0..n {
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
+        while picked.len() < k {
+            let e = rng.below(n_experts);
+            if !picked.contains(&e) {
+                picked.push(e);
+            }
+        }
+        chosen.extend(picked);
+    }
+    let weights = (0..n * k).map(|_| 0.1 + 0.45 * (rng.f() + 1.0)).collect();
+    (chosen, weights)
+}
+
 fn ggml(format: PackedFormat) -> GgmlType {
     match format {
         PackedFormat::F32 => GgmlType::F32,
@@ -1734,6 +1909,10 @@ macro_rules! backend_tests {
                 // an H200 has them: the CUDA run must not silently test the fallback
                 assert!(has || stringify!($module) != "cuda", "no integer MMA on CUDA");
                 q8_tensor_cores::<B>(&dev, has);
+            }
+            #[test]
+            fn moe_experts_match_expert_by_expert() {
+                moe::<B>(&dev());
             }
             #[test]
             fn packed_bad_input_is_an_error() {

@@ -1,17 +1,23 @@
 //! The sparse MoE feed-forward block: router → grouped expert execution → shared experts.
 //!
-//! Routing is `hearth_moe::RouterSpec` (one spec for every family). Execution is grouped by
-//! expert: the tokens routed to an expert are gathered, pass through that expert's MLP in one
-//! matmul chain, are scaled by their routing weights and scatter-added back. A decode step
-//! therefore reads only the k selected experts' weights.
+//! Routing is `hearth_moe::RouterSpec` (one spec for every family). A decode step (a few
+//! tokens) hands every token's k experts to [`HearthBackend::moe_experts`] at once: on the
+//! cubecl backends two launches per token, whatever k is. A prefill is grouped by expert: the
+//! tokens routed to an expert are gathered, pass through that expert's MLP in one matmul
+//! chain, are scaled by their routing weights and scatter-added back. Either way a step reads
+//! only the selected experts' weights.
 
 use crate::config::{ModelConfig, RouterKind};
 use crate::error::ModelError;
 use crate::layers::{Linear, Loader, Mlp, sigmoid};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use hearth_backend::HearthBackend;
-use hearth_moe::{LoadStats, RouterSpec, ScoringFunc};
+use hearth_backend::{Expert, HearthBackend};
+use hearth_moe::{LoadStats, RouterSpec, Routing, ScoringFunc};
 use std::sync::{Arc, Mutex};
+
+/// Tokens per forward up to which the routed experts go to [`HearthBackend::moe_experts`]
+/// (decode steps; the cubecl backends' grouped kernels take up to 4 rows).
+const GROUPED_TOKENS: usize = 4;
 
 /// One MoE layer.
 pub struct MoeBlock<B: HearthBackend> {
@@ -126,7 +132,6 @@ impl<B: HearthBackend> MoeBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, valid: &[bool], layer: usize) -> Result<Tensor<B, 3>, ModelError> {
         let [b, t, hid] = x.dims();
         let n = b * t;
-        let device = x.device();
         let x = x.reshape([n, hid]);
         let logits = self.gate.forward(x.clone());
         let logits_host = logits.into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
@@ -148,6 +153,58 @@ impl<B: HearthBackend> MoeBlock<B> {
             .record_counts(&counts)
             .map_err(|source| ModelError::Moe { layer, source })?;
 
+        let mut out = match self.routed_experts(&routing, n) {
+            // a decode step: every token's experts at once (two launches per token on the
+            // cubecl backends)
+            Some((experts, weights)) => {
+                B::moe_experts(x.clone(), &experts, &weights).map_err(|source| ModelError::Backend {
+                    tensor: format!("layer {layer}: routed experts"),
+                    source,
+                })?
+            }
+            None => self.experts_by_group(x.clone(), &routing, hid),
+        };
+        if let Some(shared) = &self.shared {
+            let mut s = shared.forward(x.clone());
+            if let Some(gate) = &self.shared_gate {
+                s = s * sigmoid(gate.forward(x));
+            }
+            out = out + s;
+        }
+        Ok(out.reshape([b, t, hid]))
+    }
+
+    /// Each token's experts as operands of [`HearthBackend::moe_experts`] (token-major, with
+    /// their routing weights), for a forward of at most [`GROUPED_TOKENS`] tokens on a backend
+    /// whose weights live on the device; `None` otherwise (prefill, host weights, biases).
+    fn routed_experts(&self, routing: &Routing, n: usize) -> Option<(Vec<Expert<'_, B>>, Vec<f32>)> {
+        if B::HOST_KERNELS || n > GROUPED_TOKENS {
+            return None;
+        }
+        let mut experts = Vec::with_capacity(n * routing.top_k());
+        let mut weights = Vec::with_capacity(n * routing.top_k());
+        for tok in 0..n {
+            for (e, w) in routing.token(tok) {
+                let m = &self.experts[e];
+                if [&m.gate, &m.up, &m.down].iter().any(|l| l.bias.is_some()) {
+                    return None;
+                }
+                experts.push(Expert {
+                    gate: m.gate.weight.as_weight()?,
+                    up: m.up.weight.as_weight()?,
+                    down: m.down.weight.as_weight()?,
+                });
+                weights.push(w);
+            }
+        }
+        Some((experts, weights))
+    }
+
+    /// Expert by expert: the tokens routed to an expert are gathered, pass through its MLP in
+    /// one matmul chain, are scaled by their routing weights and scatter-added back.
+    fn experts_by_group(&self, x: Tensor<B, 2>, routing: &Routing, hid: usize) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let device = x.device();
         let mut out = Tensor::<B, 2>::zeros([n, hid], &device);
         for g in routing.expert_groups() {
             let idx: Vec<i64> = g.tokens.iter().map(|&i| i as i64).collect();
@@ -157,13 +214,6 @@ impl<B: HearthBackend> MoeBlock<B> {
             let y = self.experts[g.expert].forward(x.clone().select(0, idx.clone())) * w;
             out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
         }
-        if let Some(shared) = &self.shared {
-            let mut s = shared.forward(x.clone());
-            if let Some(gate) = &self.shared_gate {
-                s = s * sigmoid(gate.forward(x));
-            }
-            out = out + s;
-        }
-        Ok(out.reshape([b, t, hid]))
+        out
     }
 }

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 /// serves every row. Rows at or past `nr` repeat the last row (their sums are not written).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dense_rows_dot<F: Float, N: Size>(
+pub(crate) fn dense_rows_dot<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     xr: usize,
     a: &Array<Vector<F, N>>,
@@ -471,26 +471,29 @@ fn transposed_dims<R: CubeRuntime>(w: &CubeTensor<R>) -> Option<(usize, usize, u
 /// The launch of a dense matvec over `x: [m, k]` (≤ [`MATVEC_MAX_ROWS`] rows, unit column
 /// stride, a kernel float) and transposed weights of width `k` and `x`'s dtype, or `None`
 /// when these operands do not fit the kernels.
-struct DenseLaunch {
-    m: usize,
-    k: usize,
+pub(crate) struct DenseLaunch {
+    pub(crate) m: usize,
+    pub(crate) k: usize,
     /// Elements per vector: 16 bytes where `k` and every row pitch allow.
-    vs: usize,
+    pub(crate) vs: usize,
     /// `x`'s row pitch, in vectors.
-    xp: usize,
-    units: u32,
-    rows: usize,
-    unroll: usize,
-    use_plane: bool,
-    single_plane: bool,
+    pub(crate) xp: usize,
+    pub(crate) units: u32,
+    pub(crate) rows: usize,
+    pub(crate) unroll: usize,
+    pub(crate) use_plane: bool,
+    pub(crate) single_plane: bool,
 }
 
 impl DenseLaunch {
     /// The launch and, per weight, `(N, row pitch in vectors)`.
     #[allow(clippy::type_complexity)]
-    fn new<R: CubeRuntime>(x: &CubeTensor<R>, ws: &[&CubeTensor<R>]) -> Option<(DenseLaunch, Vec<(usize, usize)>)> {
+    pub(crate) fn new<R: CubeRuntime>(
+        x: &CubeTensor<R>,
+        ws: &[&CubeTensor<R>],
+    ) -> Option<(DenseLaunch, Vec<(usize, usize)>)> {
         let (xs, xst) = (x.meta.shape(), x.meta.strides());
-        if xs.len() != 2 || !kernel_float(x.dtype) {
+        if xs.len() != 2 {
             return None;
         }
         let (m, k) = (xs[0], xs[1]);
@@ -498,25 +501,41 @@ impl DenseLaunch {
             return None;
         }
         let x_pitch = if m > 1 { xst[0] } else { k };
+        Self::with_rows(&x.client, x.dtype, m, k, x_pitch, ws)
+    }
+
+    /// [`Self::new`] for `m` rows of `k` values of `dtype`, `x_pitch` elements apart (rows of
+    /// an `x` that is not a tensor of its own, e.g. the rows of a larger buffer).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn with_rows<R: CubeRuntime>(
+        client: &cubecl::client::ComputeClient<R>,
+        dtype: DType,
+        m: usize,
+        k: usize,
+        x_pitch: usize,
+        ws: &[&CubeTensor<R>],
+    ) -> Option<(DenseLaunch, Vec<(usize, usize)>)> {
+        if !kernel_float(dtype) || m == 0 || k == 0 || x_pitch < k {
+            return None;
+        }
         let mut dims = Vec::with_capacity(ws.len());
         for w in ws {
             let (wk, n, pitch) = transposed_dims(w)?;
-            if wk != k || w.dtype != x.dtype {
+            if wk != k || w.dtype != dtype {
                 return None;
             }
             dims.push((n, pitch));
         }
-        let client = &x.client;
         // 16 bytes, within the device's vector width (SPIR-V vectors stop at 4 components:
         // f16 weights read 8 bytes at a time on Vulkan)
-        let widest = (16 / x.dtype.size()).min(client.properties().hardware.max_vector_size.max(1));
+        let widest = (16 / dtype.size()).min(client.properties().hardware.max_vector_size.max(1));
         let vs = (0..=widest.trailing_zeros())
             .rev()
             .map(|p| 1usize << p)
             .find(|v| k.is_multiple_of(*v) && x_pitch.is_multiple_of(*v) && dims.iter().all(|d| d.1.is_multiple_of(*v)))
             .unwrap_or(1);
         let shape = matvec_shape(None);
-        let units = matvec_units(client, shape, k * x.dtype.size() / 16);
+        let units = matvec_units(client, shape, k * dtype.size() / 16);
         let launch = DenseLaunch {
             m,
             k,
@@ -532,7 +551,7 @@ impl DenseLaunch {
         Some((launch, dims))
     }
 
-    fn cubes(&self, n: usize) -> usize {
+    pub(crate) fn cubes(&self, n: usize) -> usize {
         n.div_ceil(self.rows)
     }
 

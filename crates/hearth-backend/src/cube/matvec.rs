@@ -38,7 +38,7 @@ const FMT_Q4_0: u32 = 2;
 const FMT_Q4_K: u32 = 3;
 const FMT_Q6_K: u32 = 4;
 
-fn format_id(f: PackedFormat) -> u32 {
+pub(crate) fn format_id(f: PackedFormat) -> u32 {
     match f {
         PackedFormat::F32 => FMT_F32,
         PackedFormat::Q8_0 => FMT_Q8_0,
@@ -83,12 +83,12 @@ fn i8_value(byte: u32) -> f32 {
 }
 
 /// Whether `f` is read by the vectorised kernels ([`vec_row_dot`]).
-fn vector_format(f: PackedFormat) -> bool {
+pub(crate) fn vector_format(f: PackedFormat) -> bool {
     matches!(f, PackedFormat::F32 | PackedFormat::Q8_0 | PackedFormat::Q4_0)
 }
 
 /// Word offset of the scales in the split layout (Q8_0, Q4_0): after every quant word.
-fn scale_offset(f: PackedFormat, rows: usize, cols: usize) -> usize {
+pub(crate) fn scale_offset(f: PackedFormat, rows: usize, cols: usize) -> usize {
     match f {
         PackedFormat::Q8_0 => rows * cols / 4,
         PackedFormat::Q4_0 => rows * cols / 8,
@@ -117,15 +117,19 @@ fn f16_arithmetic<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> 
 
 /// How a vector-format matvec is launched on `client` for rows of `k` values of `format`:
 /// the process's [`MatvecShape`], its units per cube and its reduction path.
-struct VecLaunch {
-    shape: MatvecShape,
-    units: u32,
-    use_plane: bool,
-    single_plane: bool,
+pub(crate) struct VecLaunch {
+    pub(crate) shape: MatvecShape,
+    pub(crate) units: u32,
+    pub(crate) use_plane: bool,
+    pub(crate) single_plane: bool,
 }
 
 impl VecLaunch {
-    fn new<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, format: PackedFormat, k: usize) -> Self {
+    pub(crate) fn new<R: CubeRuntime>(
+        client: &cubecl::client::ComputeClient<R>,
+        format: PackedFormat,
+        k: usize,
+    ) -> Self {
         let mut shape = matvec_shape(Some(format));
         if shape.convert == 2 && !f16_arithmetic(client) {
             shape.convert = 1;
@@ -140,7 +144,7 @@ impl VecLaunch {
     }
 
     /// Cubes per activation row over `n` weight rows.
-    fn cubes(&self, n: usize) -> usize {
+    pub(crate) fn cubes(&self, n: usize) -> usize {
         n.div_ceil(self.shape.rows)
     }
 }
@@ -369,7 +373,7 @@ fn whole_pass_dot<F: Float, NX: Size, NW: Size>(
 /// `scale_off` is the scales' word offset in the split layout.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
+pub(crate) fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
     x: &Array<Vector<F, NX>>,
     x_row: usize,
     aq: &Array<Vector<u32, NW>>,
@@ -1114,7 +1118,7 @@ fn dequantize_kernel<F: Float>(
 }
 
 /// The device words of a packed matrix, checked against its shape.
-fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+pub(crate) fn words<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     w: &PackedMatrix<CubeBackend<R, F, I, BT>>,
 ) -> Result<CubeTensor<R>, BackendError> {
     let bad = |reason: String| BackendError::PackedShape {

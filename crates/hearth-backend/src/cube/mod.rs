@@ -39,6 +39,7 @@ mod copy;
 mod matmul;
 mod matvec;
 mod mma;
+mod moe;
 mod norm;
 mod reduce;
 mod rope;
@@ -49,6 +50,7 @@ pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
 pub use mma::MMA_MAX_ROWS;
+pub use moe::{MOE_MAX_EXPERTS, moe_experts};
 pub use norm::{add_rms_norm, rms_norm, sums_norm};
 pub use reduce::read_bandwidth;
 pub use rope::{rope, rope2};
@@ -908,6 +910,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
         let s = x + r;
         let y = Self::rms_norm(s.clone(), weight, eps);
         (s, y)
+    }
+
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        experts: &[crate::Expert<Self>],
+        weights: &[f32],
+    ) -> Result<Tensor<Self, 2>, BackendError> {
+        if fused_kernels()
+            && let Some(y) = moe_experts(x.clone(), experts, weights)
+        {
+            return Ok(y);
+        }
+        crate::ops::moe_experts(x, experts, weights)
     }
 
     fn gqa_attention(
