@@ -25,7 +25,7 @@ echo "== tools: $(command -v nsys ncu | tr '\n' ' ')"
 fail=0
 if [ "${STAGE_TESTS:-1}" = 1 ]; then
   echo "== kernel tests (cuda): norm sums, packed and dense matvecs"
-  timeout 240 ./k --test-threads=4 carried_norm_sums packed dense fused 2>&1 | grep -E '^test |test result|panicked|assert' | tail -20
+  timeout 240 ./k --test-threads=4 carried_norm_sums packed dense fused moe 2>&1 | grep -E '^test |test result|panicked|assert' | tail -20
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "FAIL: kernel tests"; fail=1; }
 fi
 if [ "${STAGE_FIXTURES:-1}" = 1 ]; then

@@ -951,7 +951,7 @@ pub trait HearthBackend: Backend {
     /// [`Self::sums_matmul_silu`]: no RMSNorm launch between blocks), `None` when they should
     /// normalise on their own. `None` here; the cubecl backends answer `Some` for up to 4
     /// rows (their matrix × vector kernels) on devices with f32 atomic addition when
-    /// `HEARTH_NORM_SUMS=1` (or `cube::set_norm_sums`; opt-in until measured on a GPU).
+    /// unless `HEARTH_NORM_SUMS=0` (or `cube::set_norm_sums(Some(false))`).
     ///
     /// ```
     /// # #[cfg(feature = "cpu")] {

@@ -17,7 +17,7 @@ use crate::moe::MoeBlock;
 use crate::weights::{TensorSource, WeightStore};
 use burn::tensor::{Int, Tensor, TensorData};
 use hearth_attention::{ContiguousKvCache, KvCache};
-use hearth_backend::{HearthBackend, NormSums, profile};
+use hearth_backend::{HearthBackend, NormSums, PackedFormat, profile};
 use hearth_moe::LoadStats;
 use std::collections::HashMap;
 use std::path::Path;
@@ -272,6 +272,31 @@ impl<B: HearthBackend> CausalLm<B> {
         }
     }
 
+    /// Whether every product that takes or writes the carried norm sums (each MHA layer's
+    /// q/k/v and o, each dense MLP's gate/up and down) has a kernel that does: dense device
+    /// weights or F32/Q8_0/Q4_0 device blocks. K-quant kernels do not, and their products
+    /// would go through the unfused burn-op fallbacks, so such models normalise on their own.
+    fn sums_kernels(&self) -> bool {
+        let takes = |l: &Linear<B>| match &l.weight {
+            LinearWeight::Device(_) => true,
+            LinearWeight::Packed(p) => {
+                matches!(p.format(), PackedFormat::F32 | PackedFormat::Q8_0 | PackedFormat::Q4_0)
+            }
+            LinearWeight::Host(_) => false,
+        };
+        self.layers.iter().all(|l| {
+            let attn = match &l.attn {
+                Attention::Mha(a) => [&a.q, &a.k, &a.v, &a.o].into_iter().all(takes),
+                Attention::Mla(_) => true,
+            };
+            let ffn = match &l.ffn {
+                Ffn::Dense(m) => [&m.gate, &m.up, &m.down].into_iter().all(takes),
+                Ffn::Moe(_) => true,
+            };
+            attn && ffn
+        })
+    }
+
     /// Runs one chunk: `tokens[b]` are the next tokens of cache row `b` (rows may differ in
     /// length and in how much they already hold). Advances the cache.
     pub fn forward<C: KvCache<B>>(
@@ -343,7 +368,12 @@ impl<B: HearthBackend> CausalLm<B> {
         // norm, applied by that block's first products (attention's q/k/v, the dense MLP's
         // gate/up): no RMSNorm launch between blocks. Slots: 2i for layer i's attention, 2i + 1
         // for its FFN.
-        let sums = B::norm_sums(b * t, 2 * self.layers.len(), dev);
+        // (only where every product of the chain has a kernel that takes the sums)
+        let sums = if self.sums_kernels() {
+            B::norm_sums(b * t, 2 * self.layers.len(), dev)
+        } else {
+            None
+        };
         let sums = sums.as_ref();
         let carries_attn = |l: &DecoderLayer<B>| sums.is_some() && matches!(l.attn, Attention::Mha(_));
         let carries_ffn = |l: &DecoderLayer<B>| sums.is_some() && matches!(l.ffn, Ffn::Dense(_));

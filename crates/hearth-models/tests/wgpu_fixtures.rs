@@ -88,10 +88,13 @@ fn deepseek_v3() {
 /// both paths are within the same tolerance.
 #[test]
 fn folded_norms_llama_qwen2_mixtral() {
+    // the fold applies where the norm sums are not carried (they are by default)
+    hearth_backend::cube::set_norm_sums(Some(false));
     hearth_backend::cube::set_fold_norms(Some(true));
     assert!(<Wgpu as HearthBackend>::folds_norms());
     for name in ["llama", "qwen2", "mixtral"] {
         check_model(name);
     }
     hearth_backend::cube::set_fold_norms(None);
+    hearth_backend::cube::set_norm_sums(None);
 }

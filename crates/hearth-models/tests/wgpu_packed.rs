@@ -293,9 +293,12 @@ fn unsupported_quant_is_an_error() {
 /// (`hearth_backend::cube::set_fold_norms`) against the same CPU reference.
 #[test]
 fn llama_folded_norms_q8_0_q4_0() {
+    // the fold applies where the norm sums are not carried (they are by default)
+    hearth_backend::cube::set_norm_sums(Some(false));
     hearth_backend::cube::set_fold_norms(Some(true));
     for quant in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
         check_fixture("llama", quant);
     }
     hearth_backend::cube::set_fold_norms(None);
+    hearth_backend::cube::set_norm_sums(None);
 }

@@ -153,10 +153,11 @@ static SUMS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether [`HearthBackend::norm_sums`] offers models the carried norm sums (each block's last
 /// matrix × vector kernel writes `h ⊙ g` and `Σh²` for the next block's first kernels, which
-/// normalise in their epilogue: no RMSNorm launch between blocks): off unless
-/// `HEARTH_NORM_SUMS=1` is in the environment (read once) or [`set_norm_sums`] says so.
-/// Opt-in until measured on a GPU: with K-quant weights (whose kernels do not take the
-/// sums) the norm falls back to burn ops.
+/// normalise in their epilogue: no RMSNorm launch between blocks): on unless
+/// `HEARTH_NORM_SUMS=0` is in the environment (read once) or [`set_norm_sums`] says
+/// otherwise. On an H200 (stop 23) it took llama-3.1-8b decode from 168.4 to 171.9 tok/s in
+/// bf16 and from 231.6 to 240.3 tok/s with Q8_0 weights. (Models whose products include
+/// K-quant weights, which have no kernel that takes the sums, normalise on their own.)
 ///
 /// ```
 /// hearth_backend::cube::set_norm_sums(Some(false));
@@ -168,7 +169,7 @@ pub fn norm_sums() -> bool {
         1 => false,
         2 => true,
         _ => {
-            let on = std::env::var("HEARTH_NORM_SUMS").is_ok_and(|v| v == "1");
+            let on = !std::env::var("HEARTH_NORM_SUMS").is_ok_and(|v| v == "0");
             SUMS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
             on
         }
