@@ -1193,6 +1193,76 @@ fn fused_attention<B: CubeKernels>(dev: &B::Device) {
     ));
 }
 
+/// Decode with many query heads on one KV head, as MLA runs it (absorbed: the values are the
+/// first `dv` dims of the key rows, a view of the same cache buffer): the groups the decode
+/// kernel declines go through the group-folded products; against a float64 host computation.
+fn many_heads_attention<B: CubeKernels>(dev: &B::Device) {
+    let mut rng = Rng::new(21);
+    let cases = [
+        (1, 16, 1, 48, 32),
+        (1, 16, 37, 576, 512),
+        (2, 32, 300, 72, 64),
+        (1, 128, 130, 576, 512),
+        (2, 20, 65, 40, 40),
+        (1, 17, 700, 24, 8),
+    ];
+    for (b, h, s, d, dv) in cases {
+        let cap = s + 3;
+        let qv = rng.vec(b * h * d);
+        let kv: Vec<f32> = rng.vec(b * cap * d).into_iter().map(|x| 2.0 * x).collect();
+        let q = tensor::<B, 4>(qv.clone(), [b, 1, h, d], dev).swap_dims(1, 2);
+        let kc = tensor::<B, 4>(kv.clone(), [b, 1, cap, d], dev);
+        let k = kc.slice([0..b, 0..1, 0..s, 0..d]);
+        let v = k.clone().slice([0..b, 0..1, 0..s, 0..dv]);
+        // row `bi` sees its last `len` keys of a window, the rest masked
+        let visible = |bi: usize, j: usize| {
+            let end = s - (3 * bi).min(s - 1);
+            let start = end.saturating_sub(if s > 8 { s - 5 } else { s });
+            (start..end).contains(&j)
+        };
+        let mut mask = vec![0.0f32; b * s];
+        for bi in 0..b {
+            for j in 0..s {
+                if !visible(bi, j) {
+                    mask[bi * s + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mask = tensor::<B, 3>(mask, [b, 1, s], dev);
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut want = vec![0.0f32; b * h * dv];
+        for bi in 0..b {
+            for hh in 0..h {
+                let qr = &qv[(bi * h + hh) * d..][..d];
+                let key = |j: usize| &kv[(bi * cap + j) * d..][..d];
+                let sc: Vec<f64> = (0..s)
+                    .map(|j| {
+                        if visible(bi, j) {
+                            scale * qr.iter().zip(key(j)).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>()
+                        } else {
+                            f64::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let top = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = sc.iter().map(|x| (x - top).exp()).collect();
+                let z: f64 = p.iter().sum();
+                for e in 0..dv {
+                    let o: f64 = (0..s).map(|j| p[j] * key(j)[e] as f64).sum::<f64>() / z;
+                    want[(bi * h + hh) * dv + e] = o as f32;
+                }
+            }
+        }
+        let got = B::k_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale).unwrap();
+        assert_eq!(got.dims(), [b, h, 1, dv]);
+        let e = rel_err(&host(got), &want, 1e-3);
+        println!("many-heads attention b{b} h{h} s{s} d{d} dv{dv}: rel {e:.1e}");
+        assert!(e < 1e-5, "many-heads attention b{b} h{h} s{s} d{d} dv{dv}: {e:e}");
+        let e = rel_err(&host(B::gqa_attention(q, k, v, mask, scale)), &want, 1e-3);
+        assert!(e < 1e-5, "trait method b{b} h{h} s{s}: {e:e}");
+    }
+}
+
 /// `(past, new)` per row for a chunk of `t` slots attending to `s` keys: one row ends exactly at
 /// `s`, the others may be shorter (ragged batch, padded slots).
 fn hearth_attention_positions(b: usize, t: usize, s: usize, rng: &mut Rng) -> Vec<(usize, usize)> {
@@ -1875,6 +1945,10 @@ macro_rules! backend_tests {
             #[test]
             fn fused_attention_matches_fallback() {
                 fused_attention::<B>(&dev());
+            }
+            #[test]
+            fn many_heads_attention_matches_host() {
+                many_heads_attention::<B>(&dev());
             }
             #[test]
             fn add_rms_norm_matches_fallback() {

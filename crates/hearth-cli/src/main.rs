@@ -237,7 +237,7 @@ struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Instead of --model, a random-weight model of a real shape: llama-3.2-1b, llama-3.1-8b,
-    /// qwen3-30b-a3b, mixtral-8x7b, olmoe-1b-7b.
+    /// qwen3-30b-a3b, mixtral-8x7b, olmoe-1b-7b, moonlight-16b-a3b.
     #[arg(long)]
     synthetic: Option<String>,
     /// Prompt tokens for the prefill measurement.

@@ -11,12 +11,13 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 /// Names accepted by [`synthetic_config`].
-pub const SYNTHETIC_MODELS: [&str; 5] = [
+pub const SYNTHETIC_MODELS: [&str; 6] = [
     "llama-3.2-1b",
     "llama-3.1-8b",
     "qwen3-30b-a3b",
     "mixtral-8x7b",
     "olmoe-1b-7b",
+    "moonlight-16b-a3b",
 ];
 
 /// The HF `config.json` of a named real model shape.
@@ -53,6 +54,16 @@ pub fn synthetic_config(name: &str) -> Option<Value> {
             "num_key_value_heads": 16, "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": false,
             "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "rope_theta": 10000.0,
             "tie_word_embeddings": false}),
+        // Moonshot's Moonlight-16B-A3B: DeepSeek-V3's architecture (MLA with a 512-wide latent,
+        // sigmoid routing with a correction bias, 2 shared + 6 of 64 routed experts) at 16 heads
+        "moonlight-16b-a3b" => json!({"model_type": "deepseek_v3", "vocab_size": 163840, "hidden_size": 2048,
+            "intermediate_size": 11264, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+            "num_attention_heads": 16, "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64,
+            "routed_scaling_factor": 2.446, "kv_lora_rank": 512, "q_lora_rank": null, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1,
+            "num_experts_per_tok": 6, "first_k_dense_replace": 1, "norm_topk_prob": true,
+            "scoring_func": "sigmoid", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_theta": 50000.0, "rope_scaling": null, "tie_word_embeddings": false}),
         _ => return None,
     })
 }
@@ -211,4 +222,21 @@ pub fn tensor_shapes(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<(S
     let mut names = std::collections::HashSet::new();
     seen.retain(|(n, _)| names.insert(n.clone()));
     Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SYNTHETIC_MODELS, SyntheticSource, synthetic_config};
+    use crate::ModelConfig;
+
+    #[test]
+    fn every_named_shape_parses() {
+        for name in SYNTHETIC_MODELS {
+            let v = synthetic_config(name).unwrap();
+            let cfg = ModelConfig::from_json(&v, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(cfg.vocab_size as u64, v["vocab_size"].as_u64().unwrap(), "{name}");
+            assert!(SyntheticSource::new(name, 1).is_ok(), "{name}");
+        }
+        assert!(SyntheticSource::new("gpt-9", 1).is_err());
+    }
 }

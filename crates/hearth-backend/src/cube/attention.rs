@@ -17,6 +17,21 @@ use cubecl::prelude::*;
 /// the softmax only while `T` is small.
 pub const ATTENTION_MAX_QUERIES: usize = 16;
 
+/// Query heads per KV head from which a decode step the decode kernel declines runs as two
+/// batched products over the group (see [`gqa_attention`]) instead of the general kernel.
+pub const FOLD_MIN_GROUP: usize = 16;
+
+/// Whether [`gqa_attention`] folds large groups into batched products (`HEARTH_ATTN_FOLD=0` in
+/// the environment keeps them on the general kernel, for comparisons). Read once.
+///
+/// ```
+/// let _ = hearth_backend::cube::group_fold();
+/// ```
+pub fn group_fold() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HEARTH_ATTN_FOLD").map_or(true, |v| v != "0"))
+}
+
 /// Units per cube of the attention kernel (keys per tile).
 const TILE: usize = 64;
 
@@ -606,7 +621,11 @@ fn key_splits(rows: usize, s: usize, sms: usize) -> (usize, usize) {
 /// One launch with one cube per row while the rows fill the device or the keys fit in two
 /// tiles; otherwise (long contexts, split-K / flash-decoding) the keys are split into whole
 /// tiles over several cubes per row, for about two cubes per multiprocessor, and a second
-/// launch joins the splits' partial values, maxima and sums. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
+/// launch joins the splits' partial values, maxima and sums. A decode step (`T = 1`) with at
+/// least [`FOLD_MIN_GROUP`] query heads per KV head that the decode kernel cannot hold in
+/// registers (MLA's absorbed form, one latent head for all heads) instead runs as
+/// [`crate::ops::gqa_attention_with`] over hearth's matmul: the group's heads are the query
+/// rows of their KV head, so the keys are read once per product, not once per head. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
 /// usual `swap_dims(1, 2).reshape(..)` afterwards copies nothing). Same result as
 /// [`crate::ops::gqa_attention`] up to summation order.
 ///
@@ -674,6 +693,22 @@ pub fn gqa_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         && let Some(out) = decode_attention_launch(&q, &k, &v, &mask, scale, shape, sms, [b, h, hkv, s, d, dv])
     {
         return Ok(wrap::<R, F, I, BT, 4>(out).swap_dims(1, 2));
+    }
+    if t == 1 && h / hkv >= FOLD_MIN_GROUP && group_fold() {
+        // Many query heads per KV head (MLA's one latent head: 16 to 128 of them) and too many
+        // for the decode kernel's registers. The general kernel would read the keys once per
+        // head; instead the group's heads become the query rows of their KV head, and scores
+        // and values are two batched products (tensor cores in bf16/f16) with the latent read
+        // once per product.
+        type Cb<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+        return Ok(crate::ops::gqa_attention_with(
+            wrap::<R, F, I, BT, 4>(q),
+            wrap::<R, F, I, BT, 4>(k),
+            wrap::<R, F, I, BT, 4>(v),
+            wrap::<R, F, I, BT, 3>(mask),
+            scale,
+            <Cb<R, F, I, BT> as crate::HearthBackend>::matmul::<4>,
+        ));
     }
     let layout = attn_layout(&q, &k, &v, &mask, [h, t, s, hkv]);
     let (splits, chunk) = key_splits(rows, s, sms);

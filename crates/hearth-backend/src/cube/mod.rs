@@ -45,7 +45,10 @@ mod reduce;
 mod rope;
 
 pub use act::silu_mul;
-pub use attention::{ATTENTION_MAX_QUERIES, DecodeAttention, decode_attention, gqa_attention, set_decode_attention};
+pub use attention::{
+    ATTENTION_MAX_QUERIES, DecodeAttention, FOLD_MIN_GROUP, decode_attention, gqa_attention, group_fold,
+    set_decode_attention,
+};
 pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
 pub use matvec::{dequantize_packed, packed_matmul, packed_matvec, packed_matvec_silu, packed_matvec3};
