@@ -15,7 +15,9 @@
 //! ```
 //!
 //! `FILTER` keeps the cases whose name contains it (`small` runs 512-wide shapes, for a
-//! smoke run on llvmpipe).
+//! smoke run on llvmpipe). The `attn mla` lines time MLA decode attention (16 and 128 heads on
+//! one 576-wide latent head; `HEARTH_ATTN_FOLD=0` for the general kernel instead of the
+//! group-folded products).
 
 #[cfg(feature = "cube")]
 mod bench {
@@ -136,6 +138,26 @@ mod bench {
                     std::hint::black_box(B::matmul(x.clone(), wt.clone()));
                 });
                 drop(wt);
+                sync();
+            }
+        }
+        // MLA decode attention (absorbed: one latent head of 512 + 64 RoPE dims, the values a
+        // view of the key rows) at 16 and 128 heads: bytes are the latent cache read once
+        for &dtype in dense {
+            for (h, s) in [(16, 1024), (128, 1024), (128, 4096)] {
+                let label = format!("attn mla h{h} s{s} {dtype:?}");
+                if !label.contains(filter) {
+                    continue;
+                }
+                let (d, dv) = (576, 512);
+                let q = Tensor::<B, 4>::random([1, h, 1, d], Distribution::Uniform(-1.0, 1.0), dev).cast(dtype);
+                let kc = Tensor::<B, 4>::random([1, 1, s + 64, d], Distribution::Uniform(-1.0, 1.0), dev).cast(dtype);
+                let k = kc.slice([0..1, 0..1, 0..s, 0..d]);
+                let v = B::prefix(k.clone(), 3, dv);
+                let mask = Tensor::<B, 3>::zeros([1, 1, s], dev).cast(dtype);
+                time(&label, s * d * dtype.size(), &|| {
+                    std::hint::black_box(B::gqa_attention(q.clone(), k.clone(), v.clone(), mask.clone(), 0.04));
+                });
                 sync();
             }
         }
