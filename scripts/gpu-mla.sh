@@ -8,7 +8,7 @@
 #    `fused_attention_matches_fallback` on CUDA;
 # 2. `hearth bench --synthetic moonlight-16b-a3b --backend cuda --dtype bf16` (DeepSeek-V3's
 #    architecture, 16 heads on a 512-wide latent) at a long prompt, the group folded into
-#    batched products (default) and with HEARTH_ATTN_FOLD=0 (the general per-head kernel);
+#    batched products (HEARTH_ATTN_FOLD=1, opt-in) and the general per-head kernel (=0);
 # 3. with NCU=1, scripts/gpu-ncu-matvec.sh (Nsight Compute on the Q8_0 matvecs).
 #
 # BUNDLE is scripts/build-cuda.sh's gpu-bin/. Results go to $OUT when set.

@@ -16,8 +16,8 @@
 //!
 //! `FILTER` keeps the cases whose name contains it (`small` runs 512-wide shapes, for a
 //! smoke run on llvmpipe). The `attn mla` lines time MLA decode attention (16 and 128 heads on
-//! one 576-wide latent head; `HEARTH_ATTN_FOLD=0` for the general kernel instead of the
-//! group-folded products).
+//! one 576-wide latent head; `HEARTH_ATTN_FOLD=1` for the group-folded products instead of
+//! the general kernel).
 
 #[cfg(feature = "cube")]
 mod bench {

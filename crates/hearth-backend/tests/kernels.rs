@@ -1253,13 +1253,25 @@ fn many_heads_attention<B: CubeKernels>(dev: &B::Device) {
                 }
             }
         }
-        let got = B::k_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale).unwrap();
-        assert_eq!(got.dims(), [b, h, 1, dv]);
-        let e = rel_err(&host(got), &want, 1e-3);
-        println!("many-heads attention b{b} h{h} s{s} d{d} dv{dv}: rel {e:.1e}");
-        assert!(e < 1e-5, "many-heads attention b{b} h{h} s{s} d{d} dv{dv}: {e:e}");
-        let e = rel_err(&host(B::gqa_attention(q, k, v, mask, scale)), &want, 1e-3);
-        assert!(e < 1e-5, "trait method b{b} h{h} s{s}: {e:e}");
+        // the general kernel (the default) and the group folded into batched products
+        for fold in [false, true] {
+            hearth_backend::cube::set_group_fold(Some(fold));
+            let got = B::k_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale).unwrap();
+            assert_eq!(got.dims(), [b, h, 1, dv]);
+            let e = rel_err(&host(got), &want, 1e-3);
+            println!("many-heads attention fold={fold} b{b} h{h} s{s} d{d} dv{dv}: rel {e:.1e}");
+            assert!(
+                e < 1e-5,
+                "many-heads attention fold={fold} b{b} h{h} s{s} d{d} dv{dv}: {e:e}"
+            );
+            let e = rel_err(
+                &host(B::gqa_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale)),
+                &want,
+                1e-3,
+            );
+            assert!(e < 1e-5, "trait method fold={fold} b{b} h{h} s{s}: {e:e}");
+        }
+        hearth_backend::cube::set_group_fold(None);
     }
 }
 

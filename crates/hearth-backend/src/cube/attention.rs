@@ -11,6 +11,7 @@ use burn_cubecl::{
     tensor::CubeTensor,
 };
 use cubecl::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Query rows (`T`) up to which [`gqa_attention`] is used by the cubecl backends: each cube
 /// reads its KV head's keys and values once per query, which beats the two batched matmuls and
@@ -21,16 +22,46 @@ pub const ATTENTION_MAX_QUERIES: usize = 16;
 /// batched products over the group (see [`gqa_attention`]) instead of the general kernel.
 pub const FOLD_MIN_GROUP: usize = 16;
 
-/// Whether [`gqa_attention`] folds large groups into batched products (`HEARTH_ATTN_FOLD=0` in
-/// the environment keeps them on the general kernel, for comparisons). Read once.
+/// Whether [`gqa_attention`] folds large groups into batched products. Off by default: on the
+/// H200 (stop 24) it was faster only for 128 heads at 4096 keys in bf16 (375 against 576 µs),
+/// and far slower at 16 heads (499 against 53 µs at 1024 keys). `HEARTH_ATTN_FOLD=1` in the
+/// environment or [`set_group_fold`] turns it on.
 ///
 /// ```
 /// let _ = hearth_backend::cube::group_fold();
 /// ```
 pub fn group_fold() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HEARTH_ATTN_FOLD").map_or(true, |v| v != "0"))
+    match GROUP_FOLD.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = std::env::var("HEARTH_ATTN_FOLD").is_ok_and(|v| v == "1");
+            GROUP_FOLD.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
 }
+
+/// Sets [`group_fold`] for the whole process (`None`: back to the environment's choice).
+///
+/// ```
+/// hearth_backend::cube::set_group_fold(Some(false));
+/// assert!(!hearth_backend::cube::group_fold());
+/// hearth_backend::cube::set_group_fold(None);
+/// ```
+pub fn set_group_fold(on: Option<bool>) {
+    GROUP_FOLD.store(
+        match on {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// 0 = not read yet, 1 = off, 2 = on.
+static GROUP_FOLD: AtomicU8 = AtomicU8::new(0);
 
 /// Units per cube of the attention kernel (keys per tile).
 const TILE: usize = 64;
@@ -621,9 +652,9 @@ fn key_splits(rows: usize, s: usize, sms: usize) -> (usize, usize) {
 /// One launch with one cube per row while the rows fill the device or the keys fit in two
 /// tiles; otherwise (long contexts, split-K / flash-decoding) the keys are split into whole
 /// tiles over several cubes per row, for about two cubes per multiprocessor, and a second
-/// launch joins the splits' partial values, maxima and sums. A decode step (`T = 1`) with at
-/// least [`FOLD_MIN_GROUP`] query heads per KV head that the decode kernel cannot hold in
-/// registers (MLA's absorbed form, one latent head for all heads) instead runs as
+/// launch joins the splits' partial values, maxima and sums. With [`group_fold`] on, a decode
+/// step (`T = 1`) with at least [`FOLD_MIN_GROUP`] query heads per KV head that the decode
+/// kernel cannot hold in registers (MLA's absorbed form, one latent head for all heads) runs as
 /// [`crate::ops::gqa_attention_with`] over hearth's matmul: the group's heads are the query
 /// rows of their KV head, so the keys are read once per product, not once per head. Returns `[B, H, T, Dv]` (a view of a contiguous `[B, T, H, Dv]` buffer, so that the
 /// usual `swap_dims(1, 2).reshape(..)` afterwards copies nothing). Same result as

@@ -50,83 +50,45 @@ pub(crate) fn dense_rows_dot<F: Float, N: Size>(
     #[comptime] two: bool,
     #[comptime] norm: bool,
 ) {
-    let mut v = UNIT_POS as usize;
-    // whole passes (every vector inside the row): no clamps, no masking of `x`
-    while v + comptime!((unroll - 1) * cube_dim) < nv {
-        dense_pass::<F, N>(
-            x, xr, a, b, n0, nr, nv, wp, gw, acc, v, cube_dim, rows, unroll, two, norm, false,
-        );
-        v += comptime!(unroll * cube_dim);
-    }
-    // The last, partial pass is still a whole unrolled one: a vector past the row's end reads
-    // the row's last (a valid address) against a zero `x`, so rows whose length is not a
-    // multiple of `unroll · cube_dim` keep `unroll` loads per row in flight to the end.
-    if v < nv {
-        dense_pass::<F, N>(
-            x, xr, a, b, n0, nr, nv, wp, gw, acc, v, cube_dim, rows, unroll, two, norm, true,
-        );
-    }
-}
-
-/// One unrolled pass of [`dense_rows_dot`] from vector `v`; with `checked`, vectors past the
-/// row's end load its last against a zero `x`. With `norm`: `x` is the raw residual stream;
-/// each value is scaled by the norm weight `gw` and its square summed into `acc[ss]` (once per
-/// value, on the first row).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn dense_pass<F: Float, N: Size>(
-    x: &Array<Vector<F, N>>,
-    xr: usize,
-    a: &Array<Vector<F, N>>,
-    b: &Array<Vector<F, N>>,
-    n0: usize,
-    nr: usize,
-    nv: usize,
-    wp: usize,
-    gw: &Array<Vector<F, N>>,
-    acc: &mut Array<f32>,
-    v: usize,
-    #[comptime] cube_dim: usize,
-    #[comptime] rows: usize,
-    #[comptime] unroll: usize,
-    #[comptime] two: bool,
-    #[comptime] norm: bool,
-    #[comptime] checked: bool,
-) {
+    // with `norm`: x is the raw residual stream; each value is scaled by the norm weight `gw`
+    // and its square summed into acc[ss] (once per value, on the first row)
     let ss = comptime!(if two { 2 * rows } else { rows });
     let mut sq = Vector::<f32, N>::zeroed();
-    #[unroll]
-    for r in 0..rows {
-        let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
-        let mut s = Vector::<f32, N>::zeroed();
-        let mut t = Vector::<f32, N>::zeroed();
+    let mut v = UNIT_POS as usize;
+    // Every pass is a whole unrolled one: a vector past the row's end reads the row's last
+    // (a valid address) against a zero `x`, so rows whose length is not a multiple of
+    // `unroll · cube_dim` keep `unroll` loads per row in flight to the end.
+    while v < nv {
         #[unroll]
-        for u in 0..unroll {
-            let vu = v + u * cube_dim;
-            let (vc, x0) = if comptime!(checked) {
+        for r in 0..rows {
+            let wr = (if n0 + r < nr { n0 + r } else { nr - 1 }) * wp;
+            let mut s = Vector::<f32, N>::zeroed();
+            let mut t = Vector::<f32, N>::zeroed();
+            #[unroll]
+            for u in 0..unroll {
+                let vu = v + u * cube_dim;
                 let vc = min(vu, nv - 1);
                 let live = Vector::<f32, N>::new(select(vu < nv, 1.0f32, 0.0f32));
-                (vc, Vector::<f32, N>::cast_from(x[xr + vc]) * live)
-            } else {
-                (vu, Vector::<f32, N>::cast_from(x[xr + vu]))
-            };
-            let xv = if comptime!(norm) {
-                x0 * Vector::<f32, N>::cast_from(gw[vc])
-            } else {
-                x0
-            };
-            if comptime!(norm && r == 0) {
-                sq += x0 * x0;
+                let x0 = Vector::<f32, N>::cast_from(x[xr + vc]) * live;
+                let xv = if comptime!(norm) {
+                    x0 * Vector::<f32, N>::cast_from(gw[vc])
+                } else {
+                    x0
+                };
+                if comptime!(norm && r == 0) {
+                    sq += x0 * x0;
+                }
+                s += Vector::<f32, N>::cast_from(a[wr + vc]) * xv;
+                if two {
+                    t += Vector::<f32, N>::cast_from(b[wr + vc]) * xv;
+                }
             }
-            s += Vector::<f32, N>::cast_from(a[wr + vc]) * xv;
+            acc[r] += f32::cast_from(s.vector_sum());
             if two {
-                t += Vector::<f32, N>::cast_from(b[wr + vc]) * xv;
+                acc[rows + r] += f32::cast_from(t.vector_sum());
             }
         }
-        acc[r] += f32::cast_from(s.vector_sum());
-        if two {
-            acc[rows + r] += f32::cast_from(t.vector_sum());
-        }
+        v += comptime!(unroll * cube_dim);
     }
     if comptime!(norm) {
         acc[ss] += f32::cast_from(sq.vector_sum());

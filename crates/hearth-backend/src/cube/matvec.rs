@@ -399,66 +399,12 @@ pub(crate) fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
     let nvec = vectors_per_row(k, format);
     let spr = k / 32;
     let mut v = UNIT_POS as usize;
-    // Whole passes (every vector inside the row): no clamps, no selects. With `norm`, each x
-    // value's square is counted once, on the first row.
-    while v + comptime!((unroll - 1) * cube_dim) < nvec {
-        #[unroll]
-        for r in 0..rows {
-            let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
-            let (row, srow) = (n * nvec, scale_off + n * spr);
-            let mut s = 0.0f32;
-            #[unroll]
-            for u in 0..unroll {
-                s += vec_dot_at::<F, NX, NW>(
-                    x,
-                    x_row,
-                    aq,
-                    as_,
-                    row,
-                    srow,
-                    v + u * cube_dim,
-                    g,
-                    acc,
-                    ss,
-                    format,
-                    convert,
-                    norm,
-                    comptime!(r == 0),
-                );
-            }
-            acc[r] += s;
-            if two {
-                let mut t = 0.0f32;
-                #[unroll]
-                for u in 0..unroll {
-                    t += vec_dot_at::<F, NX, NW>(
-                        x,
-                        x_row,
-                        bq,
-                        bs,
-                        row,
-                        srow,
-                        v + u * cube_dim,
-                        g,
-                        acc,
-                        ss,
-                        format,
-                        convert,
-                        norm,
-                        false,
-                    );
-                }
-                acc[rows + r] += t;
-            }
-        }
-        v += comptime!(unroll * cube_dim);
-    }
     if comptime!(!norm) {
-        // The last, partial pass is still a whole unrolled one: a vector past the row's end is
-        // replaced by its last (a valid load, its product dropped), so that rows whose length
-        // is not a multiple of `unroll · cube_dim` (down: 896 vectors over 128 units) keep
+        // Every pass is a whole unrolled one: a vector past the row's end is replaced by its
+        // last (a valid load, its product dropped), so that rows whose length is not a
+        // multiple of `unroll · cube_dim` (down: 896 vectors over 128 units) still keep
         // `unroll` loads per row in flight instead of walking their rest one load at a time.
-        if v < nvec {
+        while v < nvec {
             #[unroll]
             for r in 0..rows {
                 let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
@@ -474,9 +420,63 @@ pub(crate) fn vec_rows_dot<F: Float, NX: Size, NW: Size>(
                     acc[rows + r] += t;
                 }
             }
+            v += comptime!(unroll * cube_dim);
         }
     } else {
-        // with the norm folded in, single vectors (each square counted once)
+        // with the norm folded in, each x value's square is counted once: whole passes,
+        // then single vectors
+        while v + comptime!((unroll - 1) * cube_dim) < nvec {
+            #[unroll]
+            for r in 0..rows {
+                let n = if n0 + r < n_rows { n0 + r } else { n_rows - 1 };
+                let (row, srow) = (n * nvec, scale_off + n * spr);
+                let mut s = 0.0f32;
+                #[unroll]
+                for u in 0..unroll {
+                    s += vec_dot_at::<F, NX, NW>(
+                        x,
+                        x_row,
+                        aq,
+                        as_,
+                        row,
+                        srow,
+                        v + u * cube_dim,
+                        g,
+                        acc,
+                        ss,
+                        format,
+                        convert,
+                        norm,
+                        comptime!(r == 0),
+                    );
+                }
+                acc[r] += s;
+                if two {
+                    let mut t = 0.0f32;
+                    #[unroll]
+                    for u in 0..unroll {
+                        t += vec_dot_at::<F, NX, NW>(
+                            x,
+                            x_row,
+                            bq,
+                            bs,
+                            row,
+                            srow,
+                            v + u * cube_dim,
+                            g,
+                            acc,
+                            ss,
+                            format,
+                            convert,
+                            norm,
+                            false,
+                        );
+                    }
+                    acc[rows + r] += t;
+                }
+            }
+            v += comptime!(unroll * cube_dim);
+        }
         while v < nvec {
             #[unroll]
             for r in 0..rows {
