@@ -47,7 +47,7 @@ mod rope;
 pub use act::silu_mul;
 pub use attention::{
     ATTENTION_MAX_QUERIES, DecodeAttention, FOLD_MIN_GROUP, decode_attention, gqa_attention, group_fold,
-    set_decode_attention,
+    set_decode_attention, set_group_fold,
 };
 pub use copy::{rope_write, write_at, write_at2};
 pub use matmul::{dense_matvec_silu, dense_matvec3, matmul_f32};
