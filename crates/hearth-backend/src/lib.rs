@@ -103,6 +103,9 @@ pub enum BackendError {
         /// What is wrong.
         reason: String,
     },
+    /// Reading a tensor back from the device failed.
+    #[error("reading a tensor back from the device: {0}")]
+    Read(String),
     /// Operands of a kernel have incompatible shapes.
     #[error("{op}: {reason}")]
     ShapeMismatch {
@@ -1230,6 +1233,89 @@ pub trait HearthBackend: Backend {
         scale: f64,
     ) -> Tensor<Self, 4> {
         ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
+    }
+
+    /// Starts reading the integers of `t` (e.g. a decode step's argmax tokens) back to the
+    /// host now, after everything enqueued so far, and returns without waiting: the device
+    /// goes on with whatever is enqueued after this call, and [`PendingInts::wait`] blocks only
+    /// until this read is done. A decode loop can so enqueue step `n + 1`, fed with step `n`'s
+    /// tokens on the device, before it looks at them on the host. The default reads at once
+    /// (host backends have nothing to overlap); the cubecl backends enqueue the copy and a
+    /// fence.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::{Int, Tensor};
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let t = Tensor::<Cpu, 1, Int>::from_ints([3, 1, 4], &Default::default());
+    /// assert_eq!(Cpu::read_ints_later(t).wait().unwrap(), vec![3, 1, 4]);
+    /// # }
+    /// ```
+    fn read_ints_later(t: Tensor<Self, 1, burn::tensor::Int>) -> PendingInts {
+        PendingInts::ready(t.into_data())
+    }
+}
+
+/// A device-to-host read of integers started by [`HearthBackend::read_ints_later`].
+pub struct PendingInts {
+    inner: Pending,
+}
+
+type ReadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<burn::tensor::TensorData, String>> + Send>>;
+
+enum Pending {
+    Ready(burn::tensor::TensorData),
+    Later(ReadFuture),
+}
+
+impl PendingInts {
+    /// A read that is already done.
+    pub fn ready(data: burn::tensor::TensorData) -> Self {
+        PendingInts {
+            inner: Pending::Ready(data),
+        }
+    }
+
+    /// A read in flight: `fut` resolves to the data.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub(crate) fn later(fut: ReadFuture) -> Self {
+        PendingInts {
+            inner: Pending::Later(fut),
+        }
+    }
+
+    /// Waits for the read and returns the values.
+    ///
+    /// Errors: [`BackendError::Read`] when the runtime reports a failed read or the data are
+    /// not integers.
+    pub fn wait(self) -> Result<Vec<i64>, BackendError> {
+        let data = match self.inner {
+            Pending::Ready(d) => d,
+            Pending::Later(f) => block_on(f).map_err(BackendError::Read)?,
+        };
+        data.convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| BackendError::Read(format!("{e:?}")))
+    }
+}
+
+/// Runs `f` to completion on this thread (the runtimes' read futures block inside their first
+/// poll; this also serves ones that do not).
+fn block_on<T>(mut f: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>) -> T {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
     }
 }
 

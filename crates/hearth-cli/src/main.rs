@@ -253,6 +253,11 @@ struct BenchArgs {
     /// Also measure burn's tensor-op forward on the same loaded model (`burn_*` fields).
     #[arg(long)]
     compare_burn: bool,
+    /// Decode with every step's logits read back to the host (and the argmax taken there)
+    /// before the next step is enqueued. By default the argmax stays on the device and step
+    /// n + 1 is enqueued before token n is read back (`Decoder::greedy_steps`).
+    #[arg(long)]
+    sync_steps: bool,
 }
 
 fn main() {
@@ -597,11 +602,17 @@ fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64,
         )?;
         // best run, like decode (the first one also pays first-touch page faults of scratch)
         prefill_tok_s = f64::max(prefill_tok_s, a.prompt_len as f64 / t0.elapsed().as_secs_f64());
-        let mut input = vec![vec![tok]];
         let t1 = Instant::now();
-        for _ in 0..a.decode {
-            input[0][0] = tok;
-            tok = argmax(dec.forward(&input, &mut session, LAST_ONLY)?.data)?;
+        if a.sync_steps {
+            // every step's logits read back before the next step is enqueued
+            let mut input = vec![vec![tok]];
+            for _ in 0..a.decode {
+                input[0][0] = tok;
+                tok = argmax(dec.forward(&input, &mut session, LAST_ONLY)?.data)?;
+            }
+        } else {
+            // the argmax on the device, step n + 1 enqueued before token n is read back
+            dec.greedy_steps(tok, a.decode, &mut session, |_| true)?;
         }
         decode.push(a.decode as f64 / t1.elapsed().as_secs_f64());
     }
@@ -850,6 +861,7 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "prefill_tok_s": prefill_tok_s,
         "decode_tok_s": decode_tok_s,
         "decode_runs_tok_s": decode_runs,
+        "decode_loop": if a.sync_steps || dec.is_host() { "synced" } else { "device argmax, one step ahead" },
         "weight_bytes_per_token": bytes,
         "read_bandwidth_gb_s": bw.map(|b| b / 1e9),
         "elementwise_bandwidth_gb_s": elementwise_bw.map(|b| b / 1e9),

@@ -334,7 +334,7 @@ impl<B: HearthBackend> CausalLm<B> {
                 valid.push(i < row.len());
             }
         }
-        let mut x = match &self.embed {
+        let x = match &self.embed {
             Embedding::Device(e) => profile::scope::<B, _>(&self.device, "embed", || {
                 let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &self.device);
                 e.clone().select(0, ids).reshape([b, t, hid])
@@ -348,6 +348,74 @@ impl<B: HearthBackend> CausalLm<B> {
             }
         };
 
+        self.run_layers(x, pos, &new, valid, cache, opts)
+    }
+
+    /// One decode step whose tokens are already on the device: `ids[r]` is the next token of
+    /// cache row `r` (e.g. the previous step's argmax, never read back), so that a caller can
+    /// enqueue this step before it looks at the last one's tokens (see
+    /// [`HearthBackend::read_ints_later`]). The ids must be below the vocabulary size (an
+    /// argmax over the logits is); they are not checked on the host.
+    ///
+    /// A model whose embeddings stay on the host reads the ids back first (and checks them).
+    ///
+    /// Errors: those of [`Self::forward`]; [`ModelError::EmptyInput`] for an empty `ids`.
+    pub fn forward_device_ids<C: KvCache<B>>(
+        &self,
+        ids: Tensor<B, 1, Int>,
+        cache: &mut C,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput<B>, ModelError> {
+        let b = ids.dims()[0];
+        if b == 0 {
+            return Err(ModelError::EmptyInput("every batch row needs a token".into()));
+        }
+        let new = vec![1; b];
+        let pos = cache.positions(&new)?;
+        let hid = self.cfg.hidden_size;
+        let x = match &self.embed {
+            Embedding::Device(e) => {
+                profile::scope::<B, _>(&self.device, "embed", || e.clone().select(0, ids).reshape([b, 1, hid]))
+            }
+            Embedding::Host(e) => {
+                // host embeddings need the ids here: read them (this waits for the device)
+                let ids = ids
+                    .into_data()
+                    .convert::<i64>()
+                    .into_vec::<i64>()
+                    .map_err(|err| ModelError::Backend {
+                        tensor: "token ids".into(),
+                        source: hearth_backend::BackendError::Read(format!("{err:?}")),
+                    })?;
+                let mut rows = vec![0.0f32; b * hid];
+                for (position, (r, &id)) in rows.chunks_exact_mut(hid).zip(&ids).enumerate() {
+                    if id < 0 || id as usize >= self.cfg.vocab_size {
+                        return Err(ModelError::TokenOutOfRange {
+                            id: id as u32,
+                            position,
+                            vocab: self.cfg.vocab_size,
+                        });
+                    }
+                    e.row_f32(id as usize, r);
+                }
+                Tensor::from_data(TensorData::new(rows, [b, 1, hid]), &self.device)
+            }
+        };
+        self.run_layers(x, pos, &new, vec![true; b], cache, opts)
+    }
+
+    /// The layers, the final norm and the LM head over the embedded chunk `x: [b, t, hidden]`
+    /// at `pos` (`new[r]` new tokens in row `r`, `valid` per position).
+    fn run_layers<C: KvCache<B>>(
+        &self,
+        mut x: Tensor<B, 3>,
+        pos: hearth_attention::BatchPositions,
+        new: &[usize],
+        valid: Vec<bool>,
+        cache: &mut C,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput<B>, ModelError> {
+        let [b, t, hid] = x.dims();
         let table = self.cfg.rope.table(pos.key_len()).map_err(|e| ModelError::Config {
             file: "config.json".into(),
             field: "rope_scaling".into(),
@@ -453,7 +521,7 @@ impl<B: HearthBackend> CausalLm<B> {
         if opts.hidden_states {
             hidden.push(x.clone());
         }
-        let x = if opts.last_only {
+        let x = if opts.last_only && t > 1 {
             let idx: Vec<i64> = new.iter().enumerate().map(|(r, n)| (r * t + n - 1) as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &self.device);
             x.reshape([b * t, hid]).select(0, idx).reshape([b, 1, hid])

@@ -14,6 +14,15 @@ fn check_model(name: &str) {
     eprintln!("{name}: burn {burn:?}\n{name}: host {host:?}");
 }
 
+/// `Decoder::greedy_steps` on burn's forward on the CPU backend (there the read is immediate):
+/// the reference's greedy ids for every model.
+#[test]
+fn device_greedy_steps_every_model() {
+    for name in common::MODELS {
+        common::check_device_greedy::<hearth_backend::Cpu>(name);
+    }
+}
+
 #[test]
 fn llama() {
     check_model("llama");

@@ -40,6 +40,15 @@ fn adapter_present_and_no_host_kernels() {
     assert_eq!(c, vec![19.0, 22.0, 43.0, 50.0]);
 }
 
+/// Greedy decode with the argmax on the device, one step enqueued ahead of the read-back
+/// (`Decoder::greedy_steps`, what `hearth bench` decodes with): the reference's ids exactly.
+#[test]
+fn device_greedy_steps_every_model() {
+    for name in common::MODELS {
+        common::check_device_greedy::<Wgpu>(name);
+    }
+}
+
 #[test]
 fn llama() {
     check_model("llama");

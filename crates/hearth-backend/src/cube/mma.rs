@@ -94,22 +94,23 @@ pub(crate) fn mma_unroll(k: usize, want: usize) -> usize {
 /// values per entry (two words, value `8j + e` in byte `e % 4` of word `e / 4`), `xd` the block
 /// scales. Every unit of the cube calls it; it ends with a cube barrier.
 #[cube]
-// cube code: `div_ceil`/`is_multiple_of` on runtime values do not expand in kernels
-#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn quantize_x<F: Float, NX: Size, NW: Size>(
     x: &Array<Vector<F, NX>>,
     xq: &mut SharedMemory<Vector<u32, NW>>,
     xd: &mut SharedMemory<f32>,
     #[comptime] k: usize,
     #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
 ) {
     let octets = comptime!(m_rows * k / 8);
     let per_row = comptime!(k / 8);
-    let cube = CUBE_DIM as usize;
-    // every unit runs every round (the block maximum is a 4-lane shuffle)
-    let rounds = (octets + cube - 1) / cube;
+    let cube = comptime!(32 * warps);
+    // every unit runs every round (the block maximum is a 4-lane shuffle); the rounds are
+    // unrolled so that all of a unit's loads of `x` are issued before the first maximum
+    let rounds = comptime!(octets.div_ceil(cube));
+    #[unroll]
     for i in 0..rounds {
-        let o = UNIT_POS as usize + i * cube;
+        let o = UNIT_POS as usize + comptime!(i * cube);
         let oc = min(o, octets - 1);
         let row = oc / per_row;
         let j = oc % per_row;
@@ -148,25 +149,56 @@ fn quantize_x<F: Float, NX: Size, NW: Size>(
     sync_cube();
 }
 
-/// This warp's share of the 16-row tile `tile` of the Q8_0 matrix `w` (quants as 8-byte
-/// vectors, scales as f32 words from word `so`; `n` rows) times the quantized `x` rows, added
-/// to `acc[at..at + 4]`: lane `(g, t)` gets rows `g` (entries 0, 1) and `g + 8` (2, 3) of the
-/// tile against `x` rows `2t` and `2t + 1` (rows past `m_rows` repeat the last).
+/// Loads step `c` of a warp (Q8_0 blocks `c · unroll ..`) of one matrix into registers: for
+/// each block the lane's 8 quant bytes of its two rows (vectors `q0`, `q1`) into `lo`/`hi` and
+/// the rows' scales (words `s0`, `s1`) into `sc`, at entries `at ..`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn q8_tile<NW: Size>(
-    xq: &SharedMemory<Vector<u32, NW>>,
-    xd: &SharedMemory<f32>,
+fn q8_stage<NW: Size>(
     w: &Array<Vector<u32, NW>>,
     ws: &Array<u32>,
-    so: usize,
-    n: usize,
-    tile: usize,
+    q0: usize,
+    q1: usize,
+    s0: usize,
+    s1: usize,
+    c: usize,
+    lo: &mut Array<Vector<u32, NW>>,
+    hi: &mut Array<Vector<u32, NW>>,
+    sc: &mut Array<f32>,
+    #[comptime] at: usize,
+    #[comptime] unroll: usize,
+) {
+    #[unroll]
+    for u in 0..unroll {
+        let b = c * unroll + u;
+        lo[comptime!(at + u)] = w[q0 + 4 * b];
+        hi[comptime!(at + u)] = w[q1 + 4 * b];
+        sc[comptime!(2 * (at + u))] = f32::reinterpret(ws[s0 + b]);
+        sc[comptime!(2 * (at + u) + 1)] = f32::reinterpret(ws[s1 + b]);
+    }
+}
+
+/// The MMAs of step `c` from the registers [`q8_stage`] filled at `at ..`: one `m16n8k32` per
+/// block against the quantized `x` rows, each block's integer dots scaled by the weight rows'
+/// and the `x` rows' block scales into `acc[acc_at .. acc_at + 4]`. Lane `(g, t)` holds rows
+/// `g` (entries 0, 1) and `g + 8` (2, 3) against `x` rows `2t` and `2t + 1` (rows past
+/// `m_rows` repeat the last).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn q8_step<NW: Size>(
+    xq: &SharedMemory<Vector<u32, NW>>,
+    xd: &SharedMemory<f32>,
+    xrow: usize,
+    t: usize,
+    c: usize,
+    lo: &Array<Vector<u32, NW>>,
+    hi: &Array<Vector<u32, NW>>,
+    sc: &Array<f32>,
     acc: &mut Array<f32>,
     #[comptime] at: usize,
-    #[comptime] k: usize,
+    #[comptime] acc_at: usize,
+    #[comptime] nb: usize,
     #[comptime] m_rows: usize,
-    #[comptime] warps: usize,
     #[comptime] unroll: usize,
 ) {
     let def = MmaDefinition::<i8, i8, i32>::new(16usize, 8usize, 32usize);
@@ -183,7 +215,64 @@ fn q8_tile<NW: Size>(
     for i in 0..vc {
         rc[i] = Vector::<i32, NC>::new(0i32);
     }
+    #[unroll]
+    for u in 0..unroll {
+        let b = c * unroll + u;
+        let l = lo[comptime!(at + u)];
+        let h = hi[comptime!(at + u)];
+        let xv = xq[xrow + 4 * b];
+        ra[0] = Vector::<i8, NA>::reinterpret(l[0]);
+        ra[1] = Vector::<i8, NA>::reinterpret(h[0]);
+        ra[2] = Vector::<i8, NA>::reinterpret(l[1]);
+        ra[3] = Vector::<i8, NA>::reinterpret(h[1]);
+        rb[0] = Vector::<i8, NB>::reinterpret(xv[0]);
+        rb[1] = Vector::<i8, NB>::reinterpret(xv[1]);
+        let d = def.execute(&ra, &rb, &rc);
+        #[unroll]
+        for i in 0..4usize {
+            // with one x row, every column is that row: only columns 0 and 2·t are read
+            if comptime!(i % 2 == 0 || m_rows > 1) {
+                let col = min(2 * t + comptime!(i % 2), comptime!(m_rows - 1));
+                let dx = xd[col * nb + b];
+                let sw = sc[comptime!(2 * (at + u) + i / 2)];
+                let dot = d[comptime!(i / 2)][comptime!(i % 2)];
+                acc[comptime!(acc_at + i)] += f32::cast_from(dot) * (sw * dx);
+            }
+        }
+    }
+}
 
+/// This warp's share of the 16-row tile `tile` of the Q8_0 matrix `wa` (quants as 8-byte
+/// vectors, scales as f32 words from word `soa`; `n` rows) times the `x` rows, added to
+/// `acc[0..4]`; with `two`, the same tile of `wb` (same `n`) into `acc[4..8]` in the same
+/// steps. The cube quantizes `x` into `xq`/`xd` here (every unit calls this).
+///
+/// The loads are staged in registers, two steps deep: a warp's first step is issued before
+/// the quantization of `x` (so the weights' latency overlaps it), and every step's loads are
+/// issued before the previous step's MMAs (the MMAs are `asm volatile`, which the compiler
+/// does not move loads across: written in the obvious order, one block's loads at a time were
+/// in flight, stop 19).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn q8_tile<F: Float, NX: Size, NW: Size>(
+    x: &Array<Vector<F, NX>>,
+    xq: &mut SharedMemory<Vector<u32, NW>>,
+    xd: &mut SharedMemory<f32>,
+    wa: &Array<Vector<u32, NW>>,
+    wsa: &Array<u32>,
+    soa: usize,
+    wb: &Array<Vector<u32, NW>>,
+    wsb: &Array<u32>,
+    sob: usize,
+    n: usize,
+    tile: usize,
+    acc: &mut Array<f32>,
+    #[comptime] k: usize,
+    #[comptime] m_rows: usize,
+    #[comptime] warps: usize,
+    #[comptime] unroll: usize,
+    #[comptime] two: bool,
+) {
     let nb = comptime!(k / 32);
     let lane = UNIT_POS_PLANE as usize;
     let g = lane / 4;
@@ -192,39 +281,85 @@ fn q8_tile<NW: Size>(
     let r0 = min(tile * 16 + g, n - 1);
     let r1 = min(tile * 16 + g + 8, n - 1);
     let (q0, q1) = (r0 * comptime!(k / 8) + t, r1 * comptime!(k / 8) + t);
-    let (s0, s1) = (so + r0 * nb, so + r1 * nb);
+    let (sa0, sa1) = (soa + r0 * nb, soa + r1 * nb);
+    let (sb0, sb1) = (sob + r0 * nb, sob + r1 * nb);
     let xrow = min(g, comptime!(m_rows - 1)) * comptime!(k / 8) + t;
     let chunks = comptime!(nb / unroll);
+    // registers: two buffers of `mats · unroll` blocks
+    let buf = comptime!(if two { 2 * unroll } else { unroll });
+    let mut lo = Array::<Vector<u32, NW>>::new(comptime!(2 * buf));
+    let mut hi = Array::<Vector<u32, NW>>::new(comptime!(2 * buf));
+    let mut sc = Array::<f32>::new(comptime!(4 * buf));
     let mut c = warp;
-    while c < chunks {
-        #[unroll]
-        for u in 0..unroll {
-            let b = c * unroll + u;
-            let lo = w[q0 + 4 * b];
-            let hi = w[q1 + 4 * b];
-            let xv = xq[xrow + 4 * b];
-            ra[0] = Vector::<i8, NA>::reinterpret(lo[0]);
-            ra[1] = Vector::<i8, NA>::reinterpret(hi[0]);
-            ra[2] = Vector::<i8, NA>::reinterpret(lo[1]);
-            ra[3] = Vector::<i8, NA>::reinterpret(hi[1]);
-            rb[0] = Vector::<i8, NB>::reinterpret(xv[0]);
-            rb[1] = Vector::<i8, NB>::reinterpret(xv[1]);
-            let d = def.execute(&ra, &rb, &rc);
-            let sw0 = f32::reinterpret(ws[s0 + b]);
-            let sw1 = f32::reinterpret(ws[s1 + b]);
-            #[unroll]
-            for i in 0..4usize {
-                // with one x row, every column is that row: only columns 0 and 2·t are read
-                if comptime!(i % 2 == 0 || m_rows > 1) {
-                    let col = min(2 * t + comptime!(i % 2), comptime!(m_rows - 1));
-                    let dx = xd[col * nb + b];
-                    let sw = if comptime!(i < 2) { sw0 } else { sw1 };
-                    let dot = d[comptime!(i / 2)][comptime!(i % 2)];
-                    acc[at + i] += f32::cast_from(dot) * (sw * dx);
-                }
+    let c0 = min(c, comptime!(chunks - 1));
+    q8_stage::<NW>(wa, wsa, q0, q1, sa0, sa1, c0, &mut lo, &mut hi, &mut sc, 0usize, unroll);
+    if comptime!(two) {
+        q8_stage::<NW>(wb, wsb, q0, q1, sb0, sb1, c0, &mut lo, &mut hi, &mut sc, unroll, unroll);
+    }
+    quantize_x::<F, NX, NW>(x, xq, xd, k, m_rows, warps);
+    loop {
+        if c >= chunks {
+            break;
+        }
+        let cn = c + warps;
+        if cn < chunks {
+            q8_stage::<NW>(wa, wsa, q0, q1, sa0, sa1, cn, &mut lo, &mut hi, &mut sc, buf, unroll);
+            if comptime!(two) {
+                q8_stage::<NW>(
+                    wb,
+                    wsb,
+                    q0,
+                    q1,
+                    sb0,
+                    sb1,
+                    cn,
+                    &mut lo,
+                    &mut hi,
+                    &mut sc,
+                    comptime!(buf + unroll),
+                    unroll,
+                );
             }
         }
-        c += warps;
+        q8_step::<NW>(
+            xq, xd, xrow, t, c, &lo, &hi, &sc, acc, 0usize, 0usize, nb, m_rows, unroll,
+        );
+        if comptime!(two) {
+            q8_step::<NW>(
+                xq, xd, xrow, t, c, &lo, &hi, &sc, acc, unroll, 4usize, nb, m_rows, unroll,
+            );
+        }
+        c = cn;
+        if c >= chunks {
+            break;
+        }
+        let cn = c + warps;
+        if cn < chunks {
+            q8_stage::<NW>(wa, wsa, q0, q1, sa0, sa1, cn, &mut lo, &mut hi, &mut sc, 0usize, unroll);
+            if comptime!(two) {
+                q8_stage::<NW>(wb, wsb, q0, q1, sb0, sb1, cn, &mut lo, &mut hi, &mut sc, unroll, unroll);
+            }
+        }
+        q8_step::<NW>(xq, xd, xrow, t, c, &lo, &hi, &sc, acc, buf, 0usize, nb, m_rows, unroll);
+        if comptime!(two) {
+            q8_step::<NW>(
+                xq,
+                xd,
+                xrow,
+                t,
+                c,
+                &lo,
+                &hi,
+                &sc,
+                acc,
+                comptime!(buf + unroll),
+                4usize,
+                nb,
+                m_rows,
+                unroll,
+            );
+        }
+        c = cn;
     }
 }
 
@@ -352,99 +487,138 @@ pub(crate) fn q8_mma_kernel<F: Float, NX: Size, NW: Size>(
     }
     let mut xq = SharedMemory::<Vector<u32, NW>>::new(comptime!(m_rows * k / 8));
     let mut xd = SharedMemory::<f32>::new(comptime!(m_rows * k / 32));
-    quantize_x::<F, NX, NW>(x, &mut xq, &mut xd, k, m_rows);
     let mut acc = zeros(comptime!(if mode == MMA_SILU { 8usize } else { 4usize }));
+    let (so0, so1, so2) = (so0 as usize, so1 as usize, so2 as usize);
     if comptime!(mode == MMA_SILU) {
-        q8_tile::<NW>(
-            &xq,
-            &xd,
-            w0,
-            s0,
-            so0 as usize,
-            a0,
-            c,
-            &mut acc,
-            0usize,
-            k,
-            m_rows,
-            warps,
-            unroll,
-        );
-        q8_tile::<NW>(
-            &xq,
-            &xd,
-            w1,
-            s1,
-            so1 as usize,
-            a0,
-            c,
-            &mut acc,
-            4usize,
-            k,
-            m_rows,
-            warps,
-            unroll,
+        q8_tile::<F, NX, NW>(
+            x, &mut xq, &mut xd, w0, s0, so0, w1, s1, so1, a0, c, &mut acc, k, m_rows, warps, unroll, true,
         );
         finish::<F>(out0, &mut acc, a0, c, true, m_rows, warps);
     } else if c < t0 {
-        q8_tile::<NW>(
-            &xq,
-            &xd,
-            w0,
-            s0,
-            so0 as usize,
-            a0,
-            c,
-            &mut acc,
-            0usize,
-            k,
-            m_rows,
-            warps,
-            unroll,
+        q8_tile::<F, NX, NW>(
+            x, &mut xq, &mut xd, w0, s0, so0, w0, s0, so0, a0, c, &mut acc, k, m_rows, warps, unroll, false,
         );
         finish::<F>(out0, &mut acc, a0, c, false, m_rows, warps);
     } else if c < t0 + t1 {
-        q8_tile::<NW>(
-            &xq,
-            &xd,
+        q8_tile::<F, NX, NW>(
+            x,
+            &mut xq,
+            &mut xd,
             w1,
             s1,
-            so1 as usize,
+            so1,
+            w1,
+            s1,
+            so1,
             a1,
             c - t0,
             &mut acc,
-            0usize,
             k,
             m_rows,
             warps,
             unroll,
+            false,
         );
         finish::<F>(out1, &mut acc, a1, c - t0, false, m_rows, warps);
     } else {
-        q8_tile::<NW>(
-            &xq,
-            &xd,
+        q8_tile::<F, NX, NW>(
+            x,
+            &mut xq,
+            &mut xd,
             w2,
             s2,
-            so2 as usize,
+            so2,
+            w2,
+            s2,
+            so2,
             a2,
             c - t0 - t1,
             &mut acc,
-            0usize,
             k,
             m_rows,
             warps,
             unroll,
+            false,
         );
         finish::<F>(out2, &mut acc, a2, c - t0 - t1, false, m_rows, warps);
+    }
+}
+
+/// Loads step `c` of a warp (16-value slices `c · unroll ..`) of a dense tile into registers:
+/// per slice the lane's 4 values of its two rows (vector offsets `r0`, `r1`) and of its `x`
+/// row (`xr`), at entries `at ..`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dense_stage<F: Float, N4: Size>(
+    x: &Array<Vector<F, N4>>,
+    w: &Array<Vector<F, N4>>,
+    r0: usize,
+    r1: usize,
+    xr: usize,
+    c: usize,
+    lo: &mut Array<Vector<F, N4>>,
+    hi: &mut Array<Vector<F, N4>>,
+    xs: &mut Array<Vector<F, N4>>,
+    #[comptime] at: usize,
+    #[comptime] unroll: usize,
+) {
+    #[unroll]
+    for u in 0..unroll {
+        let j = 4 * (c * unroll + u);
+        lo[comptime!(at + u)] = w[r0 + j];
+        hi[comptime!(at + u)] = w[r1 + j];
+        xs[comptime!(at + u)] = x[xr + j];
+    }
+}
+
+/// The MMAs of a dense step from the registers [`dense_stage`] filled at `at ..`, accumulated
+/// in `rc`.
+#[cube]
+fn dense_step<F: Float, N4: Size, NC: Size>(
+    lo: &Array<Vector<F, N4>>,
+    hi: &Array<Vector<F, N4>>,
+    xs: &Array<Vector<F, N4>>,
+    rc: &mut Array<Vector<f32, NC>>,
+    #[comptime] at: usize,
+    #[comptime] unroll: usize,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    let size!(NA) = def.vector_size(MatrixIdent::A);
+    let size!(NB) = def.vector_size(MatrixIdent::B);
+    let va = def.vectors_per_lane(MatrixIdent::A);
+    let vb = def.vectors_per_lane(MatrixIdent::B);
+    let mut ra = Array::<Vector<F, NA>>::new(va);
+    let mut rb = Array::<Vector<F, NB>>::new(vb);
+    #[unroll]
+    for u in 0..unroll {
+        let l = lo[comptime!(at + u)];
+        let h = hi[comptime!(at + u)];
+        let xv = xs[comptime!(at + u)];
+        #[unroll]
+        for e in 0..2usize {
+            let mut a0 = Vector::<F, NA>::empty();
+            let mut a1 = Vector::<F, NA>::empty();
+            let mut b = Vector::<F, NB>::empty();
+            a0[0] = l[2 * e];
+            a0[1] = l[2 * e + 1];
+            a1[0] = h[2 * e];
+            a1[1] = h[2 * e + 1];
+            b[0] = xv[2 * e];
+            b[1] = xv[2 * e + 1];
+            ra[2 * e] = a0;
+            ra[2 * e + 1] = a1;
+            rb[e] = b;
+        }
+        def.execute_inplace(&ra, &rb, rc);
     }
 }
 
 /// This warp's share of the 16-row tile `tile` of a dense bf16/f16 weight `w` (`n` rows of
 /// `k` values, `pitch` 4-value vectors apart) times the `x` rows (`xp` vectors apart), on
 /// `m16n8k16` MMAs with f32 accumulation, added to `acc[at..at + 4]` (lanes as in
-/// [`q8_tile`]). Lane `(g, t)` feeds values `16j + 4t .. 16j + 4t + 3` of slice `j` (one
-/// 8-byte load per row and one of `x`), the same permutation of `k` in A and B.
+/// [`q8_step`]). Lane `(g, t)` feeds values `16j + 4t .. 16j + 4t + 3` of slice `j` (one
+/// 8-byte load per row and one of `x`), the same permutation of `k` in A and B. Loads are
+/// staged two steps deep as in [`q8_tile`].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dense_tile<F: Float, N4: Size>(
@@ -462,14 +636,8 @@ fn dense_tile<F: Float, N4: Size>(
     #[comptime] unroll: usize,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
-    let size!(NA) = def.vector_size(MatrixIdent::A);
-    let size!(NB) = def.vector_size(MatrixIdent::B);
     let size!(NC) = def.vector_size(MatrixIdent::Accumulator);
-    let va = def.vectors_per_lane(MatrixIdent::A);
-    let vb = def.vectors_per_lane(MatrixIdent::B);
     let vc = def.vectors_per_lane(MatrixIdent::Accumulator);
-    let mut ra = Array::<Vector<F, NA>>::new(va);
-    let mut rb = Array::<Vector<F, NB>>::new(vb);
     let mut rc = Array::<Vector<f32, NC>>::new(vc);
     #[unroll]
     for i in 0..vc {
@@ -483,32 +651,42 @@ fn dense_tile<F: Float, N4: Size>(
     let r1 = min(tile * 16 + g + 8, n - 1) * pitch + t;
     let xr = min(g, comptime!(m_rows - 1)) * xp + t;
     let chunks = comptime!(k / 16 / unroll);
+    let mut lo = Array::<Vector<F, N4>>::new(comptime!(2 * unroll));
+    let mut hi = Array::<Vector<F, N4>>::new(comptime!(2 * unroll));
+    let mut xs = Array::<Vector<F, N4>>::new(comptime!(2 * unroll));
     let mut c = warp;
-    while c < chunks {
-        #[unroll]
-        for u in 0..unroll {
-            let j = 4 * (c * unroll + u);
-            let lo = w[r0 + j];
-            let hi = w[r1 + j];
-            let xv = x[xr + j];
-            #[unroll]
-            for h in 0..2usize {
-                let mut a0 = Vector::<F, NA>::empty();
-                let mut a1 = Vector::<F, NA>::empty();
-                let mut b = Vector::<F, NB>::empty();
-                a0[0] = lo[2 * h];
-                a0[1] = lo[2 * h + 1];
-                a1[0] = hi[2 * h];
-                a1[1] = hi[2 * h + 1];
-                b[0] = xv[2 * h];
-                b[1] = xv[2 * h + 1];
-                ra[2 * h] = a0;
-                ra[2 * h + 1] = a1;
-                rb[h] = b;
-            }
-            def.execute_inplace(&ra, &rb, &mut rc);
+    dense_stage::<F, N4>(
+        x,
+        w,
+        r0,
+        r1,
+        xr,
+        min(c, comptime!(chunks - 1)),
+        &mut lo,
+        &mut hi,
+        &mut xs,
+        0usize,
+        unroll,
+    );
+    loop {
+        if c >= chunks {
+            break;
         }
-        c += warps;
+        let cn = c + warps;
+        if cn < chunks {
+            dense_stage::<F, N4>(x, w, r0, r1, xr, cn, &mut lo, &mut hi, &mut xs, unroll, unroll);
+        }
+        dense_step::<F, N4, NC>(&lo, &hi, &xs, &mut rc, 0usize, unroll);
+        c = cn;
+        if c >= chunks {
+            break;
+        }
+        let cn = c + warps;
+        if cn < chunks {
+            dense_stage::<F, N4>(x, w, r0, r1, xr, cn, &mut lo, &mut hi, &mut xs, 0usize, unroll);
+        }
+        dense_step::<F, N4, NC>(&lo, &hi, &xs, &mut rc, unroll, unroll);
+        c = cn;
     }
     #[unroll]
     for i in 0..4usize {

@@ -772,6 +772,29 @@ fn sums_fold<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     }
 }
 
+/// The process's long-lived client of `device` (one clone kept per runtime and device), for
+/// futures that must outlive the tensor they read (`read_ints_later`).
+fn static_client<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    device: &R::Device,
+) -> &'static cubecl::client::ComputeClient<R> {
+    use std::any::{Any, TypeId};
+    type Entry = (TypeId, String, &'static (dyn Any + Send + Sync));
+    static CLIENTS: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
+    let (ty, dev) = (TypeId::of::<R>(), format!("{device:?}"));
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients
+        .iter()
+        .find(|(t, d, _)| *t == ty && *d == dev)
+        .and_then(|(_, _, c)| c.downcast_ref::<cubecl::client::ComputeClient<R>>())
+    {
+        return c;
+    }
+    let c: &'static cubecl::client::ComputeClient<R> = Box::leak(Box::new(client.clone()));
+    clients.push((ty, dev, c));
+    c
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBackend for CubeBackend<R, F, I, BT> {
     fn norm_sums(rows: usize, slots: usize, device: &Self::Device) -> Option<NormSums<Self>> {
         (rows > 0 && rows <= MATVEC_MAX_ROWS && fused_kernels() && norm_sums() && atomic_f32_add::<R>(device))
@@ -853,6 +876,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
 
     fn read_bandwidth(device: &Self::Device, bytes: usize) -> Option<f64> {
         reduce::read_bandwidth::<R>(device, bytes, 10)
+    }
+
+    fn read_ints_later(t: Tensor<Self, 1, burn::tensor::Int>) -> crate::PendingInts {
+        let t = burn_cubecl::kernel::into_contiguous(t.into_primitive());
+        let (shape, dtype) = (t.meta.shape().clone(), t.dtype);
+        let desc = cubecl::server::CopyDescriptor::new(
+            t.handle.clone().binding(),
+            shape.clone(),
+            t.meta.strides().clone(),
+            t.elem_size(),
+        );
+        // the client enqueues the copy and its fence now; the future only waits on the fence
+        let read = static_client::<R>(&t.client, &t.device).read_one_tensor_async(desc);
+        crate::PendingInts::later(Box::pin(async move {
+            let bytes = read.await.map_err(|e| format!("{e}"))?;
+            Ok(burn::tensor::TensorData::from_bytes(bytes, shape, dtype))
+        }))
     }
 
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {

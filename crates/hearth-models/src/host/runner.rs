@@ -140,6 +140,109 @@ impl<B: HearthBackend> Decoder<'_, B> {
     }
 }
 
+impl<B: HearthBackend> Decoder<'_, B> {
+    /// `steps` greedy decode steps of a one-row session after `first` (the token the last
+    /// forward chose), calling `on_token` with each new token in order until it returns
+    /// `false`; returns the tokens produced (`steps` of them unless stopped).
+    ///
+    /// On the burn forward every step's argmax stays on the device and feeds the next step
+    /// there ([`CausalLm::forward_device_ids`]); step `n + 1` is enqueued *before* step `n`'s
+    /// token is read back ([`HearthBackend::read_ints_later`]), so on a GPU the device works
+    /// through step `n + 1` while the host reads token `n` and enqueues step `n + 2`, instead of
+    /// idling between steps. So the session holds one token more than returned when stopped
+    /// early (the step enqueued past the stop), and ties between equal logits are broken by the
+    /// device's argmax. The host forward runs plain steps.
+    ///
+    /// Errors: those of [`Self::forward`]; NaN logits on the host forward; a session with more
+    /// than one row ([`ModelError::EmptyInput`]).
+    ///
+    /// ```no_run
+    /// use hearth_models::{CausalLm, host::Decoder};
+    /// type B = hearth_backend::Cpu;
+    /// let model = CausalLm::<B>::from_dir("ckpt".as_ref(), &Default::default()).unwrap();
+    /// let dec = Decoder::Burn(&model);
+    /// let mut s = dec.new_session(1, Some(64));
+    /// let out = dec.greedy_steps(1, 16, &mut s, |_| true).unwrap();
+    /// assert_eq!(out.len(), 16);
+    /// ```
+    pub fn greedy_steps(
+        &self,
+        first: u32,
+        steps: usize,
+        session: &mut DecodeSession<B>,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        let last = ForwardOptions {
+            hidden_states: false,
+            last_only: true,
+        };
+        let mut out = Vec::with_capacity(steps);
+        if steps == 0 {
+            return Ok(out);
+        }
+        match (self, session) {
+            (Decoder::Burn(m), DecodeSession::Burn { cache, .. }) => {
+                if cache.rows() != 1 {
+                    return Err(ModelError::EmptyInput("greedy_steps runs one-row sessions".into()));
+                }
+                let argmax = |l: burn::tensor::Tensor<B, 3>| {
+                    let [rows, _, vocab] = l.dims();
+                    l.reshape([rows, vocab]).argmax(1).reshape([rows])
+                };
+                let mut ids = argmax(m.forward(&[vec![first]], cache, last)?.logits);
+                let mut pending = B::read_ints_later(ids.clone());
+                for n in 0..steps {
+                    // the next step first, fed on the device: it runs while token n comes back
+                    let next = if n + 1 < steps {
+                        Some(argmax(m.forward_device_ids(ids.clone(), cache, last)?.logits))
+                    } else {
+                        None
+                    };
+                    let tok = pending.wait().map_err(|e| host_err("argmax", e))?;
+                    let tok = *tok.first().ok_or_else(|| host_err("argmax", "no token read back"))? as u32;
+                    out.push(tok);
+                    if !on_token(tok) {
+                        break;
+                    }
+                    match next {
+                        Some(nx) => {
+                            pending = B::read_ints_later(nx.clone());
+                            ids = nx;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            (dec, session) => {
+                let mut tok = first;
+                for _ in 0..steps {
+                    let l = dec.forward(&[vec![tok]], session, last)?;
+                    tok = host_argmax(l.data)?;
+                    out.push(tok);
+                    if !on_token(tok) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The first index of the largest value; NaN is an error.
+fn host_argmax(v: &[f32]) -> Result<u32, ModelError> {
+    let mut best: Option<usize> = None;
+    for (i, x) in v.iter().enumerate() {
+        if x.is_nan() {
+            return Err(host_err("logits", format!("NaN logit at token {i}")));
+        }
+        if best.is_none_or(|b| *x > v[b]) {
+            best = Some(i);
+        }
+    }
+    best.map(|b| b as u32).ok_or_else(|| host_err("logits", "empty logits"))
+}
+
 impl<B: HearthBackend> DecodeSession<B> {
     /// Positions each row can hold.
     pub fn capacity(&self) -> usize {

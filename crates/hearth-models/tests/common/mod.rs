@@ -276,3 +276,68 @@ pub struct MaxErrors {
     /// Prefill logits of the two prompts as one ragged batch.
     pub batched_logits: f64,
 }
+
+/// The fixture models' names.
+#[allow(dead_code)] // not every test binary runs all of them
+pub const MODELS: [&str; 10] = [
+    "llama",
+    "llama_tied_bf16",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v3",
+];
+
+/// Greedy decode of fixture model `name` on backend `B` through
+/// [`hearth_models::host::Decoder::greedy_steps`] (burn's forward: the argmax on the device,
+/// each step fed there and enqueued before the last token is read back): the transformers
+/// reference's greedy ids, exactly, for both prompts; and stopping early returns the tokens up
+/// to the stop.
+#[allow(dead_code)]
+pub fn check_device_greedy<B: HearthBackend>(name: &str) {
+    use hearth_models::host::Decoder;
+    let dev = B::Device::default();
+    let model = CausalLm::<B>::from_dir(&model_dir(name), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dec = Decoder::Burn(&model);
+    let r = Reference::open(name);
+    let last = ForwardOptions {
+        hidden_states: false,
+        last_only: true,
+    };
+    for p in 0..2 {
+        let ids = r.ids(&format!("prompt{p}.input_ids"));
+        let ref_ids = r.ids(&format!("prompt{p}.greedy_ids"));
+        let mut s = dec.new_session(1, None);
+        let first = argmax(dec.forward(std::slice::from_ref(&ids), &mut s, last).unwrap().data);
+        let mut seen = Vec::new();
+        let rest = dec
+            .greedy_steps(first, ref_ids.len() - 1, &mut s, |t| {
+                seen.push(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(rest, seen, "{name} prompt{p}: tokens returned = tokens seen");
+        let got: Vec<u32> = std::iter::once(first).chain(rest).collect();
+        assert_eq!(got, ref_ids, "{name} prompt{p}: device greedy ids");
+        // stopped after 3 tokens: those 3, and the session one step past them
+        let mut s = dec.new_session(1, None);
+        let first = argmax(dec.forward(std::slice::from_ref(&ids), &mut s, last).unwrap().data);
+        let mut n = 0;
+        let stopped = dec
+            .greedy_steps(first, ref_ids.len() - 1, &mut s, |_| {
+                n += 1;
+                n < 3
+            })
+            .unwrap();
+        assert_eq!(stopped, ref_ids[1..4], "{name} prompt{p}: stopped early");
+        assert_eq!(
+            s.seq_len(0),
+            ids.len() + 4,
+            "{name} prompt{p}: the step past the stop is cached"
+        );
+    }
+}
