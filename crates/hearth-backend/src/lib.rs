@@ -1235,6 +1235,24 @@ pub trait HearthBackend: Backend {
         ops::gqa_attention_with(q, k, v, mask, scale, Self::matmul::<4>)
     }
 
+    /// For `x: [rows, n]`, `[2 · rows]` ints: each row's index of its largest value (the first
+    /// on ties), then per row 1 where the row holds a NaN, else 0 — a decode step's greedy
+    /// tokens and their check, computed on the device. The fallback is [`ops::argmax_rows`]
+    /// (burn ops); the cubecl backends run one cube per row.
+    ///
+    /// ```
+    /// # #[cfg(feature = "cpu")] {
+    /// use burn::tensor::Tensor;
+    /// use hearth_backend::{Cpu, HearthBackend};
+    /// let x = Tensor::<Cpu, 2>::from_floats([[1.0, 3.0, 3.0], [f32::NAN, 0.0, -1.0]], &Default::default());
+    /// let out = Cpu::argmax_rows(x).into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    /// assert_eq!(out, vec![1, 1, 0, 1]);
+    /// # }
+    /// ```
+    fn argmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 1, burn::tensor::Int> {
+        ops::argmax_rows(x)
+    }
+
     /// Starts reading the integers of `t` (e.g. a decode step's argmax tokens) back to the
     /// host now, after everything enqueued so far, and returns without waiting: the device
     /// goes on with whatever is enqueued after this call, and [`PendingInts::wait`] blocks only

@@ -25,6 +25,25 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1
     x * inv * weight.reshape(wshape)
 }
 
+/// [`HearthBackend::argmax_rows`] in burn ops: for `x: [rows, n]`, each row's first index of
+/// its largest non-NaN value, then one NaN flag (0 or 1) per row.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use burn::tensor::Tensor;
+/// let x = Tensor::<hearth_backend::Cpu, 2>::from_floats([[2.0, 5.0, 5.0]], &Default::default());
+/// let out = hearth_backend::ops::argmax_rows(x).into_data().convert::<i64>().to_vec::<i64>().unwrap();
+/// assert_eq!(out, vec![1, 0]);
+/// # }
+/// ```
+pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, burn::tensor::Int> {
+    let [rows, _] = x.dims();
+    let nan = x.clone().is_nan();
+    let flags = nan.clone().any_dim(1).int().reshape([rows]);
+    let idx = x.mask_fill(nan, f32::NEG_INFINITY).argmax(1).reshape([rows]);
+    Tensor::cat(vec![idx, flags], 0)
+}
+
 /// SwiGLU gate `silu(gate) · up` with burn ops.
 ///
 /// ```

@@ -1719,6 +1719,78 @@ fn packed<B: HearthBackend>(dev: &B::Device, cube_checks: CubeChecks<B>) {
 /// weight, reference product, its magnitudes)`.
 type CubeChecks<'a, B> = &'a dyn Fn(&PackedMatrix<B>, Tensor<B, 2>, &[f32], &[f32], &[f64]);
 
+/// `argmax_rows` (the device's greedy tokens with a NaN flag per row) against a host argmax
+/// (first index of the maximum, NaN skipped): ragged rows up to a 128k vocabulary, ties
+/// (values quantized to a few levels), the maximum in the last position, NaN rows; and the
+/// burn-op fallback the same.
+fn argmax<B: HearthBackend>(dev: &B::Device) {
+    let mut rng = Rng::new(41);
+    for (rows, n) in [
+        (1, 1),
+        (1, 7),
+        (3, 1000),
+        (2, 4097),
+        (1, 128_256),
+        (4, 151_936),
+        (2, 33),
+    ] {
+        for case in 0..3 {
+            let mut x = rng.vec(rows * n);
+            if case == 1 {
+                // few distinct values: many ties
+                for v in &mut x {
+                    *v = (*v * 3.0).round();
+                }
+            }
+            if case == 2 {
+                // the maximum last in row 0, NaN in the other rows (and a row of NaN only)
+                x[n - 1] = 9.0;
+                for r in 1..rows {
+                    x[r * n + rng.below(n)] = f32::NAN;
+                }
+                if rows > 2 {
+                    for v in &mut x[2 * n..3 * n] {
+                        *v = f32::NAN;
+                    }
+                }
+            }
+            let mut want = vec![0i64; 2 * rows];
+            for r in 0..rows {
+                let row = &x[r * n..(r + 1) * n];
+                let mut best: Option<usize> = None;
+                for (i, v) in row.iter().enumerate() {
+                    if !v.is_nan() && best.is_none_or(|b| *v > row[b]) {
+                        best = Some(i);
+                    }
+                }
+                want[r] = best.unwrap_or(0) as i64;
+                want[rows + r] = row.iter().any(|v| v.is_nan()) as i64;
+            }
+            let t = tensor::<B, 2>(x, [rows, n], dev);
+            let got = B::argmax_rows(t.clone())
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap();
+            assert_eq!(got, want, "argmax_rows [{rows}, {n}] case {case}");
+            if case != 2 || rows <= 2 {
+                // (burn's argmax of a row of -inf only is not pinned down)
+                let fb = hearth_backend::ops::argmax_rows(t)
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .unwrap();
+                assert_eq!(fb, want, "ops::argmax_rows [{rows}, {n}] case {case}");
+            }
+        }
+    }
+    // through `read_ints_later`: the read is started, the device runs on, the values arrive
+    let t = tensor::<B, 2>(vec![0.5, -1.0, 2.0, 2.0], [1, 4], dev);
+    let pending = B::read_ints_later(B::argmax_rows(t.clone()));
+    let _busy = B::matmul(t.clone().reshape([4, 1]), t.clone());
+    assert_eq!(pending.wait().unwrap(), vec![2, 0]);
+}
+
 fn packed_errors<B: HearthBackend>(dev: &B::Device) {
     let bytes = gguf_bytes(PackedFormat::Q8_0, &[0.5; 64]);
     assert!(matches!(
@@ -1999,6 +2071,10 @@ macro_rules! backend_tests {
             #[test]
             fn moe_experts_match_expert_by_expert() {
                 moe::<B>(&dev());
+            }
+            #[test]
+            fn argmax_rows_match_host() {
+                argmax::<B>(&dev());
             }
             #[test]
             fn packed_bad_input_is_an_error() {

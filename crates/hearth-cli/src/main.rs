@@ -588,10 +588,17 @@ fn measure<B: HearthBackend>(dec: Decoder<'_, B>, a: &BenchArgs) -> Result<(f64,
     // a few decode steps past it, so that the prefill's products and the decode attention at
     // this context (split over the keys or not) are built before anything is timed
     let mut warm = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
-    let mut tok = argmax(dec.forward(std::slice::from_ref(&prompt), &mut warm, LAST_ONLY)?.data)?;
+    let first = argmax(dec.forward(std::slice::from_ref(&prompt), &mut warm, LAST_ONLY)?.data)?;
+    let (mut tok, mut synced) = (first, Vec::<u32>::new());
     for _ in 0..a.decode.min(3) {
         tok = argmax(dec.forward(&[vec![tok]], &mut warm, LAST_ONLY)?.data)?;
+        synced.push(tok);
     }
+    // the device loop warmed up too (its argmax and device-fed embedding kernels)
+    let mut warm2 = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
+    let first2 = argmax(dec.forward(std::slice::from_ref(&prompt), &mut warm2, LAST_ONLY)?.data)?;
+    dec.greedy_steps(first2, synced.len(), &mut warm2, |_| true)?;
+    drop(warm2);
     let (mut prefill_tok_s, mut decode) = (0.0, Vec::new());
     for _ in 0..a.runs.max(1) {
         let mut session = dec.new_session(1, Some(a.prompt_len + a.decode + 1));
@@ -810,6 +817,35 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
     } else {
         pool.install(|| measure(dec, a))?
     };
+    // the device argmax that `greedy_steps` decodes with, against the host's on the same logits
+    let argmax_matches = if dec.is_host() {
+        None
+    } else {
+        let vocab = cfg.vocab_size as u32;
+        let prompt: Vec<u32> = (0..a.prompt_len.max(1) as u32)
+            .map(|i| (i * 7919 + 13) % vocab)
+            .collect();
+        let mut cache = model.new_cache(1, Some(prompt.len()));
+        let logits = model
+            .forward(std::slice::from_ref(&prompt), &mut cache, LAST_ONLY)?
+            .logits;
+        let [rows, _, v] = logits.dims();
+        let on_device = B::argmax_rows(logits.clone().reshape([rows, v]))
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let host = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let same = on_device == [argmax(&host)? as i64, 0];
+        if !same {
+            eprintln!("warning: the device argmax {on_device:?} differs from the host's on the same logits");
+        }
+        Some(same)
+    };
     let profile = if hearth_backend::profile::enabled() && !dec.is_host() {
         Some(profile_decode::<B>(&model, dev, a)?)
     } else {
@@ -862,6 +898,7 @@ fn bench<B: HearthBackend>(dev: &B::Device, a: &BenchArgs) -> Result<()> {
         "decode_tok_s": decode_tok_s,
         "decode_runs_tok_s": decode_runs,
         "decode_loop": if a.sync_steps || dec.is_host() { "synced" } else { "device argmax, one step ahead" },
+        "device_argmax_matches_host": argmax_matches,
         "weight_bytes_per_token": bytes,
         "read_bandwidth_gb_s": bw.map(|b| b / 1e9),
         "elementwise_bandwidth_gb_s": elementwise_bw.map(|b| b / 1e9),

@@ -23,13 +23,13 @@
 //! Dense bf16/f16 weights take the same tiling on `m16n8k16` MMAs (f32 accumulation, `x`
 //! as it is).
 //!
-//! **Opt-in, not the default** (`MatvecShape::mma = 1`, e.g. `HEARTH_MATVEC=mma=1`): on an
-//! H200 these kernels measured slower than the unit-per-vector ones (llama-3.1-8b's shapes:
-//! the Q8_0 head 228–249 µs against 176, `down` 36–68 against 33; 8B decode 215 tok/s
-//! against 217–220 for Q8_0, 158 against 169 for bf16). Nsight Compute on `down`: 32
-//! registers a thread, 256 cubes of 4 warps, 7.7 warps active per SM and 15 of every 19
-//! cycles waiting on loads. They need more bytes in flight per warp (a step's loads issued
-//! together before its MMAs) and more warps per tile before they can pay.
+//! **Opt-in, not the default** (`MatvecShape::mma = 1`, e.g. `HEARTH_MATVEC=mma=1`). At stop
+//! 19 they waited on one block's loads at a time (Nsight Compute: 15 of every 19 cycles on
+//! loads). A warp's loads are now staged in registers two steps deep, the first step issued
+//! before the cube quantizes `x`; on an H200 (llama-3.1-8b's shapes, bf16 `x`) that took the
+//! Q8_0 `down` to 31.3 µs (unit kernels 32.9), but gate/up (31.5 against 25.7) and the head
+//! (205 against 154) are still slower than the unit-per-vector kernels, and these kernels take
+//! no folded norm or residual (every decode product has one with the carried norm sums).
 //!
 //! The result differs from the f32 matvec by the quantization of `x` (relative error of a dot
 //! product ~1e-3 for Gaussian data). The tests compare it with a host product of the same
@@ -94,6 +94,8 @@ pub(crate) fn mma_unroll(k: usize, want: usize) -> usize {
 /// values per entry (two words, value `8j + e` in byte `e % 4` of word `e / 4`), `xd` the block
 /// scales. Every unit of the cube calls it; it ends with a cube barrier.
 #[cube]
+// cube code: `is_multiple_of` on runtime values does not expand in kernels
+#[allow(clippy::manual_is_multiple_of)]
 fn quantize_x<F: Float, NX: Size, NW: Size>(
     x: &Array<Vector<F, NX>>,
     xq: &mut SharedMemory<Vector<u32, NW>>,

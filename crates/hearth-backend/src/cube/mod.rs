@@ -34,6 +34,7 @@
 //! ```
 
 mod act;
+mod argmax;
 mod attention;
 mod copy;
 mod matmul;
@@ -45,6 +46,7 @@ mod reduce;
 mod rope;
 
 pub use act::silu_mul;
+pub use argmax::argmax_rows;
 pub use attention::{
     ATTENTION_MAX_QUERIES, DecodeAttention, FOLD_MIN_GROUP, decode_attention, gqa_attention, group_fold,
     set_decode_attention, set_group_fold,
@@ -876,6 +878,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> HearthBack
 
     fn read_bandwidth(device: &Self::Device, bytes: usize) -> Option<f64> {
         reduce::read_bandwidth::<R>(device, bytes, 10)
+    }
+
+    fn argmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 1, Int> {
+        argmax_rows(x.clone()).unwrap_or_else(|_| crate::ops::argmax_rows(x))
     }
 
     fn read_ints_later(t: Tensor<Self, 1, burn::tensor::Int>) -> crate::PendingInts {

@@ -153,8 +153,8 @@ impl<B: HearthBackend> Decoder<'_, B> {
     /// early (the step enqueued past the stop), and ties between equal logits are broken by the
     /// device's argmax. The host forward runs plain steps.
     ///
-    /// Errors: those of [`Self::forward`]; NaN logits on the host forward; a session with more
-    /// than one row ([`ModelError::EmptyInput`]).
+    /// Errors: those of [`Self::forward`]; NaN logits (a typed error naming the step); a
+    /// session with more than one row ([`ModelError::EmptyInput`]).
     ///
     /// ```no_run
     /// use hearth_models::{CausalLm, host::Decoder};
@@ -185,21 +185,29 @@ impl<B: HearthBackend> Decoder<'_, B> {
                 if cache.rows() != 1 {
                     return Err(ModelError::EmptyInput("greedy_steps runs one-row sessions".into()));
                 }
+                // [token, NaN flag] of the step's last logits, on the device
                 let argmax = |l: burn::tensor::Tensor<B, 3>| {
                     let [rows, _, vocab] = l.dims();
-                    l.reshape([rows, vocab]).argmax(1).reshape([rows])
+                    B::argmax_rows(l.reshape([rows, vocab]))
                 };
-                let mut ids = argmax(m.forward(&[vec![first]], cache, last)?.logits);
-                let mut pending = B::read_ints_later(ids.clone());
+                let mut found = argmax(m.forward(&[vec![first]], cache, last)?.logits);
+                let mut pending = B::read_ints_later(found.clone());
                 for n in 0..steps {
                     // the next step first, fed on the device: it runs while token n comes back
                     let next = if n + 1 < steps {
-                        Some(argmax(m.forward_device_ids(ids.clone(), cache, last)?.logits))
+                        let ids = found.clone().narrow(0, 0, 1);
+                        Some(argmax(m.forward_device_ids(ids, cache, last)?.logits))
                     } else {
                         None
                     };
-                    let tok = pending.wait().map_err(|e| host_err("argmax", e))?;
-                    let tok = *tok.first().ok_or_else(|| host_err("argmax", "no token read back"))? as u32;
+                    let got = pending.wait().map_err(|e| host_err("argmax", e))?;
+                    let (tok, nan) = match got[..] {
+                        [tok, nan] => (tok as u32, nan != 0),
+                        _ => return Err(host_err("argmax", format!("{} values read back", got.len()))),
+                    };
+                    if nan {
+                        return Err(host_err("logits", format!("NaN logits at decode step {n}")));
+                    }
                     out.push(tok);
                     if !on_token(tok) {
                         break;
@@ -207,7 +215,7 @@ impl<B: HearthBackend> Decoder<'_, B> {
                     match next {
                         Some(nx) => {
                             pending = B::read_ints_later(nx.clone());
-                            ids = nx;
+                            found = nx;
                         }
                         None => break,
                     }
